@@ -1,0 +1,63 @@
+//! Choosing the backend device at run time among those compiled in.
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+
+/// Backends this binary was built with, in order of preference for `auto`.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if cfg!(feature = "vulkan") {
+        names.push("vulkan");
+    }
+    if cfg!(feature = "metal") {
+        names.push("metal");
+    }
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu");
+    }
+    if cfg!(feature = "flex") {
+        names.push("flex");
+    }
+    if cfg!(feature = "ndarray") {
+        names.push("ndarray");
+    }
+    names
+}
+
+/// Resolves `--device NAME` (`auto`, `cpu`, `ndarray`, `flex`, `wgpu`, `vulkan`, `metal`).
+pub fn parse_device(name: &str) -> Result<Device> {
+    let available = compiled_backends();
+    let wanted = match name {
+        "auto" => match available.first() {
+            Some(first) => *first,
+            None => bail!("this af2 binary was built without any backend feature"),
+        },
+        "cpu" => "ndarray",
+        other => other,
+    };
+    if !available.contains(&wanted) {
+        bail!(
+            "device `{name}` is not available in this build; compiled backends: {}",
+            available.join(", ")
+        );
+    }
+    Ok(make_device(wanted))
+}
+
+#[allow(unreachable_code, deprecated)]
+fn make_device(name: &str) -> Device {
+    match name {
+        #[cfg(feature = "vulkan")]
+        "vulkan" => return Device::vulkan(Default::default()),
+        #[cfg(feature = "metal")]
+        "metal" => return Device::metal(Default::default()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => return Device::wgpu(Default::default()),
+        #[cfg(feature = "flex")]
+        "flex" => return Device::flex(),
+        #[cfg(feature = "ndarray")]
+        "ndarray" => return Device::ndarray(),
+        _ => {}
+    }
+    Device::default()
+}

@@ -1,0 +1,113 @@
+//! `af2 run-features`: the forward pass on processed features, for checking against the oracle.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use af2_io::npz::{Array, read_npz, write_npz};
+use af2_io::weights::load_weights;
+use af2_model::features::Features;
+use af2_model::model::AlphaFoldConfig;
+use af2_model::outputs::prediction_arrays;
+use af2_model::weights::load_module;
+
+use crate::device::parse_device;
+
+/// Arguments of `af2 run-features`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Weights: AlphaFold's params_model_*.npz or a converted .safetensors.
+    #[arg(long)]
+    params: PathBuf,
+    /// Processed features (.npz, every array with a leading recycle axis of R+1).
+    #[arg(long)]
+    features: PathBuf,
+    /// Where to write outputs.npz (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of recycles R (default: the features' leading axis minus one).
+    #[arg(long)]
+    recycles: Option<usize>,
+    /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn iteration_slices(
+    features: &BTreeMap<String, Array>,
+    iterations: usize,
+    path: &std::path::Path,
+) -> Result<Vec<Features>> {
+    (0..iterations)
+        .map(|r| {
+            let slice: BTreeMap<String, Array> = features
+                .iter()
+                .map(|(k, v)| {
+                    v.index_axis0(r).map(|s| (k.clone(), s)).with_context(|| {
+                        format!("{}: feature `{k}` has no recycle slice {r}", path.display())
+                    })
+                })
+                .collect::<Result<_>>()?;
+            Features::from_arrays(&slice)
+                .with_context(|| format!("{}: iteration {r}", path.display()))
+        })
+        .collect()
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let weights = load_weights(&args.params)?;
+    let features = read_npz(&args.features)?;
+    let available = features
+        .get("aatype")
+        .map(|a| a.shape()[0])
+        .with_context(|| format!("{}: feature `aatype` is missing", args.features.display()))?;
+    let iterations = match args.recycles {
+        Some(r) if r + 1 > available => bail!(
+            "--recycles {r} needs {} feature slices, but {} has {available}",
+            r + 1,
+            args.features.display()
+        ),
+        Some(r) => r + 1,
+        None => available,
+    };
+    let slices = iteration_slices(&features, iterations, &args.features)?;
+    check_fits(&slices[0], &weights.dims, &args.features)?;
+
+    let mut model = AlphaFoldConfig::from_dims(&weights.dims).init(&device);
+    load_module(&mut model, &weights.native)
+        .with_context(|| format!("loading {}", args.params.display()))?;
+    let start = Instant::now();
+    let out = model.forward_recycled(&slices, None, &device);
+    let arrays = prediction_arrays(&out);
+    eprintln!(
+        "{} residues, {} iteration(s) in {:.2} s",
+        slices[0].num_residues(),
+        iterations,
+        start.elapsed().as_secs_f64()
+    );
+    write_npz(&args.out, &arrays)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Refuses features whose widths cannot go through this model.
+fn check_fits(
+    f: &Features,
+    dims: &af2_io::weights::ModelDims,
+    path: &std::path::Path,
+) -> Result<()> {
+    if f.num_residues() == 0 {
+        bail!("{}: no residues", path.display());
+    }
+    if f.num_msa_rows() == 0 {
+        bail!("{}: `msa_feat` has no rows", path.display());
+    }
+    if f.templates.is_none() && dims.template.is_some() {
+        eprintln!("note: the weights have a template module but the features have no templates");
+    }
+    Ok(())
+}

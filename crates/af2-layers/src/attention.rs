@@ -1,0 +1,175 @@
+//! Gated multi-head attention with an optional pair bias (AlphaFold's `Attention`, used by
+//! Algorithms 7, 8, 13, 14 and 17).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{Device, Tensor};
+
+use crate::{MAX_LOGITS_PER_CHUNK, SOFTMAX_MASK};
+
+/// Configuration of a [`GatedAttention`].
+#[derive(Config, Debug)]
+pub struct GatedAttentionConfig {
+    /// Channels of the query input.
+    pub q_channels: usize,
+    /// Channels of the key/value input.
+    pub m_channels: usize,
+    /// Number of heads.
+    pub num_heads: usize,
+    /// Channels per head of queries and keys.
+    pub key_dim: usize,
+    /// Channels per head of values.
+    pub value_dim: usize,
+    /// Output channels.
+    pub output_dim: usize,
+    /// Whether a sigmoid gate multiplies the attended values (`gating_w`, `gating_b`).
+    #[config(default = true)]
+    pub gating: bool,
+}
+
+/// Multi-head attention in haiku layout; parameter names follow AlphaFold.
+#[derive(Module, Debug)]
+pub struct GatedAttention {
+    /// `[q_channels, heads, key_dim]`
+    pub query_w: Param<Tensor<3>>,
+    /// `[m_channels, heads, key_dim]`
+    pub key_w: Param<Tensor<3>>,
+    /// `[m_channels, heads, value_dim]`
+    pub value_w: Param<Tensor<3>>,
+    /// `[q_channels, heads, value_dim]`
+    pub gating_w: Option<Param<Tensor<3>>>,
+    /// `[heads, value_dim]`
+    pub gating_b: Option<Param<Tensor<2>>>,
+    /// `[heads, value_dim, output_dim]`
+    pub output_w: Param<Tensor<3>>,
+    /// `[output_dim]`
+    pub output_b: Param<Tensor<1>>,
+}
+
+impl GatedAttentionConfig {
+    /// Zero-initialised parameters of the configured shapes.
+    pub fn init(&self, device: &Device) -> GatedAttention {
+        let zeros3 = |a, b, c| Param::from_tensor(Tensor::zeros([a, b, c], device));
+        let (h, k, v) = (self.num_heads, self.key_dim, self.value_dim);
+        GatedAttention {
+            query_w: zeros3(self.q_channels, h, k),
+            key_w: zeros3(self.m_channels, h, k),
+            value_w: zeros3(self.m_channels, h, v),
+            gating_w: self.gating.then(|| zeros3(self.q_channels, h, v)),
+            gating_b: self
+                .gating
+                .then(|| Param::from_tensor(Tensor::ones([h, v], device))),
+            output_w: zeros3(h, v, self.output_dim),
+            output_b: Param::from_tensor(Tensor::zeros([self.output_dim], device)),
+        }
+    }
+}
+
+/// Projects `[B, N, A]` with a `[A, H, C]` weight to `[B, N, H, C]`.
+pub fn project_heads(x: Tensor<3>, weight: Tensor<3>) -> Tensor<4> {
+    let [b, n, a] = x.dims();
+    let [_, h, c] = weight.dims();
+    x.reshape([b * n, a])
+        .matmul(weight.reshape([a, h * c]))
+        .reshape([b, n, h, c])
+}
+
+impl GatedAttention {
+    /// Attends from `q_data` to `m_data`.
+    ///
+    /// `key_mask` is 1 for valid keys and 0 for masked ones; a masked logit becomes -1e9 before
+    /// the softmax, exactly as AlphaFold 2.3.2. `bias` is added to the logits (a pair bias shared
+    /// by every batch row when its first axis is 1).
+    ///
+    /// # Shapes
+    /// - q_data: `[B, Q, q_channels]`
+    /// - m_data: `[B, K, m_channels]`
+    /// - key_mask: `[B or 1, K]`
+    /// - bias: `[B or 1, H, Q, K]`
+    /// - output: `[B, Q, output_dim]`
+    pub fn forward(
+        &self,
+        q_data: Tensor<3>,
+        m_data: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+    ) -> Tensor<3> {
+        let [b, q, _] = q_data.dims();
+        let [_, k, _] = m_data.dims();
+        let h = self.query_w.dims()[1];
+        let rows = (MAX_LOGITS_PER_CHUNK / (h * q * k).max(1)).max(1);
+        if rows >= b {
+            return self.forward_chunk(q_data, m_data, key_mask, bias);
+        }
+        let chunks = (0..b)
+            .step_by(rows)
+            .map(|start| {
+                let len = rows.min(b - start);
+                let rows_of = |t: Tensor<2>| {
+                    if t.dims()[0] == 1 {
+                        t
+                    } else {
+                        t.narrow(0, start, len)
+                    }
+                };
+                let bias = bias.clone().map(|t| {
+                    if t.dims()[0] == 1 {
+                        t
+                    } else {
+                        t.narrow(0, start, len)
+                    }
+                });
+                self.forward_chunk(
+                    q_data.clone().narrow(0, start, len),
+                    m_data.clone().narrow(0, start, len),
+                    rows_of(key_mask.clone()),
+                    bias,
+                )
+            })
+            .collect();
+        Tensor::cat(chunks, 0)
+    }
+
+    fn forward_chunk(
+        &self,
+        q_data: Tensor<3>,
+        m_data: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+    ) -> Tensor<3> {
+        let [b, q_len, _] = q_data.dims();
+        let [_, h, key_dim] = self.query_w.dims();
+        let value_dim = self.value_w.dims()[2];
+        let k_len = m_data.dims()[1];
+
+        let scale = (key_dim as f64).powf(-0.5);
+        let q = project_heads(q_data.clone(), self.query_w.val()).mul_scalar(scale);
+        let k = project_heads(m_data.clone(), self.key_w.val());
+        let v = project_heads(m_data, self.value_w.val());
+
+        // [B, H, Q, C] x [B, H, C, K] -> [B, H, Q, K]
+        let mut logits = q.swap_dims(1, 2).matmul(k.swap_dims(1, 2).swap_dims(2, 3));
+        if let Some(bias) = bias {
+            logits = logits + bias;
+        }
+        let mask_batch = key_mask.dims()[0];
+        let masked = key_mask
+            .reshape([mask_batch, 1, 1, k_len])
+            .equal_elem(0.0)
+            .expand([b, h, q_len, k_len]);
+        let weights = softmax(logits.mask_fill(masked, SOFTMAX_MASK), 3);
+        // [B, H, Q, K] x [B, H, K, C] -> [B, Q, H, C]
+        let mut weighted = weights.matmul(v.swap_dims(1, 2)).swap_dims(1, 2);
+        if let (Some(gw), Some(gb)) = (&self.gating_w, &self.gating_b) {
+            let gate = project_heads(q_data, gw.val()) + gb.val().unsqueeze::<4>();
+            weighted = weighted * sigmoid(gate);
+        }
+        let out_dim = self.output_b.dims()[0];
+        weighted
+            .reshape([b * q_len, h * value_dim])
+            .matmul(self.output_w.val().reshape([h * value_dim, out_dim]))
+            .reshape([b, q_len, out_dim])
+            + self.output_b.val().unsqueeze::<3>()
+    }
+}

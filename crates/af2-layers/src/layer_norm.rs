@@ -1,0 +1,79 @@
+//! Layer normalisation as haiku computes it (two-pass variance, eps 1e-5).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+
+/// Configuration of a [`LayerNorm`].
+#[derive(Config, Debug)]
+pub struct LayerNormConfig {
+    /// Size of the normalised (last) axis.
+    pub d_model: usize,
+    /// Added to the variance; haiku's default.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+}
+
+/// LayerNorm over the last axis with a learned scale (`gamma`) and offset (`beta`).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Scale, haiku `scale`. Shape `[d_model]`.
+    pub gamma: Param<Tensor<1>>,
+    /// Offset, haiku `offset`. Shape `[d_model]`.
+    pub beta: Param<Tensor<1>>,
+    epsilon: f64,
+}
+
+impl LayerNormConfig {
+    /// A LayerNorm with unit scale and zero offset.
+    pub fn init(&self, device: &Device) -> LayerNorm {
+        LayerNorm {
+            gamma: Param::from_tensor(Tensor::ones([self.d_model], device)),
+            beta: Param::from_tensor(Tensor::zeros([self.d_model], device)),
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl LayerNorm {
+    /// Normalises the last axis.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_model]`
+    /// - output: `[..., d_model]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        // Two-pass variance, as jnp.var: mean of squared deviations from the mean.
+        let variance = centered.clone().square().mean_dim(D - 1);
+        let inv_std = (variance + self.epsilon).sqrt().recip();
+        let scale = self.gamma.val().unsqueeze::<D>();
+        let offset = self.beta.val().unsqueeze::<D>();
+        centered * inv_std * scale + offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn normalises_to_zero_mean_unit_variance() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let norm = LayerNormConfig::new(4).init(&device);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, -1.0, 0.0, 0.0, 1.0], [2, 4]),
+            &device,
+        );
+        let y: Vec<f32> = norm.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        // Row 0: mean 2.5, variance 1.25.
+        let expected0 = [-1.5f32, -0.5, 0.5, 1.5].map(|d| d / (1.25f32 + 1e-5).sqrt());
+        for (a, b) in y[..4].iter().zip(expected0) {
+            approx::assert_abs_diff_eq!(*a, b, epsilon = 1e-6);
+        }
+        let row1_mean: f32 = y[4..].iter().sum::<f32>() / 4.0;
+        approx::assert_abs_diff_eq!(row1_mean, 0.0, epsilon = 1e-6);
+    }
+}

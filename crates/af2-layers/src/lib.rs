@@ -1,0 +1,42 @@
+//! AlphaFold2 building blocks on Burn.
+//!
+//! Every module stores its parameters in AlphaFold's (haiku) layout: linear weights are
+//! `[in, out]`, attention projections `[c, heads, head_dim]`. LayerNorm parameters are named
+//! `gamma`/`beta` (haiku's `scale`/`offset`); the one mapping table from haiku names lives in
+//! `af2-io`.
+//!
+//! Modules named after an algorithm of the AlphaFold2 supplement (Jumper et al. 2021) cite its
+//! number in their doc comment.
+
+pub mod attention;
+pub mod global_attention;
+pub mod layer_norm;
+pub mod linear;
+pub mod msa_column_attention;
+pub mod msa_column_global_attention;
+pub mod msa_row_attention;
+pub mod outer_product_mean;
+pub mod transition;
+pub mod triangle_attention;
+pub mod triangle_multiplication;
+
+pub use attention::{GatedAttention, GatedAttentionConfig};
+pub use global_attention::{GlobalAttention, GlobalAttentionConfig};
+pub use layer_norm::{LayerNorm, LayerNormConfig};
+pub use linear::{Linear, linear};
+pub use msa_column_attention::{MsaColumnAttention, MsaColumnAttentionConfig};
+pub use msa_column_global_attention::{MsaColumnGlobalAttention, MsaColumnGlobalAttentionConfig};
+pub use msa_row_attention::{MsaRowAttentionWithPairBias, MsaRowAttentionWithPairBiasConfig};
+pub use outer_product_mean::{OuterProductMean, OuterProductMeanConfig};
+pub use transition::{Transition, TransitionConfig};
+pub use triangle_attention::{TriangleAttention, TriangleAttentionConfig};
+pub use triangle_multiplication::{
+    TriangleDirection, TriangleMultiplication, TriangleMultiplicationConfig,
+};
+
+/// Logit given to masked keys before the softmax, as AlphaFold 2.3.2's `jnp.where(mask, logits, -1e9)`.
+pub const SOFTMAX_MASK: f32 = -1e9;
+
+/// Attention logits above this many elements are computed in chunks along the batch axis,
+/// as AlphaFold's `inference_subbatch` does, so no `[B, H, Q, K]` buffer grows without bound.
+pub const MAX_LOGITS_PER_CHUNK: usize = 1 << 26;

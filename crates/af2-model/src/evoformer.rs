@@ -1,0 +1,300 @@
+//! The Evoformer stack (Algorithm 6) and its single-representation projection.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use af2_layers::{
+    Linear, MsaColumnAttention, MsaColumnAttentionConfig, MsaRowAttentionWithPairBias,
+    MsaRowAttentionWithPairBiasConfig, OuterProductMean, OuterProductMeanConfig, Transition,
+    TransitionConfig, TriangleAttention, TriangleAttentionConfig, TriangleDirection,
+    TriangleMultiplication, TriangleMultiplicationConfig, linear,
+};
+
+/// Widths and head counts of one Evoformer-style block.
+#[derive(Config, Debug)]
+pub struct EvoformerBlockConfig {
+    /// MSA channels.
+    pub msa_channels: usize,
+    /// Pair channels.
+    pub pair_channels: usize,
+    /// Heads of the row attention.
+    pub msa_row_heads: usize,
+    /// Channels per head of the row attention.
+    pub msa_row_head_dim: usize,
+    /// Heads of the column attention.
+    pub msa_col_heads: usize,
+    /// Channels per head of the column attention.
+    pub msa_col_head_dim: usize,
+    /// Hidden channels of the MSA transition.
+    pub msa_transition_hidden: usize,
+    /// Channels of the outer product mean projections.
+    pub opm_channels: usize,
+    /// Channels of the triangle multiplication projections.
+    pub tri_mul_channels: usize,
+    /// Heads of the triangle attention.
+    pub tri_att_heads: usize,
+    /// Channels per head of the triangle attention.
+    pub tri_att_head_dim: usize,
+    /// Hidden channels of the pair transition.
+    pub pair_transition_hidden: usize,
+}
+
+/// The pair layers of a block, borrowed: triangle updates, triangle attention and the pair
+/// transition (Algorithm 6 lines 6-10; the template pair stack, Algorithm 16, uses the same
+/// layers in another order).
+pub struct PairLayers<'a> {
+    /// Algorithm 11.
+    pub outgoing: &'a TriangleMultiplication,
+    /// Algorithm 12.
+    pub incoming: &'a TriangleMultiplication,
+    /// Algorithm 13.
+    pub starting_node: &'a TriangleAttention,
+    /// Algorithm 14.
+    pub ending_node: &'a TriangleAttention,
+    /// Algorithm 15.
+    pub transition: &'a Transition,
+}
+
+/// Widths of the pair layers of a block.
+#[derive(Config, Debug)]
+pub struct PairLayersConfig {
+    /// Pair channels.
+    pub pair_channels: usize,
+    /// Channels of the triangle multiplication projections.
+    pub tri_mul_channels: usize,
+    /// Heads of the triangle attention.
+    pub tri_att_heads: usize,
+    /// Channels per head of the triangle attention.
+    pub tri_att_head_dim: usize,
+    /// Hidden channels of the pair transition.
+    pub transition_hidden: usize,
+}
+
+impl PairLayersConfig {
+    /// A zero-initialised triangle multiplication.
+    pub fn triangle_multiplication(
+        &self,
+        direction: TriangleDirection,
+        device: &Device,
+    ) -> TriangleMultiplication {
+        TriangleMultiplicationConfig::new(self.pair_channels, self.tri_mul_channels, direction)
+            .init(device)
+    }
+
+    /// A zero-initialised triangle attention.
+    pub fn triangle_attention(&self, ending_node: bool, device: &Device) -> TriangleAttention {
+        TriangleAttentionConfig::new(
+            self.pair_channels,
+            self.tri_att_heads,
+            self.tri_att_head_dim,
+            ending_node,
+        )
+        .init(device)
+    }
+
+    /// A zero-initialised pair transition.
+    pub fn transition(&self, device: &Device) -> Transition {
+        TransitionConfig::new(self.pair_channels, self.transition_hidden).init(device)
+    }
+}
+
+/// Adds a layer's update to its input (AlphaFold's residual `dropout_wrapper` at inference).
+fn residual(pair: Tensor<3>, update: impl FnOnce(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    pair.clone() + update(pair)
+}
+
+impl PairLayers<'_> {
+    /// Evoformer order: multiplications, then attentions, then transition.
+    ///
+    /// # Shapes
+    /// - pair: `[N, N, c_z]`, mask: `[N, N]` -> `[N, N, c_z]`
+    pub fn forward_evoformer_order(&self, pair: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+        let pair = residual(pair, |p| self.outgoing.forward(p, mask.clone()));
+        let pair = residual(pair, |p| self.incoming.forward(p, mask.clone()));
+        let pair = residual(pair, |p| self.starting_node.forward(p, mask.clone()));
+        let pair = residual(pair, |p| self.ending_node.forward(p, mask));
+        residual(pair, |p| self.transition.forward(p))
+    }
+
+    /// Template pair stack order (Algorithm 16): attentions first, then multiplications.
+    ///
+    /// # Shapes
+    /// - pair: `[N, N, c_t]`, mask: `[N, N]` -> `[N, N, c_t]`
+    pub fn forward_template_order(&self, pair: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+        let pair = residual(pair, |p| self.starting_node.forward(p, mask.clone()));
+        let pair = residual(pair, |p| self.ending_node.forward(p, mask.clone()));
+        let pair = residual(pair, |p| self.outgoing.forward(p, mask.clone()));
+        let pair = residual(pair, |p| self.incoming.forward(p, mask));
+        residual(pair, |p| self.transition.forward(p))
+    }
+}
+
+/// One Evoformer block (Algorithm 6 lines 2-10).
+#[derive(Module, Debug)]
+pub struct EvoformerBlock {
+    /// Algorithm 7.
+    pub msa_row_attention_with_pair_bias: MsaRowAttentionWithPairBias,
+    /// Algorithm 8.
+    pub msa_column_attention: MsaColumnAttention,
+    /// Algorithm 9.
+    pub msa_transition: Transition,
+    /// Algorithm 10.
+    pub outer_product_mean: OuterProductMean,
+    /// Algorithm 11.
+    pub triangle_multiplication_outgoing: TriangleMultiplication,
+    /// Algorithm 12.
+    pub triangle_multiplication_incoming: TriangleMultiplication,
+    /// Algorithm 13.
+    pub triangle_attention_starting_node: TriangleAttention,
+    /// Algorithm 14.
+    pub triangle_attention_ending_node: TriangleAttention,
+    /// Algorithm 15.
+    pub pair_transition: Transition,
+}
+
+impl EvoformerBlockConfig {
+    /// Zero-initialised Evoformer block.
+    pub fn init(&self, device: &Device) -> EvoformerBlock {
+        let pair = self.pair_layers();
+        EvoformerBlock {
+            msa_row_attention_with_pair_bias: self.row_attention().init(device),
+            msa_column_attention: MsaColumnAttentionConfig::new(
+                self.msa_channels,
+                self.msa_col_heads,
+                self.msa_col_head_dim,
+            )
+            .init(device),
+            msa_transition: self.msa_transition().init(device),
+            outer_product_mean: self.outer_product_mean().init(device),
+            triangle_multiplication_outgoing: pair
+                .triangle_multiplication(TriangleDirection::Outgoing, device),
+            triangle_multiplication_incoming: pair
+                .triangle_multiplication(TriangleDirection::Incoming, device),
+            triangle_attention_starting_node: pair.triangle_attention(false, device),
+            triangle_attention_ending_node: pair.triangle_attention(true, device),
+            pair_transition: pair.transition(device),
+        }
+    }
+
+    /// Row attention configuration (shared with the extra-MSA block).
+    pub fn row_attention(&self) -> MsaRowAttentionWithPairBiasConfig {
+        MsaRowAttentionWithPairBiasConfig::new(
+            self.msa_channels,
+            self.pair_channels,
+            self.msa_row_heads,
+            self.msa_row_head_dim,
+        )
+    }
+
+    /// MSA transition configuration.
+    pub fn msa_transition(&self) -> TransitionConfig {
+        TransitionConfig::new(self.msa_channels, self.msa_transition_hidden)
+    }
+
+    /// Outer product mean configuration.
+    pub fn outer_product_mean(&self) -> OuterProductMeanConfig {
+        OuterProductMeanConfig::new(self.msa_channels, self.opm_channels, self.pair_channels)
+    }
+
+    /// Widths of the pair layers.
+    pub fn pair_layers(&self) -> PairLayersConfig {
+        PairLayersConfig::new(
+            self.pair_channels,
+            self.tri_mul_channels,
+            self.tri_att_heads,
+            self.tri_att_head_dim,
+            self.pair_transition_hidden,
+        )
+    }
+}
+
+impl EvoformerBlock {
+    /// # Shapes
+    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`
+    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]`
+    /// - returns `(msa, pair)` of the same shapes
+    pub fn forward(
+        &self,
+        msa: Tensor<3>,
+        msa_mask: Tensor<2>,
+        pair: Tensor<3>,
+        pair_mask: Tensor<2>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let msa = msa.clone()
+            + self
+                .msa_row_attention_with_pair_bias
+                .forward(msa, msa_mask.clone(), pair.clone());
+        let msa = msa.clone() + self.msa_column_attention.forward(msa, msa_mask.clone());
+        let msa = msa.clone() + self.msa_transition.forward(msa);
+        let pair = pair + self.outer_product_mean.forward(msa.clone(), msa_mask);
+        let pair = self.pair_layers().forward_evoformer_order(pair, pair_mask);
+        (msa, pair)
+    }
+
+    /// The pair layers of this block.
+    pub fn pair_layers(&self) -> PairLayers<'_> {
+        PairLayers {
+            outgoing: &self.triangle_multiplication_outgoing,
+            incoming: &self.triangle_multiplication_incoming,
+            starting_node: &self.triangle_attention_starting_node,
+            ending_node: &self.triangle_attention_ending_node,
+            transition: &self.pair_transition,
+        }
+    }
+}
+
+/// The 48-block (configurable) Evoformer stack and the single projection.
+#[derive(Module, Debug)]
+pub struct EvoformerStack {
+    /// The blocks.
+    pub blocks: Vec<EvoformerBlock>,
+    /// Projection of the first MSA row to the single representation.
+    pub single_activations: Linear,
+}
+
+/// Configuration of [`EvoformerStack`].
+#[derive(Config, Debug)]
+pub struct EvoformerStackConfig {
+    /// Block widths.
+    pub block: EvoformerBlockConfig,
+    /// Number of blocks.
+    pub num_blocks: usize,
+    /// Single representation channels.
+    pub seq_channels: usize,
+}
+
+impl EvoformerStackConfig {
+    /// Zero-initialised stack.
+    pub fn init(&self, device: &Device) -> EvoformerStack {
+        EvoformerStack {
+            blocks: (0..self.num_blocks)
+                .map(|_| self.block.init(device))
+                .collect(),
+            single_activations: linear(self.block.msa_channels, self.seq_channels, device),
+        }
+    }
+}
+
+impl EvoformerStack {
+    /// Runs every block, then projects the first MSA row to the single representation.
+    ///
+    /// # Shapes
+    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`, pair: `[N, N, c_z]`, pair_mask: `[N, N]`
+    /// - returns `(msa [S, N, c_m], pair [N, N, c_z], single [N, c_s])`
+    pub fn forward(
+        &self,
+        mut msa: Tensor<3>,
+        msa_mask: Tensor<2>,
+        mut pair: Tensor<3>,
+        pair_mask: Tensor<2>,
+    ) -> (Tensor<3>, Tensor<3>, Tensor<2>) {
+        for block in &self.blocks {
+            (msa, pair) = block.forward(msa, msa_mask.clone(), pair, pair_mask.clone());
+        }
+        let [_, n, c] = msa.dims();
+        let first_row = msa.clone().narrow(0, 0, 1).reshape([n, c]);
+        let single = self.single_activations.forward(first_row);
+        (msa, pair, single)
+    }
+}

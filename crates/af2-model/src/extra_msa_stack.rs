@@ -1,0 +1,145 @@
+//! The extra-MSA stack (Algorithm 18), with global column attention (Algorithm 19).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use af2_layers::{
+    Linear, MsaColumnGlobalAttention, MsaColumnGlobalAttentionConfig, MsaRowAttentionWithPairBias,
+    OuterProductMean, Transition, TriangleAttention, TriangleDirection, TriangleMultiplication,
+    linear,
+};
+
+use crate::evoformer::{EvoformerBlockConfig, PairLayers};
+
+/// Number of extra-MSA input features: 23-way one-hot, has-deletion, deletion value.
+pub const EXTRA_MSA_FEATURES: usize = 25;
+
+/// One extra-MSA block: an Evoformer block with global column attention.
+#[derive(Module, Debug)]
+pub struct ExtraMsaBlock {
+    /// Algorithm 7.
+    pub msa_row_attention_with_pair_bias: MsaRowAttentionWithPairBias,
+    /// Algorithm 19.
+    pub msa_column_global_attention: MsaColumnGlobalAttention,
+    /// Algorithm 9.
+    pub msa_transition: Transition,
+    /// Algorithm 10.
+    pub outer_product_mean: OuterProductMean,
+    /// Algorithm 11.
+    pub triangle_multiplication_outgoing: TriangleMultiplication,
+    /// Algorithm 12.
+    pub triangle_multiplication_incoming: TriangleMultiplication,
+    /// Algorithm 13.
+    pub triangle_attention_starting_node: TriangleAttention,
+    /// Algorithm 14.
+    pub triangle_attention_ending_node: TriangleAttention,
+    /// Algorithm 15.
+    pub pair_transition: Transition,
+}
+
+/// Configuration of [`ExtraMsaStack`].
+#[derive(Config, Debug)]
+pub struct ExtraMsaStackConfig {
+    /// Block widths (`msa_channels` is the extra-MSA width).
+    pub block: EvoformerBlockConfig,
+    /// Number of blocks.
+    pub num_blocks: usize,
+}
+
+/// The extra-MSA embedding and its stack.
+#[derive(Module, Debug)]
+pub struct ExtraMsaStack {
+    /// Embeds the 25 extra-MSA features.
+    pub extra_msa_activations: Linear,
+    /// The blocks.
+    pub blocks: Vec<ExtraMsaBlock>,
+}
+
+impl ExtraMsaStackConfig {
+    /// Zero-initialised stack.
+    pub fn init(&self, device: &Device) -> ExtraMsaStack {
+        ExtraMsaStack {
+            extra_msa_activations: linear(EXTRA_MSA_FEATURES, self.block.msa_channels, device),
+            blocks: (0..self.num_blocks)
+                .map(|_| self.block_init(device))
+                .collect(),
+        }
+    }
+
+    fn block_init(&self, device: &Device) -> ExtraMsaBlock {
+        let b = &self.block;
+        let pair = b.pair_layers();
+        ExtraMsaBlock {
+            msa_row_attention_with_pair_bias: b.row_attention().init(device),
+            msa_column_global_attention: MsaColumnGlobalAttentionConfig::new(
+                b.msa_channels,
+                b.msa_col_heads,
+                b.msa_col_head_dim,
+            )
+            .init(device),
+            msa_transition: b.msa_transition().init(device),
+            outer_product_mean: b.outer_product_mean().init(device),
+            triangle_multiplication_outgoing: pair
+                .triangle_multiplication(TriangleDirection::Outgoing, device),
+            triangle_multiplication_incoming: pair
+                .triangle_multiplication(TriangleDirection::Incoming, device),
+            triangle_attention_starting_node: pair.triangle_attention(false, device),
+            triangle_attention_ending_node: pair.triangle_attention(true, device),
+            pair_transition: pair.transition(device),
+        }
+    }
+}
+
+impl ExtraMsaBlock {
+    /// # Shapes
+    /// - msa: `[Se, N, c_e]`, msa_mask: `[Se, N]`, pair: `[N, N, c_z]`, pair_mask: `[N, N]`
+    /// - returns `(msa, pair)` of the same shapes
+    pub fn forward(
+        &self,
+        msa: Tensor<3>,
+        msa_mask: Tensor<2>,
+        pair: Tensor<3>,
+        pair_mask: Tensor<2>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let msa = msa.clone()
+            + self
+                .msa_row_attention_with_pair_bias
+                .forward(msa, msa_mask.clone(), pair.clone());
+        let msa = msa.clone()
+            + self
+                .msa_column_global_attention
+                .forward(msa, msa_mask.clone());
+        let msa = msa.clone() + self.msa_transition.forward(msa);
+        let pair = pair + self.outer_product_mean.forward(msa.clone(), msa_mask);
+        let layers = PairLayers {
+            outgoing: &self.triangle_multiplication_outgoing,
+            incoming: &self.triangle_multiplication_incoming,
+            starting_node: &self.triangle_attention_starting_node,
+            ending_node: &self.triangle_attention_ending_node,
+            transition: &self.pair_transition,
+        };
+        (msa, layers.forward_evoformer_order(pair, pair_mask))
+    }
+}
+
+impl ExtraMsaStack {
+    /// Embeds the extra MSA and returns the updated pair representation.
+    ///
+    /// # Shapes
+    /// - extra_feat: `[Se, N, 25]`, extra_mask: `[Se, N]`
+    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]` -> `[N, N, c_z]`
+    pub fn forward(
+        &self,
+        extra_feat: Tensor<3>,
+        extra_mask: Tensor<2>,
+        mut pair: Tensor<3>,
+        pair_mask: Tensor<2>,
+    ) -> Tensor<3> {
+        let mut msa = self.extra_msa_activations.forward(extra_feat);
+        for block in &self.blocks {
+            (msa, pair) = block.forward(msa, extra_mask.clone(), pair, pair_mask.clone());
+        }
+        pair
+    }
+}

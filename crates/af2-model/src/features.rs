@@ -1,0 +1,237 @@
+//! The processed features of one recycling iteration, as AlphaFold's data pipeline produces
+//! them (the oracle's `features.npz`, one slice of its leading recycle axis), checked for shape
+//! and moved to a device.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use af2_io::npz::{Array, NdArray};
+
+use crate::extra_msa_stack::EXTRA_MSA_FEATURES;
+use crate::input_embedder::{MSA_FEAT, TARGET_FEAT, relative_position_one_hot};
+
+/// A feature that is missing or has the wrong shape.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    /// The key is absent.
+    #[error("feature `{0}` is missing")]
+    Missing(String),
+    /// The shape does not fit.
+    #[error("feature `{key}` has shape {found:?}, expected {expected}")]
+    Shape {
+        /// Feature name.
+        key: String,
+        /// Expected shape, in words.
+        expected: String,
+        /// Found shape.
+        found: Vec<usize>,
+    },
+    /// An integer feature holds a non-integral or out-of-range value.
+    #[error("feature `{key}`: {message}")]
+    Value {
+        /// Feature name.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Template features of one iteration.
+#[derive(Clone, Debug)]
+pub struct TemplateFeatures {
+    /// `[T, N]` AlphaFold residue order, 21 = gap.
+    pub aatype: NdArray<i64>,
+    /// `[T, N, 37, 3]`
+    pub all_atom_positions: NdArray<f32>,
+    /// `[T, N, 37]`
+    pub all_atom_masks: NdArray<f32>,
+    /// `[T]`
+    pub mask: NdArray<f32>,
+    /// `[T, N, 3]`
+    pub pseudo_beta: NdArray<f32>,
+    /// `[T, N]`
+    pub pseudo_beta_mask: NdArray<f32>,
+}
+
+/// The model inputs of one iteration, on the host.
+#[derive(Clone, Debug)]
+pub struct Features {
+    /// `[N]` AlphaFold residue order (0..20).
+    pub aatype: Vec<i64>,
+    /// `[N]`
+    pub residue_index: Vec<i64>,
+    /// `[N]`
+    pub seq_mask: NdArray<f32>,
+    /// `[N, 22]`
+    pub target_feat: NdArray<f32>,
+    /// `[S, N, 49]`
+    pub msa_feat: NdArray<f32>,
+    /// `[S, N]`
+    pub msa_mask: NdArray<f32>,
+    /// `[Se, N, 25]`: one-hot extra MSA (23), has-deletion, deletion value.
+    pub extra_feat: NdArray<f32>,
+    /// `[Se, N]`
+    pub extra_msa_mask: NdArray<f32>,
+    /// Templates, when the features have them.
+    pub templates: Option<TemplateFeatures>,
+}
+
+struct Reader<'a> {
+    arrays: &'a BTreeMap<String, Array>,
+}
+
+impl Reader<'_> {
+    fn get(&self, key: &str) -> Result<&Array, FeatureError> {
+        self.arrays
+            .get(key)
+            .ok_or_else(|| FeatureError::Missing(key.to_string()))
+    }
+
+    fn f32(&self, key: &str, expected: &[Option<usize>]) -> Result<NdArray<f32>, FeatureError> {
+        let array = self.get(key)?.to_f32();
+        check_shape(key, &array.shape, expected)?;
+        Ok(array)
+    }
+
+    fn i64(&self, key: &str, expected: &[Option<usize>]) -> Result<NdArray<i64>, FeatureError> {
+        let array = self.get(key)?.to_i64().map_err(|e| FeatureError::Value {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        check_shape(key, &array.shape, expected)?;
+        Ok(array)
+    }
+}
+
+fn check_shape(key: &str, found: &[usize], expected: &[Option<usize>]) -> Result<(), FeatureError> {
+    let fits = found.len() == expected.len()
+        && found
+            .iter()
+            .zip(expected)
+            .all(|(f, e)| e.is_none_or(|e| e == *f));
+    if fits {
+        return Ok(());
+    }
+    let words: Vec<String> = expected
+        .iter()
+        .map(|e| e.map_or("_".to_string(), |v| v.to_string()))
+        .collect();
+    Err(FeatureError::Shape {
+        key: key.to_string(),
+        expected: format!("[{}]", words.join(", ")),
+        found: found.to_vec(),
+    })
+}
+
+fn check_range(key: &str, values: &[i64], max: i64) -> Result<(), FeatureError> {
+    match values.iter().find(|&&v| !(0..=max).contains(&v)) {
+        Some(v) => Err(FeatureError::Value {
+            key: key.to_string(),
+            message: format!("value {v} outside 0..={max}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl Features {
+    /// Reads the features of one iteration (arrays without the recycle axis).
+    pub fn from_arrays(arrays: &BTreeMap<String, Array>) -> Result<Self, FeatureError> {
+        let r = Reader { arrays };
+        let aatype = r.i64("aatype", &[None])?;
+        let n = aatype.shape[0];
+        check_range("aatype", &aatype.data, 20)?;
+        let msa_feat = r.f32("msa_feat", &[None, Some(n), Some(MSA_FEAT)])?;
+        let s = msa_feat.shape[0];
+        let extra_msa = r.i64("extra_msa", &[None, Some(n)])?;
+        check_range("extra_msa", &extra_msa.data, 22)?;
+        let se = extra_msa.shape[0];
+        let extra_has_deletion = r.f32("extra_has_deletion", &[Some(se), Some(n)])?;
+        let extra_deletion_value = r.f32("extra_deletion_value", &[Some(se), Some(n)])?;
+        Ok(Features {
+            residue_index: r.i64("residue_index", &[Some(n)])?.data,
+            seq_mask: r.f32("seq_mask", &[Some(n)])?,
+            target_feat: r.f32("target_feat", &[Some(n), Some(TARGET_FEAT)])?,
+            msa_mask: r.f32("msa_mask", &[Some(s), Some(n)])?,
+            msa_feat,
+            extra_feat: extra_msa_features(&extra_msa, &extra_has_deletion, &extra_deletion_value),
+            extra_msa_mask: r.f32("extra_msa_mask", &[Some(se), Some(n)])?,
+            templates: Self::templates(&r, n)?,
+            aatype: aatype.data,
+        })
+    }
+
+    fn templates(r: &Reader<'_>, n: usize) -> Result<Option<TemplateFeatures>, FeatureError> {
+        if !r.arrays.contains_key("template_aatype") {
+            return Ok(None);
+        }
+        let aatype = r.i64("template_aatype", &[None, Some(n)])?;
+        check_range("template_aatype", &aatype.data, 21)?;
+        let t = Some(aatype.shape[0]);
+        Ok(Some(TemplateFeatures {
+            all_atom_positions: r.f32(
+                "template_all_atom_positions",
+                &[t, Some(n), Some(37), Some(3)],
+            )?,
+            all_atom_masks: r.f32("template_all_atom_masks", &[t, Some(n), Some(37)])?,
+            mask: r.f32("template_mask", &[t])?,
+            pseudo_beta: r.f32("template_pseudo_beta", &[t, Some(n), Some(3)])?,
+            pseudo_beta_mask: r.f32("template_pseudo_beta_mask", &[t, Some(n)])?,
+            aatype,
+        }))
+    }
+
+    /// Number of residues.
+    pub fn num_residues(&self) -> usize {
+        self.aatype.len()
+    }
+
+    /// Number of MSA cluster rows.
+    pub fn num_msa_rows(&self) -> usize {
+        self.msa_feat.shape[0]
+    }
+}
+
+/// AlphaFold's `create_extra_msa_feature`: one-hot (23) + has_deletion + deletion_value.
+fn extra_msa_features(
+    msa: &NdArray<i64>,
+    has_deletion: &NdArray<f32>,
+    deletion_value: &NdArray<f32>,
+) -> NdArray<f32> {
+    let count = msa.data.len();
+    let mut data = vec![0.0f32; count * EXTRA_MSA_FEATURES];
+    for (k, &token) in msa.data.iter().enumerate() {
+        let row = &mut data[k * EXTRA_MSA_FEATURES..(k + 1) * EXTRA_MSA_FEATURES];
+        row[token as usize] = 1.0;
+        row[23] = has_deletion.data[k];
+        row[24] = deletion_value.data[k];
+    }
+    let mut shape = msa.shape.clone();
+    shape.push(EXTRA_MSA_FEATURES);
+    NdArray { shape, data }
+}
+
+/// Uploads a host array as a float tensor of rank `D`.
+pub fn to_tensor<const D: usize>(array: &NdArray<f32>, device: &Device) -> Tensor<D> {
+    Tensor::from_data(
+        TensorData::new(array.data.clone(), array.shape.clone()),
+        device,
+    )
+}
+
+/// Uploads integers as an `Int` tensor of rank `D`.
+pub fn to_int_tensor<const D: usize>(
+    data: &[i64],
+    shape: Vec<usize>,
+    device: &Device,
+) -> Tensor<D, Int> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
+}
+
+/// The relative-position one-hot `[N, N, 65]` on a device.
+pub fn relpos_tensor(residue_index: &[i64], device: &Device) -> Tensor<3> {
+    let n = residue_index.len();
+    let one_hot = relative_position_one_hot(residue_index);
+    let classes = one_hot.len() / (n * n).max(1);
+    Tensor::from_data(TensorData::new(one_hot, [n, n, classes]), device)
+}

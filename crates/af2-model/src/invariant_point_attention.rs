@@ -1,0 +1,246 @@
+//! Invariant point attention (Jumper et al. 2021, Suppl. Alg. 22; AlphaFold's
+//! `folding.InvariantPointAttention`).
+
+use af2_geometry::QuatAffine;
+use af2_layers::{Linear, MAX_LOGITS_PER_CHUNK, linear};
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::activation::{softmax, softplus};
+use burn::tensor::{Device, Tensor};
+
+/// Subtracted from the logits of pairs with a masked residue. IPA masks additively
+/// (`logits - 1e5 * (1 - mask_i * mask_j)`), unlike the Evoformer attentions.
+pub const IPA_MASK_PENALTY: f32 = 1e5;
+
+/// Added under the square root of the norms of the output points (`dist_epsilon`).
+pub const IPA_DIST_EPSILON: f32 = 1e-8;
+
+/// Configuration of an [`InvariantPointAttention`].
+#[derive(Config, Debug)]
+pub struct InvariantPointAttentionConfig {
+    /// Channels of the single activations, input and output (`num_channel`, 384).
+    pub channels: usize,
+    /// Channels of the pair activations (c_z, 128).
+    pub pair_channels: usize,
+    /// Attention heads (12).
+    pub heads: usize,
+    /// Scalar query/key channels per head (16).
+    pub scalar_qk: usize,
+    /// Query/key points per head (4).
+    pub point_qk: usize,
+    /// Scalar value channels per head (16).
+    pub scalar_v: usize,
+    /// Value points per head (8).
+    pub point_v: usize,
+}
+
+/// Attention over residues whose logits combine scalar products, distances between points
+/// placed in each residue's frame, and a pair bias (Algorithm 22). Parameter names follow
+/// AlphaFold.
+#[derive(Module, Debug)]
+pub struct InvariantPointAttention {
+    /// `[channels, heads * scalar_qk]`
+    pub q_scalar: Linear,
+    /// `[channels, heads * (scalar_qk + scalar_v)]`
+    pub kv_scalar: Linear,
+    /// `[channels, 3 * heads * point_qk]`, x block, then y, then z.
+    pub q_point_local: Linear,
+    /// `[channels, 3 * heads * (point_qk + point_v)]`, x block, then y, then z.
+    pub kv_point_local: Linear,
+    /// Per-head weight of the point term before softplus. Shape `[heads]`.
+    pub trainable_point_weights: Param<Tensor<1>>,
+    /// Pair bias: `[pair_channels, heads]`.
+    pub attention_2d: Linear,
+    /// `[heads * (scalar_v + 4 * point_v + pair_channels), channels]`
+    pub output_projection: Linear,
+    heads: usize,
+    scalar_qk: usize,
+    point_qk: usize,
+    scalar_v: usize,
+    point_v: usize,
+}
+
+impl InvariantPointAttentionConfig {
+    /// Zero-initialised module (`trainable_point_weights` at softplus⁻¹(1), AlphaFold's init).
+    pub fn init(&self, device: &Device) -> InvariantPointAttention {
+        let h = self.heads;
+        let out_in = h * (self.scalar_v + 4 * self.point_v + self.pair_channels);
+        InvariantPointAttention {
+            q_scalar: linear(self.channels, h * self.scalar_qk, device),
+            kv_scalar: linear(self.channels, h * (self.scalar_qk + self.scalar_v), device),
+            q_point_local: linear(self.channels, 3 * h * self.point_qk, device),
+            kv_point_local: linear(
+                self.channels,
+                3 * h * (self.point_qk + self.point_v),
+                device,
+            ),
+            trainable_point_weights: Param::from_tensor(Tensor::full(
+                [h],
+                (1.0f64.exp() - 1.0).ln(),
+                device,
+            )),
+            attention_2d: linear(self.pair_channels, h, device),
+            output_projection: linear(out_in, self.channels, device),
+            heads: h,
+            scalar_qk: self.scalar_qk,
+            point_qk: self.point_qk,
+            scalar_v: self.scalar_v,
+            point_v: self.point_v,
+        }
+    }
+}
+
+impl InvariantPointAttention {
+    /// Attention update of the single activations (no residual, no LayerNorm).
+    ///
+    /// `affine` holds the backbone frames in the structure module's internal units (translations
+    /// in nanometres, i.e. Å / `position_scale`). `mask` is 1 for residues that take part.
+    ///
+    /// # Shapes
+    /// - act: `[N, channels]`
+    /// - act_2d: `[N, N, pair_channels]` (the pair activations after `pair_layer_norm`)
+    /// - mask: `[N]`
+    /// - affine: `N` frames
+    /// - output: `[N, channels]`
+    pub fn forward(
+        &self,
+        act: Tensor<2>,
+        act_2d: Tensor<3>,
+        mask: Tensor<1>,
+        affine: &QuatAffine,
+    ) -> Tensor<2> {
+        let [n, _] = act.dims();
+        let (h, sqk, pqk, sv, pv) = (
+            self.heads,
+            self.scalar_qk,
+            self.point_qk,
+            self.scalar_v,
+            self.point_v,
+        );
+
+        // Scalar queries, keys and values: [H, N, C].
+        let q_scalar = self
+            .q_scalar
+            .forward(act.clone())
+            .reshape([n, h, sqk])
+            .swap_dims(0, 1);
+        let kv_scalar = self
+            .kv_scalar
+            .forward(act.clone())
+            .reshape([n, h, sqk + sv])
+            .swap_dims(0, 1);
+        let k_scalar = kv_scalar.clone().narrow(2, 0, sqk);
+        let v_scalar = kv_scalar.narrow(2, sqk, sv);
+
+        // Points: the projection holds all x coordinates, then all y, then all z. Local points
+        // [N, H * P, 3] are mapped to the global frame and split per head: [N, H, P, 3].
+        let global_points = |x: Tensor<2>, p: usize| {
+            let local = x.reshape([n, 3, h * p]).swap_dims(1, 2);
+            affine.apply_to_point(local).reshape([n, h, p, 3])
+        };
+        let q_point = global_points(self.q_point_local.forward(act.clone()), pqk);
+        let kv_point = global_points(self.kv_point_local.forward(act), pqk + pv);
+        let k_point = kv_point.clone().narrow(2, 0, pqk);
+        let v_point = kv_point.narrow(2, pqk, pv);
+
+        // Logit weights: equal variance for the scalar, point and pair terms.
+        let num_logit_terms = 3.0f64;
+        let scalar_variance = sqk.max(1) as f64;
+        let point_variance = pqk.max(1) as f64 * 9.0 / 2.0;
+        let scalar_weight = (1.0 / (num_logit_terms * scalar_variance)).sqrt();
+        let point_weight = (1.0 / (num_logit_terms * point_variance)).sqrt();
+        let attention_2d_weight = (1.0 / num_logit_terms).sqrt();
+        let point_weights =
+            softplus(self.trainable_point_weights.val(), 1.0).mul_scalar(point_weight);
+
+        // [H, N, N]
+        let logits_scalar = q_scalar
+            .mul_scalar(scalar_weight)
+            .matmul(k_scalar.swap_dims(1, 2));
+        let logits_point = point_logits(
+            q_point.permute([1, 0, 2, 3]),
+            k_point.permute([1, 0, 2, 3]),
+            point_weights,
+        );
+        let logits_2d = self
+            .attention_2d
+            .forward(act_2d.clone())
+            .permute([2, 0, 1])
+            .mul_scalar(attention_2d_weight);
+        let mask_2d = mask.clone().unsqueeze_dim::<2>(1) * mask.unsqueeze_dim::<2>(0);
+        let penalty = mask_2d
+            .neg()
+            .add_scalar(1.0)
+            .mul_scalar(IPA_MASK_PENALTY)
+            .unsqueeze::<3>();
+        let attn = softmax(logits_scalar + logits_point + logits_2d - penalty, 2);
+
+        // Scalar values: [H, N, Sv] -> [N, H * Sv].
+        let result_scalar = attn
+            .clone()
+            .matmul(v_scalar)
+            .swap_dims(0, 1)
+            .reshape([n, h * sv]);
+
+        // Point values, attended in the global frame, then mapped to each query's frame.
+        let v_point = v_point.permute([1, 0, 2, 3]).reshape([h, n, pv * 3]);
+        let result_point_global = attn
+            .clone()
+            .matmul(v_point)
+            .reshape([h, n, pv, 3])
+            .permute([1, 0, 2, 3])
+            .reshape([n, h * pv, 3]);
+        let result_point_local = affine.invert_point(result_point_global);
+        let sq = result_point_local.clone().square();
+        let c = |i| sq.clone().narrow(2, i, 1);
+        let result_point_norm = (c(0).add_scalar(IPA_DIST_EPSILON) + c(1) + c(2))
+            .sqrt()
+            .reshape([n, h * pv]);
+        // x of every point, then y, then z: [N, 3 * H * Pv].
+        let result_point_xyz = result_point_local.swap_dims(1, 2).reshape([n, 3 * h * pv]);
+
+        // Pair values: attn [H, i, j] with act_2d [i, j, c] -> [i, H, c].
+        let [_, _, cz] = act_2d.dims();
+        let result_2d = attn.swap_dims(0, 1).matmul(act_2d).reshape([n, h * cz]);
+
+        let features = Tensor::cat(
+            vec![
+                result_scalar,
+                result_point_xyz,
+                result_point_norm,
+                result_2d,
+            ],
+            1,
+        );
+        self.output_projection.forward(features)
+    }
+}
+
+/// `-0.5 * Σ_p w_h |q_hip - k_hjp|²` computed as differences (not by expanding the square, which
+/// loses precision far from the origin), in chunks of query residues so that the
+/// `[H, Q, K, P, 3]` buffer stays below [`MAX_LOGITS_PER_CHUNK`] elements.
+///
+/// # Shapes
+/// - q: `[H, N, P, 3]`
+/// - k: `[H, N, P, 3]`
+/// - weights: `[H]`
+/// - output: `[H, N, N]`
+fn point_logits(q: Tensor<4>, k: Tensor<4>, weights: Tensor<1>) -> Tensor<3> {
+    let [h, n, p, _] = q.dims();
+    let k = k.unsqueeze_dim::<5>(1);
+    let weights = weights.reshape([h, 1, 1, 1]);
+    let rows = (MAX_LOGITS_PER_CHUNK / (h * n * p * 3).max(1)).clamp(1, n.max(1));
+    let chunks: Vec<Tensor<3>> = (0..n)
+        .step_by(rows)
+        .map(|start| {
+            let len = rows.min(n - start);
+            let qc = q.clone().narrow(1, start, len).unsqueeze_dim::<5>(2);
+            let dist2 = (qc - k.clone()).square().sum_dim(4).reshape([h, len, n, p]);
+            (dist2 * weights.clone())
+                .sum_dim(3)
+                .reshape([h, len, n])
+                .mul_scalar(-0.5)
+        })
+        .collect();
+    Tensor::cat(chunks, 1)
+}

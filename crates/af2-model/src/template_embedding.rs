@@ -1,0 +1,224 @@
+//! Template embedding: the template pair stack (Algorithm 16) and template pointwise attention
+//! (Algorithm 17), AlphaFold's `TemplateEmbedding` / `SingleTemplateEmbedding`.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use af2_layers::{
+    GatedAttention, GatedAttentionConfig, LayerNorm, LayerNormConfig, Linear, Transition,
+    TriangleAttention, TriangleDirection, TriangleMultiplication, linear,
+};
+
+use crate::evoformer::{PairLayers, PairLayersConfig};
+use crate::recycling_embedder::dgram_from_positions;
+
+/// Template distogram bins.
+pub const TEMPLATE_BINS: usize = 39;
+/// Left edge of the first template bin (Å).
+pub const TEMPLATE_MIN_BIN: f32 = 3.25;
+/// Left edge of the last template bin (Å).
+pub const TEMPLATE_MAX_BIN: f32 = 50.75;
+/// Channels of the template pair features: distogram, mask, two aatype one-hots, unit vector
+/// (zeros: AlphaFold 2.3's monomer config has `use_template_unit_vector = False`), mask.
+pub const TEMPLATE_PAIR_FEATURES: usize = TEMPLATE_BINS + 1 + 22 + 22 + 3 + 1;
+
+/// Widths of the template embedding.
+#[derive(Config, Debug)]
+pub struct TemplateEmbeddingConfig {
+    /// Query pair channels (c_z).
+    pub pair_channels: usize,
+    /// Template pair channels (c_t).
+    pub template_channels: usize,
+    /// Template pair stack blocks.
+    pub num_blocks: usize,
+    /// Pair layers of the template pair stack.
+    pub pair_layers: PairLayersConfig,
+    /// Heads of the pointwise attention.
+    pub pointwise_heads: usize,
+    /// Key channels per head of the pointwise attention.
+    pub pointwise_key_dim: usize,
+    /// Value channels per head of the pointwise attention.
+    pub pointwise_value_dim: usize,
+}
+
+/// One block of the template pair stack.
+#[derive(Module, Debug)]
+pub struct TemplatePairBlock {
+    /// Algorithm 13.
+    pub triangle_attention_starting_node: TriangleAttention,
+    /// Algorithm 14.
+    pub triangle_attention_ending_node: TriangleAttention,
+    /// Algorithm 11.
+    pub triangle_multiplication_outgoing: TriangleMultiplication,
+    /// Algorithm 12.
+    pub triangle_multiplication_incoming: TriangleMultiplication,
+    /// Algorithm 15.
+    pub pair_transition: Transition,
+}
+
+/// The template pair stack (Algorithm 16).
+#[derive(Module, Debug)]
+pub struct TemplatePairStack {
+    /// The blocks.
+    pub blocks: Vec<TemplatePairBlock>,
+}
+
+/// Template embedding: per-template pair stack, then attention from the query pair.
+#[derive(Module, Debug)]
+pub struct TemplateEmbedding {
+    /// Template pair features to c_t.
+    pub embedding2d: Linear,
+    /// Algorithm 16.
+    pub template_pair_stack: TemplatePairStack,
+    /// LayerNorm of the stack output.
+    pub output_layer_norm: LayerNorm,
+    /// Algorithm 17 (no gating).
+    pub attention: GatedAttention,
+}
+
+impl TemplateEmbeddingConfig {
+    /// Zero-initialised module.
+    pub fn init(&self, device: &Device) -> TemplateEmbedding {
+        let p = &self.pair_layers;
+        let block = || TemplatePairBlock {
+            triangle_attention_starting_node: p.triangle_attention(false, device),
+            triangle_attention_ending_node: p.triangle_attention(true, device),
+            triangle_multiplication_outgoing: p
+                .triangle_multiplication(TriangleDirection::Outgoing, device),
+            triangle_multiplication_incoming: p
+                .triangle_multiplication(TriangleDirection::Incoming, device),
+            pair_transition: p.transition(device),
+        };
+        TemplateEmbedding {
+            embedding2d: linear(TEMPLATE_PAIR_FEATURES, self.template_channels, device),
+            template_pair_stack: TemplatePairStack {
+                blocks: (0..self.num_blocks).map(|_| block()).collect(),
+            },
+            output_layer_norm: LayerNormConfig::new(self.template_channels).init(device),
+            attention: GatedAttentionConfig::new(
+                self.pair_channels,
+                self.template_channels,
+                self.pointwise_heads,
+                self.pointwise_key_dim,
+                self.pointwise_value_dim,
+                self.pair_channels,
+            )
+            .with_gating(false)
+            .init(device),
+        }
+    }
+}
+
+/// The features of one template.
+#[derive(Clone, Debug)]
+pub struct TemplateInputs {
+    /// `[N, 22]` one-hot of the template aatype.
+    pub aatype_one_hot: Tensor<2>,
+    /// `[N, 3]`
+    pub pseudo_beta: Tensor<2>,
+    /// `[N]`
+    pub pseudo_beta_mask: Tensor<1>,
+    /// `[N]` product of the N, CA and C atom masks.
+    pub backbone_mask: Tensor<1>,
+}
+
+fn outer(mask: Tensor<1>) -> Tensor<2> {
+    mask.clone().unsqueeze_dim::<2>(1) * mask.unsqueeze_dim::<2>(0)
+}
+
+/// The 88 pair features of one template (AlphaFold's `SingleTemplateEmbedding`), masked by
+/// the backbone mask.
+///
+/// # Shapes
+/// - output: `[N, N, 88]`
+pub fn template_pair_features(t: &TemplateInputs) -> Tensor<3> {
+    let [n, c] = t.aatype_one_hot.dims();
+    let device = t.pseudo_beta.device();
+    let dgram = dgram_from_positions(
+        t.pseudo_beta.clone(),
+        TEMPLATE_BINS,
+        TEMPLATE_MIN_BIN,
+        TEMPLATE_MAX_BIN,
+    );
+    let pb_mask = outer(t.pseudo_beta_mask.clone()).unsqueeze_dim::<3>(2);
+    let aatype_j = t
+        .aatype_one_hot
+        .clone()
+        .unsqueeze_dim::<3>(0)
+        .expand([n, n, c]);
+    let aatype_i = t
+        .aatype_one_hot
+        .clone()
+        .unsqueeze_dim::<3>(1)
+        .expand([n, n, c]);
+    let unit_vector = Tensor::<3>::zeros([n, n, 3], &device);
+    let bb_mask = outer(t.backbone_mask.clone()).unsqueeze_dim::<3>(2);
+    let act = Tensor::cat(
+        vec![
+            dgram,
+            pb_mask,
+            aatype_j,
+            aatype_i,
+            unit_vector,
+            bb_mask.clone(),
+        ],
+        2,
+    );
+    act * bb_mask
+}
+
+impl TemplatePairBlock {
+    fn pair_layers(&self) -> PairLayers<'_> {
+        PairLayers {
+            outgoing: &self.triangle_multiplication_outgoing,
+            incoming: &self.triangle_multiplication_incoming,
+            starting_node: &self.triangle_attention_starting_node,
+            ending_node: &self.triangle_attention_ending_node,
+            transition: &self.pair_transition,
+        }
+    }
+}
+
+impl TemplateEmbedding {
+    /// Embeds one template into `[N, N, c_t]`.
+    pub fn embed_single(&self, template: &TemplateInputs, pair_mask: Tensor<2>) -> Tensor<3> {
+        let mut act = self.embedding2d.forward(template_pair_features(template));
+        for block in &self.template_pair_stack.blocks {
+            act = block
+                .pair_layers()
+                .forward_template_order(act, pair_mask.clone());
+        }
+        self.output_layer_norm.forward(act)
+    }
+
+    /// Returns the template update to the pair representation.
+    ///
+    /// # Shapes
+    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]`, template_mask: `[T]`
+    /// - output: `[N, N, c_z]`
+    pub fn forward(
+        &self,
+        pair: Tensor<3>,
+        pair_mask: Tensor<2>,
+        templates: &[TemplateInputs],
+        template_mask: Tensor<1>,
+    ) -> Tensor<3> {
+        let [n, _, c_z] = pair.dims();
+        let t = templates.len();
+        let embedded: Vec<Tensor<3>> = templates
+            .iter()
+            .map(|tpl| self.embed_single(tpl, pair_mask.clone()))
+            .collect();
+        let c_t = embedded[0].dims()[2];
+        // [T, N, N, c_t] -> [N*N, T, c_t]
+        let memory = Tensor::stack::<4>(embedded, 2).reshape([n * n, t, c_t]);
+        let query = pair.reshape([n * n, 1, c_z]);
+        let any_template = template_mask.clone().sum().greater_elem(0.0).float();
+        let embedding = self
+            .attention
+            .forward(query, memory, template_mask.reshape([1, t]), None)
+            .reshape([n, n, c_z]);
+        embedding * any_template.reshape([1, 1, 1])
+    }
+}

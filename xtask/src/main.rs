@@ -1,0 +1,134 @@
+//! Project maintenance tasks: `cargo xtask <command>`.
+
+use af2_io::weights::{
+    ModelDims, check_haiku_layout, haiku_into_native, load_weights, read_haiku_npz,
+    write_safetensors,
+};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+mod parity;
+
+/// Project maintenance tasks.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Project maintenance tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert released AlphaFold weights (params_model_*.npz) to our safetensors format,
+    /// then load the result back and verify every tensor bit for bit.
+    ConvertWeights {
+        /// The released weights, e.g. params_model_1_ptm.npz.
+        input: PathBuf,
+        /// Output file [default: weights/<name without "params_">.safetensors in the workspace].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run an oracle case (make_golden.py output folder) and print max abs/rel error per output.
+    Parity {
+        /// The case folder (params.npz, features.npz, outputs.npz, meta.json[, trace.npz]).
+        dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::ConvertWeights { input, output } => {
+            let output = match output {
+                Some(path) => path,
+                None => default_output(&input)?,
+            };
+            convert_weights(&input, &output)
+        }
+        Command::Parity { dir } => parity::run(&dir),
+    }
+}
+
+/// `weights/<stem without the params_ prefix>.safetensors` under the workspace root.
+fn default_output(input: &Path) -> Result<PathBuf> {
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| format!("cannot derive an output name from {}", input.display()))?;
+    let name = stem.strip_prefix("params_").unwrap_or(stem);
+    Ok(workspace_root()
+        .join("weights")
+        .join(format!("{name}.safetensors")))
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or(manifest.clone(), Path::to_path_buf)
+}
+
+/// Reads, checks, converts, writes and verifies.
+fn convert_weights(input: &Path, output: &Path) -> Result<()> {
+    let haiku = read_haiku_npz(input)
+        .with_context(|| format!("reading released weights {}", input.display()))?;
+    let dims = ModelDims::infer(&haiku)
+        .with_context(|| format!("inferring model dimensions of {}", input.display()))?;
+    check_haiku_layout(&haiku, &dims)
+        .with_context(|| format!("checking the parameter layout of {}", input.display()))?;
+    println!("read {}", input.display());
+    println!(
+        "inferred dims:\n{}",
+        serde_json::to_string_pretty(&dims).context("formatting dims")?
+    );
+    println!(
+        "{} arrays, {} floats (haiku layout)",
+        haiku.len(),
+        haiku.num_floats()
+    );
+
+    let native = haiku_into_native(haiku).context("mapping haiku names to native names")?;
+    println!("{} native tensors", native.len());
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating output directory {}", dir.display()))?;
+    }
+    let metadata = source_metadata(input);
+    write_safetensors(&native, output, &metadata)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("wrote {}", output.display());
+
+    let loaded =
+        load_weights(output).with_context(|| format!("loading back {}", output.display()))?;
+    if loaded.dims != dims {
+        bail!(
+            "{}: dims after reload differ: {:?} vs {:?}",
+            output.display(),
+            loaded.dims,
+            dims
+        );
+    }
+    if let Some(difference) = loaded.native.first_difference(&native) {
+        bail!(
+            "{}: reloaded tensors differ: {difference}",
+            output.display()
+        );
+    }
+    println!(
+        "verified: {} tensors, {} floats bitwise equal",
+        loaded.native.len(),
+        loaded.native.num_floats()
+    );
+    Ok(())
+}
+
+/// Metadata recording which file the weights were converted from.
+fn source_metadata(input: &Path) -> BTreeMap<String, String> {
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    BTreeMap::from([("af2.source".to_string(), name)])
+}

@@ -1,0 +1,52 @@
+//! `cargo xtask parity DIR`: runs any oracle case and prints the error table.
+
+use std::path::Path;
+use std::time::Instant;
+
+use af2_model::outputs::prediction_arrays;
+use af2_tests::{
+    OracleCase, case_model, compare_outputs, format_table, reference_device, run_case,
+};
+use anyhow::{Result, bail};
+
+/// Runs every iteration from zeros, and, when the case has a trace, the last iteration from
+/// the oracle's fed state; prints one table each. Fails if any output is beyond tolerance.
+pub fn run(dir: &Path) -> Result<()> {
+    let device = reference_device();
+    let case = OracleCase::open(dir)?;
+    let start = Instant::now();
+    let model = case_model(&case, &device)?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    let modes: &[bool] = if case.trace.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut failures = 0;
+    for &teacher_forcing in modes {
+        let start = Instant::now();
+        let out = run_case(&case, &model, teacher_forcing, &device)?;
+        let rows = compare_outputs(&case, &prediction_arrays(&out))?;
+        let mode = if teacher_forcing {
+            "last iteration from the oracle's fed state"
+        } else {
+            "all iterations from zeros"
+        };
+        let title = format!(
+            "{} — {} ({:.1} s)",
+            dir.display(),
+            mode,
+            start.elapsed().as_secs_f64()
+        );
+        println!("{}", format_table(&title, &rows));
+        failures += rows.iter().filter(|r| !r.passes()).count();
+    }
+    if failures > 0 {
+        bail!("{failures} output(s) beyond tolerance");
+    }
+    Ok(())
+}
