@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod bench;
 mod parity;
 
 /// Project maintenance tasks.
@@ -35,6 +36,18 @@ enum Command {
         /// The case folder (params.npz, features.npz, outputs.npz, meta.json[, trace.npz]).
         dir: PathBuf,
     },
+    /// Time the forward pass on the CPU reference backend (single sequence + one template).
+    BenchCpu {
+        /// Weights (npz or safetensors); their widths set the model.
+        #[arg(long)]
+        params: PathBuf,
+        /// Sequence lengths.
+        #[arg(long, value_delimiter = ',', default_value = "64,128")]
+        lengths: Vec<usize>,
+        /// Recycles (passes = recycles + 1).
+        #[arg(long, default_value_t = 3)]
+        recycles: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -47,6 +60,11 @@ fn main() -> Result<()> {
             convert_weights(&input, &output)
         }
         Command::Parity { dir } => parity::run(&dir),
+        Command::BenchCpu {
+            params,
+            lengths,
+            recycles,
+        } => bench::run(&params, &lengths, recycles),
     }
 }
 
