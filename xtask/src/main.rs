@@ -36,6 +36,13 @@ enum Command {
         /// The case folder (params.npz, features.npz, outputs.npz, meta.json[, trace.npz]).
         dir: PathBuf,
     },
+    /// Compare a finished outputs.npz (any backend) with an oracle case.
+    Compare {
+        /// The case folder.
+        dir: PathBuf,
+        /// Our outputs.npz.
+        candidate: PathBuf,
+    },
     /// Time the forward pass on the CPU reference backend (single sequence + one template).
     BenchCpu {
         /// Weights (npz or safetensors); their widths set the model.
@@ -60,6 +67,7 @@ fn main() -> Result<()> {
             convert_weights(&input, &output)
         }
         Command::Parity { dir } => parity::run(&dir),
+        Command::Compare { dir, candidate } => parity::compare(&dir, &candidate),
         Command::BenchCpu {
             params,
             lengths,

@@ -50,3 +50,18 @@ pub fn run(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Compares a finished `outputs.npz` (from any backend or machine) with an oracle case.
+pub fn compare(dir: &Path, candidate: &Path) -> Result<()> {
+    let case = OracleCase::open(dir)?;
+    let ours = af2_io::npz::read_npz(candidate)?;
+    let ours: Vec<(String, af2_io::npz::Array)> = ours.into_iter().collect();
+    let rows = compare_outputs(&case, &ours)?;
+    let title = format!("{} vs {}", candidate.display(), dir.display());
+    println!("{}", format_table(&title, &rows));
+    let failures = rows.iter().filter(|r| !r.passes()).count();
+    if failures > 0 {
+        bail!("{failures} output(s) beyond tolerance");
+    }
+    Ok(())
+}

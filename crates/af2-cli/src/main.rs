@@ -1,5 +1,6 @@
 //! `af2`: AlphaFold2 inference in Rust.
 
+mod bench;
 mod device;
 mod run_features;
 
@@ -19,12 +20,15 @@ struct Cli {
 enum Command {
     /// Run the model on processed features (the oracle's features.npz) and write outputs.npz.
     RunFeatures(run_features::Args),
+    /// Time predictions (single sequence + one template) on a backend.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::RunFeatures(args) => run_features::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use af2_io::npz::{Array, read_npz, write_npz};
 use af2_io::weights::load_weights;
 use af2_model::features::Features;
-use af2_model::model::AlphaFoldConfig;
+use af2_model::model::{AlphaFoldConfig, RecycleOptions};
 use af2_model::outputs::prediction_arrays;
 use af2_model::weights::load_module;
 
@@ -30,6 +30,10 @@ pub struct Args {
     /// Number of recycles R (default: the features' leading axis minus one).
     #[arg(long)]
     recycles: Option<usize>,
+    /// Stop recycling once the CA distance matrix changes by less than this many Å (RMS)
+    /// between iterations, as ColabFold; off by default.
+    #[arg(long)]
+    recycle_early_stop_tolerance: Option<f32>,
     /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -81,13 +85,21 @@ pub fn run(args: &Args) -> Result<()> {
     load_module(&mut model, &weights.native)
         .with_context(|| format!("loading {}", args.params.display()))?;
     let start = Instant::now();
-    let out = model.forward_recycled(&slices, None, &device);
+    let options = RecycleOptions {
+        early_stop_tolerance: args.recycle_early_stop_tolerance,
+    };
+    let (out, log) = model.forward_recycled_with(&slices, None, &options, &device);
     let arrays = prediction_arrays(&out);
     eprintln!(
-        "{} residues, {} iteration(s) in {:.2} s",
+        "{} residues, {} iteration(s) in {:.2} s{}",
         slices[0].num_residues(),
-        iterations,
-        start.elapsed().as_secs_f64()
+        log.iterations_run,
+        start.elapsed().as_secs_f64(),
+        if log.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
     );
     write_npz(&args.out, &arrays)?;
     eprintln!("wrote {}", args.out.display());

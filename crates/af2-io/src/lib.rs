@@ -3,9 +3,13 @@
 //! format, and input features.
 
 mod atomic;
+pub mod designs;
 pub mod error;
 pub mod features;
 pub mod npz;
+pub mod output;
+pub mod sequence;
+pub mod structure;
 pub mod weights;
 
 pub use error::{IoError, LayoutProblem, Result};

@@ -66,6 +66,16 @@ impl GatedAttentionConfig {
     }
 }
 
+/// Rows `start..start + len` of the batch axis, or the tensor itself when that axis is a
+/// broadcast axis of size 1.
+fn batch_rows<const D: usize>(t: Tensor<D>, start: usize, len: usize) -> Tensor<D> {
+    if t.dims()[0] == 1 {
+        t
+    } else {
+        t.narrow(0, start, len)
+    }
+}
+
 /// Projects `[B, N, A]` with a `[A, H, C]` weight to `[B, N, H, C]`.
 pub fn project_heads(x: Tensor<3>, weight: Tensor<3>) -> Tensor<4> {
     let [b, n, a] = x.dims();
@@ -95,10 +105,23 @@ impl GatedAttention {
         key_mask: Tensor<2>,
         bias: Option<Tensor<4>>,
     ) -> Tensor<3> {
+        self.forward_chunked(q_data, m_data, key_mask, bias, MAX_LOGITS_PER_CHUNK)
+    }
+
+    /// [`GatedAttention::forward`] computing at most `max_logits` logits at a time (whole
+    /// batch rows; at least one row per chunk).
+    pub fn forward_chunked(
+        &self,
+        q_data: Tensor<3>,
+        m_data: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+        max_logits: usize,
+    ) -> Tensor<3> {
         let [b, q, _] = q_data.dims();
         let [_, k, _] = m_data.dims();
         let h = self.query_w.dims()[1];
-        let rows = (MAX_LOGITS_PER_CHUNK / (h * q * k).max(1)).max(1);
+        let rows = (max_logits / (h * q * k).max(1)).max(1);
         if rows >= b {
             return self.forward_chunk(q_data, m_data, key_mask, bias);
         }
@@ -106,25 +129,11 @@ impl GatedAttention {
             .step_by(rows)
             .map(|start| {
                 let len = rows.min(b - start);
-                let rows_of = |t: Tensor<2>| {
-                    if t.dims()[0] == 1 {
-                        t
-                    } else {
-                        t.narrow(0, start, len)
-                    }
-                };
-                let bias = bias.clone().map(|t| {
-                    if t.dims()[0] == 1 {
-                        t
-                    } else {
-                        t.narrow(0, start, len)
-                    }
-                });
                 self.forward_chunk(
                     q_data.clone().narrow(0, start, len),
                     m_data.clone().narrow(0, start, len),
-                    rows_of(key_mask.clone()),
-                    bias,
+                    batch_rows(key_mask.clone(), start, len),
+                    bias.clone().map(|t| batch_rows(t, start, len)),
                 )
             })
             .collect();
@@ -171,5 +180,41 @@ impl GatedAttention {
             .matmul(self.output_w.val().reshape([h * value_dim, out_dim]))
             .reshape([b, q_len, out_dim])
             + self.output_b.val().unsqueeze::<3>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn chunked_attention_equals_unchunked() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let mut attention = GatedAttentionConfig::new(6, 6, 2, 3, 3, 6).init(&device);
+        let random = |shape: [usize; 3]| {
+            Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ))
+        };
+        attention.query_w = random([6, 2, 3]);
+        attention.key_w = random([6, 2, 3]);
+        attention.value_w = random([6, 2, 3]);
+        attention.output_w = random([2, 3, 6]);
+        let x = Tensor::<3>::random([5, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let mut mask_values = vec![1.0f32; 20];
+        mask_values[3] = 0.0;
+        mask_values[17] = 0.0;
+        let mask =
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(mask_values, [5, 4]), &device);
+        let bias = Tensor::<4>::random([1, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let whole = attention.forward(x.clone(), x.clone(), mask.clone(), Some(bias.clone()));
+        // One batch row per chunk.
+        let chunked = attention.forward_chunked(x.clone(), x, mask, Some(bias), 1);
+        let diff: f32 = (whole - chunked).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
     }
 }

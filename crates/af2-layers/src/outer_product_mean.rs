@@ -57,6 +57,17 @@ impl OuterProductMean {
     /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`
     /// - output: `[N, N, c_z]`
     pub fn forward(&self, msa: Tensor<3>, msa_mask: Tensor<2>) -> Tensor<3> {
+        self.forward_chunked(msa, msa_mask, MAX_OUTER_ELEMENTS)
+    }
+
+    /// [`OuterProductMean::forward`] with at most `max_elements` elements of the
+    /// `[i, N, outer^2]` intermediate at a time (at least one residue `i` per chunk).
+    pub fn forward_chunked(
+        &self,
+        msa: Tensor<3>,
+        msa_mask: Tensor<2>,
+        max_elements: usize,
+    ) -> Tensor<3> {
         let [s, n, _] = msa.dims();
         let mask = msa_mask.clone().unsqueeze_dim::<3>(2);
         let act = self.layer_norm_input.forward(msa);
@@ -65,7 +76,7 @@ impl OuterProductMean {
         let o = left.dims()[2];
         // right as [S, N*o]
         let right = right.reshape([s, n * o]);
-        let rows = (MAX_OUTER_ELEMENTS / (n * o * o).max(1)).clamp(1, n);
+        let rows = (max_elements / (n * o * o).max(1)).clamp(1, n);
         let chunks: Vec<Tensor<3>> = (0..n)
             .step_by(rows)
             .map(|start| {
@@ -104,5 +115,39 @@ impl OuterProductMean {
             .matmul(self.output_w.val().reshape([o * o, c_z]))
             .reshape([rows, n, c_z])
             + self.output_b.val().unsqueeze::<3>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn chunked_outer_product_mean_equals_unchunked() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let mut opm = OuterProductMeanConfig::new(5, 3, 4).init(&device);
+        opm.output_w = Param::from_tensor(Tensor::random(
+            [3, 3, 4],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        opm.left_projection.weight = Param::from_tensor(Tensor::random(
+            [5, 3],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        opm.right_projection.weight = Param::from_tensor(Tensor::random(
+            [5, 3],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        let msa = Tensor::<3>::random([4, 7, 5], Distribution::Normal(0.0, 1.0), &device);
+        let mask = Tensor::<2>::ones([4, 7], &device);
+        let whole = opm.forward(msa.clone(), mask.clone());
+        let chunked = opm.forward_chunked(msa, mask, 1);
+        let diff: f32 = (whole - chunked).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
     }
 }

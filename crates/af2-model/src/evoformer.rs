@@ -71,7 +71,64 @@ pub struct PairLayersConfig {
     pub transition_hidden: usize,
 }
 
+/// Freshly built pair layers, to move into a block's fields.
+pub struct PairLayerSet {
+    /// Algorithm 11.
+    pub outgoing: TriangleMultiplication,
+    /// Algorithm 12.
+    pub incoming: TriangleMultiplication,
+    /// Algorithm 13.
+    pub starting_node: TriangleAttention,
+    /// Algorithm 14.
+    pub ending_node: TriangleAttention,
+    /// Algorithm 15.
+    pub transition: Transition,
+}
+
+/// Borrows the pair layers of a block whose fields carry AlphaFold's names.
+macro_rules! pair_layers_of {
+    ($block:expr) => {
+        $crate::evoformer::PairLayers {
+            outgoing: &$block.triangle_multiplication_outgoing,
+            incoming: &$block.triangle_multiplication_incoming,
+            starting_node: &$block.triangle_attention_starting_node,
+            ending_node: &$block.triangle_attention_ending_node,
+            transition: &$block.pair_transition,
+        }
+    };
+}
+pub(crate) use pair_layers_of;
+
+/// The MSA half of an Evoformer or extra-MSA block (Algorithm 6 lines 2-5): row attention with
+/// pair bias, a column attention (`column`), the MSA transition, then the outer product mean
+/// into the pair. Returns `(msa, pair)`.
+pub(crate) fn msa_half(
+    row: &MsaRowAttentionWithPairBias,
+    column: impl FnOnce(Tensor<3>, Tensor<2>) -> Tensor<3>,
+    transition: &Transition,
+    outer_product_mean: &OuterProductMean,
+    (msa, msa_mask): (Tensor<3>, Tensor<2>),
+    pair: Tensor<3>,
+) -> (Tensor<3>, Tensor<3>) {
+    let msa = msa.clone() + row.forward(msa, msa_mask.clone(), pair.clone());
+    let msa = msa.clone() + column(msa, msa_mask.clone());
+    let msa = msa.clone() + transition.forward(msa);
+    let pair = pair + outer_product_mean.forward(msa.clone(), msa_mask);
+    (msa, pair)
+}
+
 impl PairLayersConfig {
+    /// All five pair layers, zero-initialised.
+    pub fn init(&self, device: &Device) -> PairLayerSet {
+        PairLayerSet {
+            outgoing: self.triangle_multiplication(TriangleDirection::Outgoing, device),
+            incoming: self.triangle_multiplication(TriangleDirection::Incoming, device),
+            starting_node: self.triangle_attention(false, device),
+            ending_node: self.triangle_attention(true, device),
+            transition: self.transition(device),
+        }
+    }
+
     /// A zero-initialised triangle multiplication.
     pub fn triangle_multiplication(
         &self,
@@ -156,7 +213,7 @@ pub struct EvoformerBlock {
 impl EvoformerBlockConfig {
     /// Zero-initialised Evoformer block.
     pub fn init(&self, device: &Device) -> EvoformerBlock {
-        let pair = self.pair_layers();
+        let p = self.pair_layers().init(device);
         EvoformerBlock {
             msa_row_attention_with_pair_bias: self.row_attention().init(device),
             msa_column_attention: MsaColumnAttentionConfig::new(
@@ -167,13 +224,11 @@ impl EvoformerBlockConfig {
             .init(device),
             msa_transition: self.msa_transition().init(device),
             outer_product_mean: self.outer_product_mean().init(device),
-            triangle_multiplication_outgoing: pair
-                .triangle_multiplication(TriangleDirection::Outgoing, device),
-            triangle_multiplication_incoming: pair
-                .triangle_multiplication(TriangleDirection::Incoming, device),
-            triangle_attention_starting_node: pair.triangle_attention(false, device),
-            triangle_attention_ending_node: pair.triangle_attention(true, device),
-            pair_transition: pair.transition(device),
+            triangle_multiplication_outgoing: p.outgoing,
+            triangle_multiplication_incoming: p.incoming,
+            triangle_attention_starting_node: p.starting_node,
+            triangle_attention_ending_node: p.ending_node,
+            pair_transition: p.transition,
         }
     }
 
@@ -221,26 +276,18 @@ impl EvoformerBlock {
         pair: Tensor<3>,
         pair_mask: Tensor<2>,
     ) -> (Tensor<3>, Tensor<3>) {
-        let msa = msa.clone()
-            + self
-                .msa_row_attention_with_pair_bias
-                .forward(msa, msa_mask.clone(), pair.clone());
-        let msa = msa.clone() + self.msa_column_attention.forward(msa, msa_mask.clone());
-        let msa = msa.clone() + self.msa_transition.forward(msa);
-        let pair = pair + self.outer_product_mean.forward(msa.clone(), msa_mask);
-        let pair = self.pair_layers().forward_evoformer_order(pair, pair_mask);
-        (msa, pair)
-    }
-
-    /// The pair layers of this block.
-    pub fn pair_layers(&self) -> PairLayers<'_> {
-        PairLayers {
-            outgoing: &self.triangle_multiplication_outgoing,
-            incoming: &self.triangle_multiplication_incoming,
-            starting_node: &self.triangle_attention_starting_node,
-            ending_node: &self.triangle_attention_ending_node,
-            transition: &self.pair_transition,
-        }
+        let (msa, pair) = msa_half(
+            &self.msa_row_attention_with_pair_bias,
+            |m, mask| self.msa_column_attention.forward(m, mask),
+            &self.msa_transition,
+            &self.outer_product_mean,
+            (msa, msa_mask),
+            pair,
+        );
+        (
+            msa,
+            pair_layers_of!(self).forward_evoformer_order(pair, pair_mask),
+        )
     }
 }
 

@@ -6,11 +6,10 @@ use burn::tensor::{Device, Tensor};
 
 use af2_layers::{
     Linear, MsaColumnGlobalAttention, MsaColumnGlobalAttentionConfig, MsaRowAttentionWithPairBias,
-    OuterProductMean, Transition, TriangleAttention, TriangleDirection, TriangleMultiplication,
-    linear,
+    OuterProductMean, Transition, TriangleAttention, TriangleMultiplication, linear,
 };
 
-use crate::evoformer::{EvoformerBlockConfig, PairLayers};
+use crate::evoformer::{EvoformerBlockConfig, msa_half, pair_layers_of};
 
 /// Number of extra-MSA input features: 23-way one-hot, has-deletion, deletion value.
 pub const EXTRA_MSA_FEATURES: usize = 25;
@@ -69,7 +68,7 @@ impl ExtraMsaStackConfig {
 
     fn block_init(&self, device: &Device) -> ExtraMsaBlock {
         let b = &self.block;
-        let pair = b.pair_layers();
+        let p = b.pair_layers().init(device);
         ExtraMsaBlock {
             msa_row_attention_with_pair_bias: b.row_attention().init(device),
             msa_column_global_attention: MsaColumnGlobalAttentionConfig::new(
@@ -80,13 +79,11 @@ impl ExtraMsaStackConfig {
             .init(device),
             msa_transition: b.msa_transition().init(device),
             outer_product_mean: b.outer_product_mean().init(device),
-            triangle_multiplication_outgoing: pair
-                .triangle_multiplication(TriangleDirection::Outgoing, device),
-            triangle_multiplication_incoming: pair
-                .triangle_multiplication(TriangleDirection::Incoming, device),
-            triangle_attention_starting_node: pair.triangle_attention(false, device),
-            triangle_attention_ending_node: pair.triangle_attention(true, device),
-            pair_transition: pair.transition(device),
+            triangle_multiplication_outgoing: p.outgoing,
+            triangle_multiplication_incoming: p.incoming,
+            triangle_attention_starting_node: p.starting_node,
+            triangle_attention_ending_node: p.ending_node,
+            pair_transition: p.transition,
         }
     }
 }
@@ -102,24 +99,18 @@ impl ExtraMsaBlock {
         pair: Tensor<3>,
         pair_mask: Tensor<2>,
     ) -> (Tensor<3>, Tensor<3>) {
-        let msa = msa.clone()
-            + self
-                .msa_row_attention_with_pair_bias
-                .forward(msa, msa_mask.clone(), pair.clone());
-        let msa = msa.clone()
-            + self
-                .msa_column_global_attention
-                .forward(msa, msa_mask.clone());
-        let msa = msa.clone() + self.msa_transition.forward(msa);
-        let pair = pair + self.outer_product_mean.forward(msa.clone(), msa_mask);
-        let layers = PairLayers {
-            outgoing: &self.triangle_multiplication_outgoing,
-            incoming: &self.triangle_multiplication_incoming,
-            starting_node: &self.triangle_attention_starting_node,
-            ending_node: &self.triangle_attention_ending_node,
-            transition: &self.pair_transition,
-        };
-        (msa, layers.forward_evoformer_order(pair, pair_mask))
+        let (msa, pair) = msa_half(
+            &self.msa_row_attention_with_pair_bias,
+            |m, mask| self.msa_column_global_attention.forward(m, mask),
+            &self.msa_transition,
+            &self.outer_product_mean,
+            (msa, msa_mask),
+            pair,
+        );
+        (
+            msa,
+            pair_layers_of!(self).forward_evoformer_order(pair, pair_mask),
+        )
     }
 }
 

@@ -8,6 +8,7 @@
 //! through the same code.
 
 pub mod all_atom;
+pub mod binder_metrics;
 pub mod confidence;
 pub mod evoformer;
 pub mod extra_msa_stack;
@@ -17,6 +18,7 @@ pub mod input_embedder;
 pub mod invariant_point_attention;
 pub mod model;
 pub mod outputs;
+pub mod pipeline;
 pub mod recycling_embedder;
 pub mod residue_constants;
 pub mod sidechain;

@@ -357,22 +357,105 @@ impl AlphaFold {
 
     /// Runs `iterations.len()` iterations (`num_recycles + 1`), feeding each the previous
     /// state; `initial` replaces the zero state of the first (an initial guess).
+    ///
+    /// # Panics
+    /// If `iterations` is empty.
     pub fn forward_recycled(
         &self,
         iterations: &[Features],
         initial: Option<Recycled>,
         device: &Device,
     ) -> IterationOutput {
+        self.forward_recycled_with(iterations, initial, &RecycleOptions::default(), device)
+            .0
+    }
+
+    /// As [`AlphaFold::forward_recycled`], with options; also returns what each recycle did.
+    ///
+    /// # Panics
+    /// If `iterations` is empty.
+    pub fn forward_recycled_with(
+        &self,
+        iterations: &[Features],
+        initial: Option<Recycled>,
+        options: &RecycleOptions,
+        device: &Device,
+    ) -> (IterationOutput, RecycleLog) {
+        assert!(
+            !iterations.is_empty(),
+            "forward_recycled needs at least one iteration"
+        );
         let n = iterations[0].num_residues();
         let c_m = self.input_embedder.preprocess_1d.weight.dims()[1];
         let c_z = self.input_embedder.left_single.weight.dims()[1];
         let mut prev = initial.unwrap_or_else(|| Recycled::zeros(n, c_m, c_z, device));
+        let mut log = RecycleLog::default();
         let mut output = None;
-        for features in iterations {
-            let out = self.forward_iteration(features, prev, device);
-            prev = out.recycled();
+        for (r, features) in iterations.iter().enumerate() {
+            let out = self.forward_iteration(features, prev.clone(), device);
+            let next = out.recycled();
+            log.iterations_run += 1;
+            if r > 0 {
+                let change =
+                    ca_distance_change(&prev.positions, &next.positions, &features.seq_mask);
+                log.ca_distance_change.push(change);
+                if options.early_stop_tolerance.is_some_and(|tol| change < tol) {
+                    log.stopped_early = true;
+                    output = Some(out);
+                    break;
+                }
+            }
+            prev = next;
             output = Some(out);
         }
-        output.expect("at least one iteration")
+        (output.expect("at least one iteration"), log)
+    }
+}
+
+/// Options of the recycling loop.
+#[derive(Clone, Debug, Default)]
+pub struct RecycleOptions {
+    /// Stop once the CA distance matrix changes by less than this (Å, RMS over residue pairs)
+    /// between consecutive iterations, as ColabFold's `recycle_early_stop_tolerance`. Off when
+    /// `None` (DeepMind's behaviour: every recycle runs).
+    pub early_stop_tolerance: Option<f32>,
+}
+
+/// What the recycling loop did.
+#[derive(Clone, Debug, Default)]
+pub struct RecycleLog {
+    /// Iterations run (recycles + 1, fewer after an early stop).
+    pub iterations_run: usize,
+    /// RMS change of the CA distance matrix after each iteration but the first (Å).
+    pub ca_distance_change: Vec<f32>,
+    /// Whether the tolerance stopped the loop.
+    pub stopped_early: bool,
+}
+
+/// RMS over valid residue pairs of the change in CA-CA distances between two atom37 sets.
+pub fn ca_distance_change(before: &Tensor<3>, after: &Tensor<3>, seq_mask: &NdArray<f32>) -> f32 {
+    let ca = |t: &Tensor<3>| {
+        let v = crate::outputs::to_host(t.clone().narrow(1, ATOM_CA, 1)).data;
+        v.chunks_exact(3)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (ca(before), ca(after));
+    let dist = |p: &[f32; 3], q: &[f32; 3]| {
+        ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()
+    };
+    let (mut sum, mut count) = (0.0f64, 0.0f64);
+    for i in 0..a.len() {
+        for j in 0..a.len() {
+            let w = f64::from(seq_mask.data[i] * seq_mask.data[j]);
+            let d = f64::from(dist(&a[i], &a[j]) - dist(&b[i], &b[j]));
+            sum += w * d * d;
+            count += w;
+        }
+    }
+    if count > 0.0 {
+        (sum / count).sqrt() as f32
+    } else {
+        0.0
     }
 }

@@ -7,10 +7,10 @@ use burn::tensor::{Device, Tensor};
 
 use af2_layers::{
     GatedAttention, GatedAttentionConfig, LayerNorm, LayerNormConfig, Linear, Transition,
-    TriangleAttention, TriangleDirection, TriangleMultiplication, linear,
+    TriangleAttention, TriangleMultiplication, linear,
 };
 
-use crate::evoformer::{PairLayers, PairLayersConfig};
+use crate::evoformer::{PairLayersConfig, pair_layers_of};
 use crate::recycling_embedder::dgram_from_positions;
 
 /// Template distogram bins.
@@ -81,14 +81,15 @@ impl TemplateEmbeddingConfig {
     /// Zero-initialised module.
     pub fn init(&self, device: &Device) -> TemplateEmbedding {
         let p = &self.pair_layers;
-        let block = || TemplatePairBlock {
-            triangle_attention_starting_node: p.triangle_attention(false, device),
-            triangle_attention_ending_node: p.triangle_attention(true, device),
-            triangle_multiplication_outgoing: p
-                .triangle_multiplication(TriangleDirection::Outgoing, device),
-            triangle_multiplication_incoming: p
-                .triangle_multiplication(TriangleDirection::Incoming, device),
-            pair_transition: p.transition(device),
+        let block = || {
+            let layers = p.init(device);
+            TemplatePairBlock {
+                triangle_attention_starting_node: layers.starting_node,
+                triangle_attention_ending_node: layers.ending_node,
+                triangle_multiplication_outgoing: layers.outgoing,
+                triangle_multiplication_incoming: layers.incoming,
+                pair_transition: layers.transition,
+            }
         };
         TemplateEmbedding {
             embedding2d: linear(TEMPLATE_PAIR_FEATURES, self.template_channels, device),
@@ -168,26 +169,12 @@ pub fn template_pair_features(t: &TemplateInputs) -> Tensor<3> {
     act * bb_mask
 }
 
-impl TemplatePairBlock {
-    fn pair_layers(&self) -> PairLayers<'_> {
-        PairLayers {
-            outgoing: &self.triangle_multiplication_outgoing,
-            incoming: &self.triangle_multiplication_incoming,
-            starting_node: &self.triangle_attention_starting_node,
-            ending_node: &self.triangle_attention_ending_node,
-            transition: &self.pair_transition,
-        }
-    }
-}
-
 impl TemplateEmbedding {
     /// Embeds one template into `[N, N, c_t]`.
     pub fn embed_single(&self, template: &TemplateInputs, pair_mask: Tensor<2>) -> Tensor<3> {
         let mut act = self.embedding2d.forward(template_pair_features(template));
         for block in &self.template_pair_stack.blocks {
-            act = block
-                .pair_layers()
-                .forward_template_order(act, pair_mask.clone());
+            act = pair_layers_of!(block).forward_template_order(act, pair_mask.clone());
         }
         self.output_layer_norm.forward(act)
     }

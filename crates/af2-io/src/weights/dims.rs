@@ -172,6 +172,67 @@ fn exact_div(rel: &str, value: usize, divisor: usize, what: &str) -> Result<usiz
 }
 
 impl ModelDims {
+    /// The dimensions of the released `params_model_1_ptm.npz` (338 arrays, 93,237,338
+    /// floats; checked against [`super::expected_haiku_layout`] in the tests). For benchmarks
+    /// that need the full-width architecture without the weight file.
+    pub fn model_1_ptm() -> ModelDims {
+        let evoformer = StackDims {
+            msa_row_heads: 8,
+            msa_row_head_dim: 32,
+            msa_col_heads: 8,
+            msa_col_head_dim: 32,
+            msa_transition_hidden: 1024,
+            opm_channel: 32,
+            tri_mul_channel: 128,
+            tri_att_heads: 4,
+            tri_att_head_dim: 32,
+            pair_transition_hidden: 512,
+        };
+        let extra_msa = StackDims {
+            msa_row_head_dim: 8,
+            msa_col_head_dim: 8,
+            msa_transition_hidden: 256,
+            ..evoformer.clone()
+        };
+        ModelDims {
+            msa_channel: 256,
+            pair_channel: 128,
+            extra_msa_channel: 64,
+            seq_channel: 384,
+            evoformer_blocks: 48,
+            extra_msa_blocks: 4,
+            evoformer,
+            extra_msa,
+            template: Some(TemplateDims {
+                channel: 64,
+                blocks: 2,
+                tri_mul_channel: 64,
+                tri_att_heads: 4,
+                tri_att_head_dim: 16,
+                transition_hidden: 128,
+                pointwise_heads: 4,
+                pointwise_key_dim: 16,
+                pointwise_value_dim: 16,
+                pair_feat_channels: 88,
+                single_feat_channels: 57,
+            }),
+            structure: StructureDims {
+                channel: 384,
+                ipa_heads: 12,
+                scalar_qk: 16,
+                point_qk: 4,
+                scalar_v: 16,
+                point_v: 8,
+                sidechain_channel: 128,
+            },
+            plddt_channel: 128,
+            plddt_bins: 50,
+            distogram_bins: 64,
+            pae_bins: Some(64),
+            masked_msa_classes: 23,
+        }
+    }
+
     /// Infers every width from the shapes of a haiku-named store. Errors name the key that was
     /// missing or inconsistent. Use [`super::check_haiku_layout`] afterwards to verify that
     /// every other array agrees.

@@ -388,71 +388,11 @@ pub fn expected_native_layout(dims: &ModelDims) -> Result<BTreeMap<String, Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::{StructureDims, TemplateDims};
-
-    /// The dimensions of the released `params_model_1_ptm.npz`.
-    pub(crate) fn model_1_ptm() -> ModelDims {
-        let evoformer = StackDims {
-            msa_row_heads: 8,
-            msa_row_head_dim: 32,
-            msa_col_heads: 8,
-            msa_col_head_dim: 32,
-            msa_transition_hidden: 1024,
-            opm_channel: 32,
-            tri_mul_channel: 128,
-            tri_att_heads: 4,
-            tri_att_head_dim: 32,
-            pair_transition_hidden: 512,
-        };
-        let extra_msa = StackDims {
-            msa_row_head_dim: 8,
-            msa_col_head_dim: 8,
-            msa_transition_hidden: 256,
-            ..evoformer.clone()
-        };
-        ModelDims {
-            msa_channel: 256,
-            pair_channel: 128,
-            extra_msa_channel: 64,
-            seq_channel: 384,
-            evoformer_blocks: 48,
-            extra_msa_blocks: 4,
-            evoformer,
-            extra_msa,
-            template: Some(TemplateDims {
-                channel: 64,
-                blocks: 2,
-                tri_mul_channel: 64,
-                tri_att_heads: 4,
-                tri_att_head_dim: 16,
-                transition_hidden: 128,
-                pointwise_heads: 4,
-                pointwise_key_dim: 16,
-                pointwise_value_dim: 16,
-                pair_feat_channels: 88,
-                single_feat_channels: 57,
-            }),
-            structure: StructureDims {
-                channel: 384,
-                ipa_heads: 12,
-                scalar_qk: 16,
-                point_qk: 4,
-                scalar_v: 16,
-                point_v: 8,
-                sidechain_channel: 128,
-            },
-            plddt_channel: 128,
-            plddt_bins: 50,
-            distogram_bins: 64,
-            pae_bins: Some(64),
-            masked_msa_classes: 23,
-        }
-    }
 
     #[test]
     fn released_model_1_ptm_has_338_arrays_and_93m_floats() {
         // Figures from the released params_model_1_ptm.npz.
-        let layout = expected_haiku_layout(&model_1_ptm());
+        let layout = expected_haiku_layout(&ModelDims::model_1_ptm());
         assert_eq!(layout.len(), 338);
         let floats: usize = layout.values().map(|s| s.iter().product::<usize>()).sum();
         assert_eq!(floats, 93_237_338);
@@ -460,7 +400,7 @@ mod tests {
 
     #[test]
     fn dims_inferred_from_the_full_layout_roundtrip() {
-        let dims = model_1_ptm();
+        let dims = ModelDims::model_1_ptm();
         let store = ParamStore {
             tensors: expected_haiku_layout(&dims)
                 .into_iter()
@@ -490,7 +430,7 @@ mod tests {
 
     #[test]
     fn native_layout_has_one_entry_per_layer() {
-        let dims = model_1_ptm();
+        let dims = ModelDims::model_1_ptm();
         let native = expected_native_layout(&dims).unwrap();
         assert_eq!(
             native["evoformer.blocks.47.msa_transition.transition1.weight"],
