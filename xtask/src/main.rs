@@ -1,12 +1,8 @@
 //! Project maintenance tasks: `cargo xtask <command>`.
 
-use af2_io::weights::{
-    ModelDims, check_haiku_layout, haiku_into_native, load_weights, read_haiku_npz,
-    write_safetensors,
-};
-use anyhow::{Context, Result, bail};
+use af2_io::weights::convert_npz_to_safetensors;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 mod bench;
@@ -96,65 +92,20 @@ fn workspace_root() -> PathBuf {
         .map_or(manifest.clone(), Path::to_path_buf)
 }
 
-/// Reads, checks, converts, writes and verifies.
+/// Reads, checks, converts, writes and verifies (`af2_io::weights::convert_npz_to_safetensors`).
 fn convert_weights(input: &Path, output: &Path) -> Result<()> {
-    let haiku = read_haiku_npz(input)
-        .with_context(|| format!("reading released weights {}", input.display()))?;
-    let dims = ModelDims::infer(&haiku)
-        .with_context(|| format!("inferring model dimensions of {}", input.display()))?;
-    check_haiku_layout(&haiku, &dims)
-        .with_context(|| format!("checking the parameter layout of {}", input.display()))?;
+    let summary = convert_npz_to_safetensors(input, output)
+        .with_context(|| format!("converting {}", input.display()))?;
     println!("read {}", input.display());
     println!(
         "inferred dims:\n{}",
-        serde_json::to_string_pretty(&dims).context("formatting dims")?
+        serde_json::to_string_pretty(&summary.dims).context("formatting dims")?
     );
-    println!(
-        "{} arrays, {} floats (haiku layout)",
-        haiku.len(),
-        haiku.num_floats()
-    );
-
-    let native = haiku_into_native(haiku).context("mapping haiku names to native names")?;
-    println!("{} native tensors", native.len());
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating output directory {}", dir.display()))?;
-    }
-    let metadata = source_metadata(input);
-    write_safetensors(&native, output, &metadata)
-        .with_context(|| format!("writing {}", output.display()))?;
+    println!("{} arrays (haiku layout)", summary.haiku_arrays);
     println!("wrote {}", output.display());
-
-    let loaded =
-        load_weights(output).with_context(|| format!("loading back {}", output.display()))?;
-    if loaded.dims != dims {
-        bail!(
-            "{}: dims after reload differ: {:?} vs {:?}",
-            output.display(),
-            loaded.dims,
-            dims
-        );
-    }
-    if let Some(difference) = loaded.native.first_difference(&native) {
-        bail!(
-            "{}: reloaded tensors differ: {difference}",
-            output.display()
-        );
-    }
     println!(
         "verified: {} tensors, {} floats bitwise equal",
-        loaded.native.len(),
-        loaded.native.num_floats()
+        summary.native_tensors, summary.floats
     );
     Ok(())
-}
-
-/// Metadata recording which file the weights were converted from.
-fn source_metadata(input: &Path) -> BTreeMap<String, String> {
-    let name = input
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    BTreeMap::from([("af2.source".to_string(), name)])
 }

@@ -2,15 +2,22 @@
 
 mod bench;
 mod device;
+mod predict;
+mod progress;
 mod run_features;
+mod screen;
+mod weights;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// AlphaFold2 inference on Burn (CPU reference: ndarray; GPU: wgpu).
+///
+/// Weights are found in --weights DIR, then $AF2_WEIGHTS, then ~/.cache/af2/weights
+/// ($XDG_CACHE_HOME/af2/weights); `af2 weights fetch` downloads and converts them.
 #[derive(Parser, Debug)]
-#[command(name = "af2", version, about)]
+#[command(name = "af2", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Predict structures from a FASTA, an A3M or a directory of them (as colabfold_batch).
+    Predict(predict::Args),
+    /// Screen designed binders with AF2 initial guess (ColabDesign's binder protocol, as PXDesign).
+    Screen(screen::Args),
+    /// Download, convert and check weights.
+    Weights(weights::Args),
     /// Run the model on processed features (the oracle's features.npz) and write outputs.npz.
     RunFeatures(run_features::Args),
     /// Time predictions (single sequence + one template) on a backend.
@@ -27,6 +40,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Predict(args) => predict::run(&args),
+        Command::Screen(args) => screen::run(&args),
+        Command::Weights(args) => weights::run(&args),
         Command::RunFeatures(args) => run_features::run(&args),
         Command::Bench(args) => bench::run(&args),
     };

@@ -8,6 +8,7 @@
 //! through the same code.
 
 pub mod all_atom;
+pub mod binder;
 pub mod binder_metrics;
 pub mod confidence;
 pub mod evoformer;
@@ -19,6 +20,7 @@ pub mod invariant_point_attention;
 pub mod model;
 pub mod outputs;
 pub mod pipeline;
+pub mod predict;
 pub mod recycling_embedder;
 pub mod residue_constants;
 pub mod sidechain;

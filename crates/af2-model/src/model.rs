@@ -289,6 +289,19 @@ impl AlphaFold {
         prev: Recycled,
         device: &Device,
     ) -> IterationOutput {
+        self.forward_iteration_masked(f, prev, None, device)
+    }
+
+    /// [`AlphaFold::forward_iteration`] with an optional `[N, N]` mask multiplied into the
+    /// template pair features: ColabDesign's `rm_template_ic` passes the same-chain mask so that
+    /// the chains of one template act as independent templates.
+    pub fn forward_iteration_masked(
+        &self,
+        f: &Features,
+        prev: Recycled,
+        template_pair_mask: Option<&Tensor<2>>,
+        device: &Device,
+    ) -> IterationOutput {
         let n = f.num_residues();
         let num_clusters = f.num_msa_rows();
         let seq_mask = to_tensor::<1>(&f.seq_mask, device);
@@ -320,7 +333,14 @@ impl AlphaFold {
                 .map(|i| template_inputs(t, i, device))
                 .collect();
             let mask = to_tensor::<1>(&t.mask, device);
-            pair = pair.clone() + embedding.forward(pair, pair_mask.clone(), &templates, mask);
+            pair = pair.clone()
+                + embedding.forward_masked(
+                    pair,
+                    pair_mask.clone(),
+                    &templates,
+                    mask,
+                    template_pair_mask,
+                );
         }
         pair = self.extra_msa_stack.forward(
             to_tensor(&f.extra_feat, device),

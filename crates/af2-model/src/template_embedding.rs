@@ -172,7 +172,24 @@ pub fn template_pair_features(t: &TemplateInputs) -> Tensor<3> {
 impl TemplateEmbedding {
     /// Embeds one template into `[N, N, c_t]`.
     pub fn embed_single(&self, template: &TemplateInputs, pair_mask: Tensor<2>) -> Tensor<3> {
-        let mut act = self.embedding2d.forward(template_pair_features(template));
+        self.embed_single_masked(template, pair_mask, None)
+    }
+
+    /// [`TemplateEmbedding::embed_single`], with the 88 template pair features multiplied by
+    /// `template_pair_mask` `[N, N]` when given: ColabDesign's `rm_template_ic` passes the
+    /// same-chain mask (`asym_i == asym_j`), which zeroes every inter-chain template feature, as
+    /// its `SingleTemplateEmbedding` does through `multichain_mask_2d`.
+    pub fn embed_single_masked(
+        &self,
+        template: &TemplateInputs,
+        pair_mask: Tensor<2>,
+        template_pair_mask: Option<&Tensor<2>>,
+    ) -> Tensor<3> {
+        let mut features = template_pair_features(template);
+        if let Some(mask) = template_pair_mask {
+            features = features * mask.clone().unsqueeze_dim::<3>(2);
+        }
+        let mut act = self.embedding2d.forward(features);
         for block in &self.template_pair_stack.blocks {
             act = pair_layers_of!(block).forward_template_order(act, pair_mask.clone());
         }
@@ -191,11 +208,24 @@ impl TemplateEmbedding {
         templates: &[TemplateInputs],
         template_mask: Tensor<1>,
     ) -> Tensor<3> {
+        self.forward_masked(pair, pair_mask, templates, template_mask, None)
+    }
+
+    /// [`TemplateEmbedding::forward`] with an optional `[N, N]` mask on the template pair
+    /// features (see [`TemplateEmbedding::embed_single_masked`]).
+    pub fn forward_masked(
+        &self,
+        pair: Tensor<3>,
+        pair_mask: Tensor<2>,
+        templates: &[TemplateInputs],
+        template_mask: Tensor<1>,
+        template_pair_mask: Option<&Tensor<2>>,
+    ) -> Tensor<3> {
         let [n, _, c_z] = pair.dims();
         let t = templates.len();
         let embedded: Vec<Tensor<3>> = templates
             .iter()
-            .map(|tpl| self.embed_single(tpl, pair_mask.clone()))
+            .map(|tpl| self.embed_single_masked(tpl, pair_mask.clone(), template_pair_mask))
             .collect();
         let c_t = embedded[0].dims()[2];
         // [T, N, N, c_t] -> [N*N, T, c_t]

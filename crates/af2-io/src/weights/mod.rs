@@ -1,11 +1,13 @@
 //! AlphaFold weights: the released haiku `.npz` layout, our native names, layout checks,
 //! inferred model dimensions and our safetensors format.
 
+mod convert;
 mod dims;
 mod layout;
 mod names;
 mod safetensors;
 
+pub use self::convert::{ConversionSummary, convert_npz_to_safetensors, converted_file_name};
 pub use self::dims::{ModelDims, StackDims, StructureDims, TemplateDims};
 pub use self::layout::{
     AFFINE_UPDATE_DIM, ATOM37, EXTRA_MSA_FEAT_DIM, MSA_FEAT_DIM, PREV_POS_BINS, RELPOS_DIM,

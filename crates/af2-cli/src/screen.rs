@@ -1,0 +1,301 @@
+//! `af2 screen`: batch AF2 initial guess (PXDesign's call of ColabDesign's binder protocol) over a
+//! table of designed binder sequences, one durable, resumable row per design.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use af2_io::designs::read_designs;
+use af2_io::output::{ScreenRow, ScreenTable, TableFormat, safe_filename};
+use af2_io::structure::read_structure;
+use af2_model::binder::{BinderComplex, BinderProtocol, BinderSpec, FoldKind, score_design};
+use af2_model::binder_metrics::{BinderMetrics, Filter};
+use af2_model::model::{AlphaFold, RecycleOptions};
+use af2_model::predict::write_prediction_pdb;
+
+use crate::device::parse_device;
+use crate::progress::{Progress, bars_enabled, human_duration};
+use crate::weights::{find_models, load_models};
+
+/// The screening table's format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `scores.csv`, with a header row.
+    Csv,
+    /// `scores.jsonl`, one JSON object per line.
+    Jsonl,
+}
+
+/// Arguments of `af2 screen`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("binder").required(true).args(["binder_chain", "binder_len"])))]
+pub struct Args {
+    /// Designs: a CSV file with a header naming the columns `id` and `sequence`.
+    designs: PathBuf,
+    /// The complex (PDB or mmCIF): the target, and in redesign mode the binder it was designed as.
+    #[arg(long)]
+    target: PathBuf,
+    /// The target chain.
+    #[arg(long, default_value = "A")]
+    target_chain: String,
+    /// Redesign mode: the binder chain of --target (its backbone is the binder template and the
+    /// initial guess; the `rmsd` metric compares the prediction with it).
+    #[arg(long)]
+    binder_chain: Option<String>,
+    /// Hallucination mode: the binder length (no binder template or coordinates).
+    #[arg(long)]
+    binder_len: Option<usize>,
+    /// Output directory: the table (scores.csv or scores.jsonl) and pdb/<id>.pdb.
+    #[arg(short = 'o', long = "output-dir", alias = "out")]
+    output: PathBuf,
+    /// Weights directory, searched before $AF2_WEIGHTS and the cache directory.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Models (comma-separated model_N_ptm numbers); metrics are the mean over models, as
+    /// ColabDesign averages them, and the PDB is the first model's.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    models: Vec<u32>,
+    /// Recycles (passes = recycles + 1).
+    #[arg(long, default_value_t = 3)]
+    num_recycle: usize,
+    /// Filters whose pass/fail columns the table gets: easy (AF2-IG-easy), strict (AF2-IG
+    /// strict).
+    #[arg(long, value_delimiter = ',', default_value = "easy,strict")]
+    filters: Vec<Filter>,
+    /// Hotspot residues of the target for i_pae, e.g. A12,A15 or A20-25.
+    #[arg(long)]
+    hotspot: Option<String>,
+    /// Table format.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: Format,
+    /// Skip folding the binder alone (no plddt_monomer or bound/unbound RMSD: the AF2-IG-easy
+    /// filter then fails).
+    #[arg(long)]
+    no_monomer: bool,
+    /// Score again designs whose earlier row is an error.
+    #[arg(long)]
+    retry_failed: bool,
+    /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn format_metric(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+fn summary(m: &BinderMetrics) -> String {
+    format!(
+        "plddt={:.3} i_ptm={:.3} i_pae={:.3} rmsd={} bound_unbound_rmsd={} plddt_monomer={}",
+        m.plddt,
+        m.i_ptm,
+        m.i_pae,
+        format_metric(m.rmsd),
+        format_metric(m.bound_unbound_rmsd),
+        format_metric(m.plddt_monomer)
+    )
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    if args.filters.is_empty() {
+        bail!("--filters: name at least one filter (easy, strict)");
+    }
+    let structure = read_structure(&args.target)?;
+    let spec = match (&args.binder_chain, args.binder_len) {
+        (Some(chain), _) => BinderSpec::Chain(chain.clone()),
+        (None, Some(len)) => BinderSpec::Length(len),
+        (None, None) => bail!("give --binder-chain or --binder-len"),
+    };
+    let mut complex = BinderComplex::from_structure(
+        &structure,
+        &args.target_chain,
+        &spec,
+        BinderProtocol::pxdesign(),
+    )
+    .with_context(|| format!("{}", args.target.display()))?;
+    if let Some(hotspot) = &args.hotspot {
+        complex
+            .set_hotspot(hotspot)
+            .with_context(|| format!("--hotspot {hotspot} on {}", args.target.display()))?;
+    }
+    let table_designs = read_designs(&args.designs)?;
+    // A missing weight file stops the run before anything is written.
+    find_models(args.weights.as_deref(), &args.models)?;
+
+    std::fs::create_dir_all(args.output.join("pdb"))
+        .with_context(|| format!("creating the output directory {}", args.output.display()))?;
+    let (file, format) = match args.format {
+        Format::Csv => ("scores.csv", TableFormat::Csv),
+        Format::Jsonl => ("scores.jsonl", TableFormat::Jsonl),
+    };
+    let table_path = args.output.join(file);
+    let mut table = ScreenTable::open(
+        &table_path,
+        format,
+        BinderMetrics::table_schema(&args.filters),
+    )?;
+    if table.dropped_partial_row() {
+        eprintln!(
+            "note: {}: dropped a last row cut off by an interrupted run",
+            table_path.display()
+        );
+    }
+
+    // Rows the designs file itself rejects: error rows, once.
+    let valid_ids: HashSet<&str> = table_designs
+        .designs
+        .iter()
+        .map(|d| d.id.as_str())
+        .collect();
+    let mut bad_rows = 0usize;
+    for error in &table_designs.errors {
+        let id = match &error.id {
+            Some(id) if !valid_ids.contains(id.as_str()) => id.clone(),
+            _ => format!("line_{}", error.line),
+        };
+        let message = format!(
+            "{}:{}: {}",
+            args.designs.display(),
+            error.line,
+            error.reason
+        );
+        eprintln!("bad row: {message}");
+        bad_rows += 1;
+        if !table.contains(&id) {
+            table.append(&ScreenRow::failed(&id, "", message))?;
+        }
+    }
+
+    let skip = |table: &ScreenTable, id: &str| {
+        table.is_scored(id) || (table.contains(id) && !args.retry_failed)
+    };
+    let todo: Vec<_> = table_designs
+        .designs
+        .iter()
+        .filter(|d| !skip(&table, &d.id))
+        .collect();
+    let skipped = table_designs.designs.len() - todo.len();
+    eprintln!(
+        "target {} chain {} ({} residues), binder {} ({} residues{}); {} design(s): {} to score, {} already in {}",
+        args.target.display(),
+        complex.target_chain,
+        complex.target_len(),
+        complex.binder_chain,
+        complex.binder_len,
+        if complex.binder.is_some() {
+            ", redesign mode"
+        } else {
+            ", hallucination mode"
+        },
+        table_designs.designs.len(),
+        todo.len(),
+        skipped,
+        table_path.display()
+    );
+    if todo.is_empty() {
+        println!("nothing to do: every design is in {}", table_path.display());
+        return Ok(());
+    }
+
+    let device = parse_device(&args.device)?;
+    let loaded = load_models(args.weights.as_deref(), &args.models, &device)?;
+    if let Some(m) = loaded.iter().find(|m| !m.has_templates) {
+        eprintln!(
+            "note: model_{}_ptm has no template stack; AF2-IG uses the target as a template (models 1 and 2 have one)",
+            m.number
+        );
+    }
+    let models: Vec<&AlphaFold> = loaded.iter().map(|m| &m.model).collect();
+    let options = RecycleOptions::default();
+    let mut progress = Progress::items(todo.len() as u64, "screen");
+    let verbose_recycles = !bars_enabled();
+    let (mut scored, mut failed) = (0usize, 0usize);
+    let mut passed = vec![0usize; args.filters.len()];
+    for design in todo {
+        let start = Instant::now();
+        progress.message(&design.id);
+        let result = score_design(
+            &models,
+            &complex,
+            &design.sequence,
+            args.num_recycle,
+            &options,
+            !args.no_monomer,
+            &device,
+            |k, kind, r| {
+                if verbose_recycles {
+                    let what = match kind {
+                        FoldKind::Complex => "complex",
+                        FoldKind::Monomer => "binder alone",
+                    };
+                    eprintln!(
+                        "  {} model_{}_ptm {what} recycle={} pLDDT={:.2} ({:.1} s)",
+                        design.id, args.models[k], r.iteration, r.mean_plddt, r.seconds
+                    );
+                }
+            },
+        );
+        let row = match result {
+            Ok(scored_design) => {
+                let pdb = args
+                    .output
+                    .join("pdb")
+                    .join(format!("{}.pdb", safe_filename(&design.id)));
+                write_prediction_pdb(
+                    &pdb,
+                    &scored_design.complex,
+                    &scored_design.query.aatype,
+                    &complex.pdb_labels(),
+                    &[],
+                )?;
+                let m = &scored_design.metrics;
+                let row = m.screen_row(&design.id, &design.sequence, &args.filters);
+                for (count, cell) in passed.iter_mut().zip(&row.filters) {
+                    *count += usize::from(cell.passed);
+                }
+                scored += 1;
+                progress.inc();
+                progress.log(&format!(
+                    "{} {}: {} ({:.1} s)",
+                    progress.counter(),
+                    design.id,
+                    summary(m),
+                    start.elapsed().as_secs_f64()
+                ));
+                row
+            }
+            Err(e) => {
+                failed += 1;
+                progress.inc();
+                let message = format!("{}:{}: {e}", args.designs.display(), design.line);
+                progress.log(&format!(
+                    "{} {}: error: {message}",
+                    progress.counter(),
+                    design.id
+                ));
+                ScreenRow::failed(&design.id, &design.sequence, message)
+            }
+        };
+        table
+            .append(&row)
+            .with_context(|| format!("appending to {}", table_path.display()))?;
+    }
+    progress.finish();
+    let filters: Vec<String> = args
+        .filters
+        .iter()
+        .zip(&passed)
+        .map(|(f, n)| format!("{n} passed {f}"))
+        .collect();
+    println!(
+        "{scored} scored, {failed} failed, {bad_rows} bad row(s) in {}, {skipped} skipped (already in the table); {}; table {} ({})",
+        args.designs.display(),
+        filters.join(", "),
+        table_path.display(),
+        human_duration(progress.elapsed())
+    );
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! End-to-end: `af2 screen` (AF2 initial guess) on the two-chain binder fixture with tiny random
+//! weights: metrics rows, bad rows, resume, hallucination mode, hotspots.
+
+mod common;
+
+use std::path::Path;
+
+use af2_io::structure::read_structure;
+use common::{af2, fixture, run, stderr, weights_dir};
+
+fn rows(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes());
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
+}
+
+fn column(header: &[String], name: &str) -> usize {
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+fn screen(cache: &Path, weights: &Path, designs: &Path, out: &Path) -> std::process::Command {
+    let mut c = af2(cache);
+    c.arg("screen")
+        .arg(designs)
+        .arg("--target")
+        .arg(fixture("binder/complex.pdb"))
+        .arg("-o")
+        .arg(out)
+        .arg("--weights")
+        .arg(weights)
+        .args(["--num-recycle", "1", "--device", "cpu"]);
+    c
+}
+
+#[test]
+fn redesign_screen_scores_reports_bad_rows_and_resumes() {
+    let weights = weights_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let designs = work.path().join("designs.csv");
+    std::fs::write(
+        &designs,
+        "id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,aklleA\nbad,SWG1LR\n",
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let output = run(screen(cache.path(), weights.path(), &designs, &out).args([
+        "--target-chain",
+        "A",
+        "--binder-chain",
+        "B",
+    ]));
+    assert!(output.status.success());
+    let log = stderr(&output);
+    assert!(log.contains("redesign mode"), "{log}");
+
+    let table = rows(&out.join("scores.csv"));
+    let header = &table[0];
+    assert_eq!(table.len(), 5, "header + 4 rows: {table:?}");
+    let error = column(header, "error");
+    let by_id = |id: &str| table.iter().find(|r| r[0] == id).unwrap().clone();
+
+    for (id, sequence) in [("d1", "SWGYLR"), ("d2", "AKLLEA")] {
+        let row = by_id(id);
+        assert_eq!(row[1], sequence);
+        assert_eq!(row[error], "", "{row:?}");
+        let value = |name: &str| -> f64 { row[column(header, name)].parse().unwrap() };
+        for name in ["plddt", "i_ptm", "ptm", "plddt_monomer", "pae", "i_pae"] {
+            let v = value(name);
+            assert!((0.0..=1.05).contains(&v), "{id} {name} = {v}");
+        }
+        assert!((value("unscaled_i_pae") - 31.0 * value("i_pae")).abs() < 1e-6);
+        assert!(value("rmsd") >= 0.0 && value("bound_unbound_rmsd") >= 0.0);
+        for filter in ["af2ig_easy_pass", "af2ig_strict_pass"] {
+            assert!(["true", "false"].contains(&row[column(header, filter)].as_str()));
+        }
+        // The complex PDB: target chain A (10 residues, numbered as the input), binder chain B.
+        let pdb = read_structure(&out.join("pdb").join(format!("{id}.pdb"))).unwrap();
+        let chains: Vec<(String, usize)> = pdb
+            .chains
+            .iter()
+            .map(|c| (c.id.clone(), c.residues.len()))
+            .collect();
+        assert_eq!(chains, vec![("A".into(), 10), ("B".into(), 6)]);
+        let binder_names: Vec<&str> = pdb.chains[1]
+            .residues
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        let expected: Vec<&str> = match id {
+            "d1" => vec!["SER", "TRP", "GLY", "TYR", "LEU", "ARG"],
+            _ => vec!["ALA", "LYS", "LEU", "LEU", "GLU", "ALA"],
+        };
+        assert_eq!(binder_names, expected);
+    }
+    // Different sequences, different metrics.
+    assert_ne!(by_id("d1")[2..error], by_id("d2")[2..error]);
+
+    let short = by_id("short");
+    assert!(
+        short[error].contains("4 residues") && short[error].contains("has 6"),
+        "{short:?}"
+    );
+    assert!(short[error].contains("designs.csv:3"), "{short:?}");
+    assert_eq!(short[column(header, "plddt")], "");
+    let bad = by_id("bad");
+    assert!(bad[error].contains("invalid residue '1'"), "{bad:?}");
+    assert!(!out.join("pdb/short.pdb").exists() && !out.join("pdb/bad.pdb").exists());
+
+    // Resume: a new design is scored, nothing else is run or written again.
+    let first_run = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    std::fs::write(
+        &designs,
+        "id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,aklleA\nbad,SWG1LR\nd3,LLLLLL\n",
+    )
+    .unwrap();
+    let again = run(screen(cache.path(), weights.path(), &designs, &out).args([
+        "--target-chain",
+        "A",
+        "--binder-chain",
+        "B",
+    ]));
+    assert!(again.status.success());
+    let log = stderr(&again);
+    assert!(log.contains("1 to score, 3 already in"), "{log}");
+    let second_run = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    assert!(
+        second_run.starts_with(&first_run),
+        "rows before the resume are kept as they were"
+    );
+    let table = rows(&out.join("scores.csv"));
+    assert_eq!(table.len(), 6, "{table:?}");
+    assert_eq!(table[5][0], "d3");
+    assert_eq!(table.iter().filter(|r| r[0] == "d1").count(), 1);
+
+    // A third run has nothing to do and loads no model.
+    let third =
+        run(screen(cache.path(), weights.path(), &designs, &out).args(["--binder-chain", "B"]));
+    assert!(third.status.success());
+    assert!(String::from_utf8_lossy(&third.stdout).contains("nothing to do"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("scores.csv")).unwrap(),
+        second_run
+    );
+}
+
+#[test]
+fn hallucination_mode_jsonl_and_hotspot() {
+    let weights = weights_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let designs = work.path().join("designs.csv");
+    std::fs::write(&designs, "sequence,id\nSWGYLRKE,h1\n").unwrap();
+    let read = |out: &Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join("scores.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        serde_json::from_str(lines[0]).unwrap()
+    };
+
+    let plain = work.path().join("plain");
+    let output = run(screen(cache.path(), weights.path(), &designs, &plain)
+        .args([
+            "--binder-len",
+            "8",
+            "--format",
+            "jsonl",
+            "--filters",
+            "strict",
+        ])
+        .arg("--no-monomer"));
+    assert!(output.status.success());
+    let row = read(&plain);
+    assert_eq!(row["id"], "h1");
+    assert!(row["error"].is_null(), "{row}");
+    assert!(
+        row["rmsd"].is_null(),
+        "no rmsd without a binder chain: {row}"
+    );
+    assert!(row["plddt_monomer"].is_null());
+    assert_eq!(row["af2ig_strict_pass"], false, "rmsd is missing: {row}");
+    assert!(row.get("af2ig_easy_pass").is_none());
+    let pdb = read_structure(&plain.join("pdb/h1.pdb")).unwrap();
+    assert_eq!(pdb.chains[1].id, "B");
+    assert_eq!(pdb.chains[1].residues.len(), 8);
+
+    // The same design with a hotspot: only i_pae (its columns) changes.
+    let hot = work.path().join("hot");
+    let output = run(screen(cache.path(), weights.path(), &designs, &hot)
+        .args([
+            "--binder-len",
+            "8",
+            "--format",
+            "jsonl",
+            "--filters",
+            "strict",
+        ])
+        .args(["--no-monomer", "--hotspot", "A3-5,A8"]));
+    assert!(output.status.success());
+    let with_hotspot = read(&hot);
+    assert_eq!(with_hotspot["plddt"], row["plddt"]);
+    assert_eq!(with_hotspot["i_ptm"], row["i_ptm"]);
+    assert_ne!(with_hotspot["i_pae"], row["i_pae"]);
+}
+
+#[test]
+fn setup_errors_are_clear() {
+    let weights = weights_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let designs = work.path().join("designs.csv");
+    std::fs::write(&designs, "id,sequence\nd1,SWGYLR\n").unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--binder-chain", "C"], "no chain 'C'"),
+        (
+            &["--binder-chain", "B", "--hotspot", "A99"],
+            "no residue numbered 99",
+        ),
+        (
+            &["--binder-chain", "B", "--target-chain", "B"],
+            "is the target chain",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = work.path().join("out");
+        let output = run(screen(cache.path(), weights.path(), &designs, &out).args(args));
+        assert!(!output.status.success(), "{args:?}");
+        let err = stderr(&output);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "nothing written for {args:?}");
+    }
+    // Neither --binder-chain nor --binder-len.
+    let output = run(&mut screen(
+        cache.path(),
+        weights.path(),
+        &designs,
+        &work.path().join("o"),
+    ));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--binder-chain"));
+}

@@ -1,0 +1,751 @@
+//! ColabDesign's binder protocol, assembled: the inputs `mk_afdesign_model(protocol="binder")` +
+//! `prep_inputs` build for one designed binder sequence (the target as template slot 0, the
+//! `rm_*` options, the same-chain template mask, the initial guess, the residue index with a
+//! gap of 50), the prediction, the binder alone (hallucination protocol: no template, no initial
+//! guess), and the metrics of [`crate::binder_metrics`].
+//!
+//! PXDesign's AF2-IG call is [`BinderProtocol::pxdesign`]: `use_initial_guess=True,
+//! rm_target_seq=True, rm_target_sc=False, rm_template_ic=True, use_binder_template=True` (the
+//! binder template then keeps ColabDesign's defaults `rm_binder_seq=True, rm_binder_sc=True`).
+
+use af2_io::npz::NdArray;
+use af2_io::structure::Structure;
+
+use crate::binder_metrics::{BinderLayout, BinderMetrics, MetricsError, binder_rmsd, ca_rmsd};
+use crate::model::{AlphaFold, RecycleOptions};
+use crate::pipeline::{
+    BuiltFeatures, ChainAtoms, ChainAtomsOptions, MsaConfig, MsaRows, PipelineError, Query,
+    TemplateSegment, build_features, template_from_segments,
+};
+use crate::predict::{
+    PdbLabels, Prediction, PredictionInputs, RecycleReport, atom37_of_chains, chain_letter,
+    predict, same_chain_mask,
+};
+
+/// Anything that stops one design (or the whole setup) from being scored.
+#[derive(Debug, thiserror::Error)]
+pub enum BinderError {
+    /// Inputs the feature pipeline refused.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Metric inputs that do not fit.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// Anything else, in words.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The options of ColabDesign's `prep_inputs` for the binder protocol, and `use_initial_guess`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinderProtocol {
+    /// Target template residues become gaps (aatype 21) and lose their side chains.
+    pub rm_target_seq: bool,
+    /// Target template side chains (atom37 index ≥ 5) are masked.
+    pub rm_target_sc: bool,
+    /// In redesign mode, the binder's own structure is part of the template.
+    pub use_binder_template: bool,
+    /// Binder template residues become gaps (ColabDesign's default: true).
+    pub rm_binder_seq: bool,
+    /// Binder template side chains are masked (ColabDesign's default: true).
+    pub rm_binder_sc: bool,
+    /// Template pair features between target and binder are masked out.
+    pub rm_template_ic: bool,
+    /// The first pass's `prev_pos` is the input complex (zeros for a binder of `binder_len`).
+    pub use_initial_guess: bool,
+}
+
+impl BinderProtocol {
+    /// PXDesign's AF2-IG call.
+    pub fn pxdesign() -> Self {
+        Self {
+            rm_target_seq: true,
+            rm_target_sc: false,
+            use_binder_template: true,
+            rm_binder_seq: true,
+            rm_binder_sc: true,
+            rm_template_ic: true,
+            use_initial_guess: true,
+        }
+    }
+}
+
+impl Default for BinderProtocol {
+    fn default() -> Self {
+        Self::pxdesign()
+    }
+}
+
+/// Which binder: a chain of the complex (redesign mode) or a length (hallucination mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinderSpec {
+    /// Redesign the binder chain with this id.
+    Chain(String),
+    /// A new binder of this many residues.
+    Length(usize),
+}
+
+/// The inputs of one complex prediction.
+#[derive(Debug, Clone)]
+pub struct ComplexInputs {
+    /// Target then binder.
+    pub query: Query,
+    /// Features (single sequence, the template in slot 0).
+    pub built: BuiltFeatures,
+    /// ColabDesign's same-chain mask when `rm_template_ic` is set.
+    pub template_pair_mask: Option<Vec<f32>>,
+    /// The input complex as `[N, 37, 3]` when `use_initial_guess` is set.
+    pub initial_positions: Option<NdArray<f32>>,
+}
+
+/// A target (and, in redesign mode, a binder) read from a complex, ready to score designs.
+#[derive(Debug, Clone)]
+pub struct BinderComplex {
+    /// The target chain's id.
+    pub target_chain: String,
+    /// The target chain as ColabDesign's `prep_pdb` reads it.
+    pub target: ChainAtoms,
+    /// The binder chain's id (a free letter in hallucination mode).
+    pub binder_chain: String,
+    /// The binder chain (redesign mode).
+    pub binder: Option<ChainAtoms>,
+    /// Binder length.
+    pub binder_len: usize,
+    /// The options.
+    pub protocol: BinderProtocol,
+    /// 0-based complex indices of the hotspot residues.
+    pub hotspot: Option<Vec<usize>>,
+}
+
+impl BinderComplex {
+    /// Reads the target (and the binder) from a structure.
+    pub fn from_structure(
+        structure: &Structure,
+        target_chain: &str,
+        binder: &BinderSpec,
+        protocol: BinderProtocol,
+    ) -> Result<Self, BinderError> {
+        let options = ChainAtomsOptions::colabdesign();
+        let chain = structure
+            .require_chain(target_chain)
+            .map_err(BinderError::Invalid)?;
+        let target = ChainAtoms::from_chain(chain, &options)?;
+        let (binder_chain, binder_atoms, binder_len) = match binder {
+            BinderSpec::Chain(id) => {
+                if id == target_chain {
+                    return Err(BinderError::Invalid(format!(
+                        "the binder chain '{id}' is the target chain"
+                    )));
+                }
+                let chain = structure.require_chain(id).map_err(BinderError::Invalid)?;
+                let atoms = ChainAtoms::from_chain(chain, &options)?;
+                let len = atoms.len();
+                (id.clone(), Some(atoms), len)
+            }
+            BinderSpec::Length(0) => {
+                return Err(BinderError::Invalid("the binder length must be > 0".into()));
+            }
+            BinderSpec::Length(len) => {
+                let id = (0..62)
+                    .map(|k| chain_letter(k).to_string())
+                    .find(|c| c != target_chain)
+                    .expect("a free letter");
+                (id, None, *len)
+            }
+        };
+        Ok(Self {
+            target_chain: target_chain.to_string(),
+            target,
+            binder_chain,
+            binder: binder_atoms,
+            binder_len,
+            protocol,
+            hotspot: None,
+        })
+    }
+
+    /// Target residues.
+    pub fn target_len(&self) -> usize {
+        self.target.len()
+    }
+
+    /// Residues of the complex.
+    pub fn len(&self) -> usize {
+        self.target_len() + self.binder_len
+    }
+
+    /// Whether the complex is empty (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sets the hotspot from ColabDesign-style text: comma-separated residues of the input
+    /// structure, each `A12` (chain and residue number), `A12-18` (a range), or a bare number
+    /// or range on the target chain.
+    pub fn set_hotspot(&mut self, spec: &str) -> Result<(), BinderError> {
+        let mut positions = Vec::new();
+        for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let split = token
+                .find(|c: char| c.is_ascii_digit() || c == '-')
+                .unwrap_or(token.len());
+            let (chain, range) = token.split_at(split);
+            let chain = if chain.is_empty() {
+                self.target_chain.as_str()
+            } else {
+                chain
+            };
+            let bad = || {
+                BinderError::Invalid(format!(
+                    "hotspot '{token}': expected a chain id and residue number such as A12 or a range A12-18"
+                ))
+            };
+            let (from, to) = match range.get(1..).and_then(|r| r.find('-').map(|k| k + 1)) {
+                Some(k) => (range[..k].parse::<i64>(), range[k + 1..].parse::<i64>()),
+                None => (range.parse::<i64>(), range.parse::<i64>()),
+            };
+            let (from, to) = (from.map_err(|_| bad())?, to.map_err(|_| bad())?);
+            let (atoms, offset) = if chain == self.target_chain {
+                (&self.target, 0)
+            } else if chain == self.binder_chain && self.binder.is_some() {
+                (self.binder.as_ref().expect("checked"), self.target_len())
+            } else {
+                return Err(BinderError::Invalid(format!(
+                    "hotspot '{token}': chain '{chain}' is neither the target '{}' nor the binder",
+                    self.target_chain
+                )));
+            };
+            let found: Vec<usize> = atoms
+                .residue_numbers
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| (from..=to).contains(*r))
+                .map(|(i, _)| offset + i)
+                .collect();
+            if found.is_empty() {
+                return Err(BinderError::Invalid(format!(
+                    "hotspot '{token}': chain '{chain}' has no residue numbered {from}..={to}"
+                )));
+            }
+            positions.extend(found);
+        }
+        if positions.is_empty() {
+            return Err(BinderError::Invalid(format!("hotspot '{spec}' is empty")));
+        }
+        positions.sort_unstable();
+        positions.dedup();
+        self.hotspot = Some(positions);
+        Ok(())
+    }
+
+    /// The metrics' view of the complex.
+    pub fn layout(&self) -> Result<BinderLayout, BinderError> {
+        let layout = BinderLayout::new(self.target_len(), self.binder_len);
+        Ok(match &self.hotspot {
+            Some(h) => layout.with_hotspot(h.clone())?,
+            None => layout,
+        })
+    }
+
+    /// Checks a design sequence against the binder; the error says what was expected.
+    pub fn check_sequence(&self, sequence: &str) -> Result<(), BinderError> {
+        let len = sequence.chars().count();
+        if len != self.binder_len {
+            let what = match &self.binder {
+                Some(_) => format!("binder chain '{}'", self.binder_chain),
+                None => "--binder-len".to_string(),
+            };
+            return Err(BinderError::Invalid(format!(
+                "the sequence has {len} residues; the {what} has {}",
+                self.binder_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn binder_numbers(&self) -> Vec<i64> {
+        match &self.binder {
+            Some(b) => b.residue_numbers.clone(),
+            None => (0..self.binder_len as i64).collect(),
+        }
+    }
+
+    /// The inputs of the complex with this binder sequence.
+    pub fn complex_inputs(&self, sequence: &str) -> Result<ComplexInputs, BinderError> {
+        self.check_sequence(sequence)?;
+        let query = Query::from_numbered_chains(&[
+            (
+                self.target.sequence.as_str(),
+                self.target.residue_numbers.clone(),
+            ),
+            (sequence, self.binder_numbers()),
+        ])?;
+        let p = &self.protocol;
+        let mut segments = vec![TemplateSegment {
+            atoms: &self.target,
+            start: 0,
+            rm_seq: p.rm_target_seq,
+            rm_sc: p.rm_target_sc,
+        }];
+        if let (Some(binder), true) = (&self.binder, p.use_binder_template) {
+            segments.push(TemplateSegment {
+                atoms: binder,
+                start: self.target_len(),
+                rm_seq: p.rm_binder_seq,
+                rm_sc: p.rm_binder_sc,
+            });
+        }
+        let template = template_from_segments(query.len(), &segments)?;
+        let built = build_features(
+            &query,
+            &MsaRows::single(&query),
+            Some(template),
+            &MsaConfig::default(),
+        )?;
+        let template_pair_mask = p.rm_template_ic.then(|| same_chain_mask(&query.asym_id));
+        let initial_positions = p.use_initial_guess.then(|| {
+            let mut chains = vec![&self.target];
+            if let Some(b) = &self.binder {
+                chains.push(b);
+            }
+            let mut a = atom37_of_chains(&chains);
+            // A binder of `binder_len` has no coordinates: zeros, as ColabDesign pads them.
+            a.data.resize(query.len() * 37 * 3, 0.0);
+            a.shape = vec![query.len(), 37, 3];
+            a
+        });
+        Ok(ComplexInputs {
+            query,
+            built,
+            template_pair_mask,
+            initial_positions,
+        })
+    }
+
+    /// The binder alone (ColabDesign's hallucination protocol): single sequence, no template.
+    pub fn monomer_inputs(&self, sequence: &str) -> Result<(Query, BuiltFeatures), BinderError> {
+        self.check_sequence(sequence)?;
+        let query = Query::single(sequence)?;
+        let built = build_features(
+            &query,
+            &MsaRows::single(&query),
+            None,
+            &MsaConfig::default(),
+        )?;
+        Ok((query, built))
+    }
+
+    /// CA of the input complex and its mask (redesign mode), for the `rmsd` metric.
+    pub fn true_ca(&self) -> Option<(Vec<[f64; 3]>, Vec<f64>)> {
+        let binder = self.binder.as_ref()?;
+        let (ca, mask) = [&self.target, binder]
+            .iter()
+            .flat_map(|c| c.positions.iter().zip(&c.masks))
+            .map(|(p, m)| (p[1].map(f64::from), f64::from(m[1])))
+            .unzip();
+        Some((ca, mask))
+    }
+
+    /// PDB labels of the complex: the input's chain ids and residue numbers (a binder of
+    /// `binder_len` is numbered from 1).
+    pub fn pdb_labels(&self) -> PdbLabels {
+        let id = |s: &str| s.chars().next().unwrap_or('A');
+        let mut chain_ids = vec![id(&self.target_chain); self.target_len()];
+        chain_ids.extend(std::iter::repeat_n(id(&self.binder_chain), self.binder_len));
+        let mut residue_numbers = self.target.residue_numbers.clone();
+        match &self.binder {
+            Some(b) => residue_numbers.extend(&b.residue_numbers),
+            None => residue_numbers.extend(1..=self.binder_len as i64),
+        }
+        PdbLabels {
+            chain_ids,
+            residue_numbers,
+        }
+    }
+}
+
+/// One scored design.
+#[derive(Debug, Clone)]
+pub struct ScoredDesign {
+    /// The metrics (the mean over models where several are given, as ColabDesign averages).
+    pub metrics: BinderMetrics,
+    /// The complex prediction of the first model.
+    pub complex: Prediction,
+    /// The complex's query (target + design).
+    pub query: Query,
+    /// The binder folded alone by the first model, when asked for.
+    pub monomer: Option<Prediction>,
+}
+
+/// Which pass of which fold a [`RecycleReport`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoldKind {
+    /// The complex (AF2-IG).
+    Complex,
+    /// The binder alone.
+    Monomer,
+}
+
+/// Mean of the metrics of several models (ColabDesign averages `aux` over models); an optional
+/// metric is averaged when every model has it.
+pub fn mean_metrics(all: &[BinderMetrics]) -> Option<BinderMetrics> {
+    if all.is_empty() {
+        return None;
+    }
+    let k = all.len() as f64;
+    let mean = |f: fn(&BinderMetrics) -> f64| all.iter().map(f).sum::<f64>() / k;
+    let mean_opt = |f: fn(&BinderMetrics) -> Option<f64>| {
+        all.iter()
+            .map(f)
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| v.iter().sum::<f64>() / k)
+    };
+    Some(BinderMetrics {
+        plddt: mean(|m| m.plddt),
+        pae: mean(|m| m.pae),
+        i_pae: mean(|m| m.i_pae),
+        unscaled_i_pae: mean(|m| m.unscaled_i_pae),
+        ptm: mean(|m| m.ptm),
+        i_ptm: mean(|m| m.i_ptm),
+        rmsd: mean_opt(|m| m.rmsd),
+        bound_unbound_rmsd: mean_opt(|m| m.bound_unbound_rmsd),
+        plddt_monomer: mean_opt(|m| m.plddt_monomer),
+    })
+}
+
+/// Scores one design: the complex with every model, and (when `fold_monomer`) the binder alone
+/// with the same models, giving `plddt_monomer` and the bound/unbound binder CA RMSD.
+#[allow(clippy::too_many_arguments)]
+pub fn score_design(
+    models: &[&AlphaFold],
+    complex: &BinderComplex,
+    sequence: &str,
+    num_recycles: usize,
+    options: &RecycleOptions,
+    fold_monomer: bool,
+    device: &burn::tensor::Device,
+    mut on_recycle: impl FnMut(usize, FoldKind, &RecycleReport),
+) -> Result<ScoredDesign, BinderError> {
+    if models.is_empty() {
+        return Err(BinderError::Invalid("no model to score with".into()));
+    }
+    let inputs = complex.complex_inputs(sequence)?;
+    let monomer_inputs = if fold_monomer {
+        Some(complex.monomer_inputs(sequence)?)
+    } else {
+        None
+    };
+    let layout = complex.layout()?;
+    let true_ca = complex.true_ca();
+    let mut all = Vec::with_capacity(models.len());
+    let mut first: Option<(Prediction, Option<Prediction>)> = None;
+    for (k, model) in models.iter().enumerate() {
+        let prediction_inputs = PredictionInputs {
+            iterations: std::slice::from_ref(&inputs.built.features),
+            asym_id: &inputs.built.asym_id,
+            initial_positions: inputs.initial_positions.as_ref(),
+            template_pair_mask: inputs.template_pair_mask.as_deref(),
+        };
+        let prediction = predict(
+            model,
+            &prediction_inputs,
+            num_recycles,
+            options,
+            device,
+            |r| on_recycle(k, FoldKind::Complex, r),
+        );
+        let pae = prediction.pae.as_ref().ok_or_else(|| {
+            BinderError::Invalid(
+                "the weights have no PAE head; the binder metrics need a _ptm model".into(),
+            )
+        })?;
+        let mut metrics = BinderMetrics::from_confidence(
+            &layout,
+            &prediction.plddt,
+            &pae.pae,
+            &pae.logits,
+            pae.bins,
+        )?;
+        let pred_ca = prediction.ca();
+        if let Some((ca, mask)) = &true_ca {
+            metrics.rmsd = Some(binder_rmsd(ca, &pred_ca, Some(mask), &layout)?);
+        }
+        let monomer = match &monomer_inputs {
+            Some((_, built)) => {
+                let m = predict(
+                    model,
+                    &PredictionInputs::new(std::slice::from_ref(&built.features), &built.asym_id),
+                    num_recycles,
+                    options,
+                    device,
+                    |r| on_recycle(k, FoldKind::Monomer, r),
+                );
+                metrics.plddt_monomer = Some(m.mean_plddt() / 100.0);
+                let bound = &pred_ca[complex.target_len()..];
+                metrics.bound_unbound_rmsd = Some(ca_rmsd(bound, &m.ca(), None)?);
+                Some(m)
+            }
+            None => None,
+        };
+        all.push(metrics);
+        if first.is_none() {
+            first = Some((prediction, monomer));
+        }
+    }
+    let (prediction, monomer) = first.expect("one model at least");
+    Ok(ScoredDesign {
+        metrics: mean_metrics(&all).expect("one model at least"),
+        complex: prediction,
+        query: inputs.query,
+        monomer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AlphaFoldConfig;
+    use crate::outputs::to_host;
+    use crate::weights::load_module;
+    use af2_io::structure::read_structure;
+    use burn::tensor::{Device, Tensor, TensorData};
+    use std::path::Path;
+
+    /// The two-chain geometry fixture of the CLI tests (chain A: 10 residues `MKELLEKAIE`,
+    /// chain B: 6 residues `SWGYLR`, numbered from 1).
+    fn fixture() -> Structure {
+        read_structure(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../af2-cli/tests/fixtures/binder/complex.pdb"),
+        )
+        .unwrap()
+    }
+
+    fn redesign(protocol: BinderProtocol) -> BinderComplex {
+        BinderComplex::from_structure(&fixture(), "A", &BinderSpec::Chain("B".into()), protocol)
+            .unwrap()
+    }
+
+    #[test]
+    fn complex_inputs_follow_colabdesign() {
+        let complex = redesign(BinderProtocol::pxdesign());
+        assert_eq!((complex.target_len(), complex.binder_len), (10, 6));
+        let inputs = complex.complex_inputs("AKLLEA").unwrap();
+        let f = &inputs.built.features;
+        // PDB numbering 1..=10, then the binder's 1..=6 shifted by the target's last + 50.
+        let expected: Vec<i64> = (1..=10).chain(61..=66).collect();
+        assert_eq!(f.residue_index, expected);
+        assert_eq!(inputs.built.asym_id, [vec![0; 10], vec![1; 6]].concat());
+        assert_eq!(inputs.query.sequence, "MKELLEKAIEAKLLEA");
+        // Template slot 0: every residue a gap (rm_target_seq, rm_binder_seq), no side chains,
+        // backbone and CB kept; glycine B3 gets ColabDesign's virtual CB.
+        let t = f.templates.as_ref().unwrap();
+        assert!(t.aatype.data.iter().all(|&a| a == 21));
+        assert_eq!(t.mask.data, vec![1.0]);
+        for (i, m) in t.all_atom_masks.data.chunks(37).enumerate() {
+            assert_eq!(&m[..5], &[1.0; 5], "residue {i}");
+            assert!(m[5..].iter().all(|&v| v == 0.0), "residue {i}");
+        }
+        assert!(t.pseudo_beta_mask.data.iter().all(|&v| v == 1.0));
+        // The same-chain mask and the initial guess (the input's CA, for example).
+        let mask = inputs.template_pair_mask.as_ref().unwrap();
+        assert_eq!(mask[9], 1.0); // (0, 9): both target
+        assert_eq!(mask[10], 0.0); // (0, 10): target, binder
+        assert_eq!(mask[15 * 16 + 10], 1.0);
+        let guess = inputs.initial_positions.as_ref().unwrap();
+        let ca_b1 = &guess.data[(10 * 37 + 1) * 3..(10 * 37 + 1) * 3 + 3];
+        let atom = fixture().chains[1].residues[0].atom("CA").unwrap().position;
+        for k in 0..3 {
+            assert!((f64::from(ca_b1[k]) - atom[k]).abs() < 1e-4);
+        }
+        // The binder alone: single sequence, no template.
+        let (query, built) = complex.monomer_inputs("AKLLEA").unwrap();
+        assert_eq!(query.len(), 6);
+        assert!(built.features.templates.is_none());
+        // Wrong length: refused with both lengths.
+        let err = complex.complex_inputs("AKL").unwrap_err().to_string();
+        assert!(err.contains("3 residues") && err.contains("has 6"), "{err}");
+    }
+
+    #[test]
+    fn options_change_the_template() {
+        let protocol = BinderProtocol {
+            use_binder_template: false,
+            rm_target_seq: false,
+            rm_template_ic: false,
+            use_initial_guess: false,
+            ..BinderProtocol::pxdesign()
+        };
+        let inputs = redesign(protocol).complex_inputs("AKLLEA").unwrap();
+        let t = inputs.built.features.templates.unwrap();
+        // Target residue types kept (M K E L ...), side chains (none in the file) not masked by
+        // rm_target_sc = false; no binder template.
+        assert_eq!(&t.aatype.data[..3], &[12, 11, 6]);
+        assert!(t.aatype.data[10..].iter().all(|&a| a == 21));
+        assert!(t.all_atom_masks.data[10 * 37..].iter().all(|&m| m == 0.0));
+        assert!(inputs.template_pair_mask.is_none());
+        assert!(inputs.initial_positions.is_none());
+
+        // Hallucination mode: binder numbered from the target's last + 50, no coordinates.
+        let complex = BinderComplex::from_structure(
+            &fixture(),
+            "A",
+            &BinderSpec::Length(4),
+            BinderProtocol::pxdesign(),
+        )
+        .unwrap();
+        assert_eq!(complex.binder_chain, "B");
+        let inputs = complex.complex_inputs("GGGG").unwrap();
+        assert_eq!(
+            &inputs.built.features.residue_index[10..],
+            &[60, 61, 62, 63]
+        );
+        let guess = inputs.initial_positions.unwrap();
+        assert_eq!(guess.shape, vec![14, 37, 3]);
+        assert!(guess.data[10 * 111..].iter().all(|&v| v == 0.0));
+        assert!(complex.true_ca().is_none());
+    }
+
+    #[test]
+    fn hotspots_name_residues_of_the_input() {
+        let mut complex = redesign(BinderProtocol::pxdesign());
+        complex.set_hotspot("A3-5, A8").unwrap();
+        assert_eq!(complex.hotspot, Some(vec![2, 3, 4, 7]));
+        complex.set_hotspot("2,B2").unwrap();
+        assert_eq!(complex.hotspot, Some(vec![1, 11]));
+        for (bad, needle) in [
+            ("C1", "chain 'C'"),
+            ("A99", "no residue numbered 99"),
+            ("Ax", "expected a chain id"),
+            (",", "empty"),
+        ] {
+            let err = complex.set_hotspot(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        let layout = complex.layout().unwrap();
+        assert_eq!(layout.len(), 16);
+    }
+
+    #[test]
+    fn mean_over_models() {
+        let m = |x: f64, rmsd: Option<f64>| BinderMetrics {
+            plddt: x,
+            pae: x,
+            i_pae: x,
+            unscaled_i_pae: 31.0 * x,
+            ptm: x,
+            i_ptm: x,
+            rmsd,
+            bound_unbound_rmsd: None,
+            plddt_monomer: Some(x),
+        };
+        let mean = mean_metrics(&[m(0.2, Some(1.0)), m(0.4, Some(3.0))]).unwrap();
+        assert!((mean.plddt - 0.3).abs() < 1e-12);
+        assert!((mean.unscaled_i_pae - 9.3).abs() < 1e-12);
+        assert_eq!(mean.rmsd, Some(2.0));
+        assert_eq!(mean.bound_unbound_rmsd, None);
+        assert!(
+            mean_metrics(&[m(0.2, Some(1.0)), m(0.4, None)])
+                .unwrap()
+                .rmsd
+                .is_none()
+        );
+        assert!(mean_metrics(&[]).is_none());
+    }
+
+    /// rm_template_ic through the model: an all-ones mask is the unmasked model exactly, the
+    /// same-chain mask changes the prediction, and in the template embedding it hides exactly
+    /// the inter-chain template features: moving the binder's template coordinates away from the
+    /// target changes nothing with the mask and changes the embedding without it. (The whole
+    /// model still sees such a move through the template torsion features of the binder's first
+    /// residue, whose phi and omega use the previous residue, as in AlphaFold and ColabDesign.)
+    #[test]
+    #[allow(deprecated)]
+    fn same_chain_mask_hides_inter_chain_template_features() {
+        let device = Device::ndarray();
+        let weights = af2_io::weights::load_weights(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/msa_template_n16/params.npz"),
+        )
+        .unwrap();
+        let mut model = AlphaFoldConfig::from_dims(&weights.dims).init(&device);
+        load_module(&mut model, &weights.native).unwrap();
+        let (c_m, c_z) = (weights.dims.msa_channel, weights.dims.pair_channel);
+
+        let inputs = redesign(BinderProtocol::pxdesign())
+            .complex_inputs("AKLLEA")
+            .unwrap();
+        let f = inputs.built.features.clone();
+        let n = 16;
+        let tensor =
+            |m: &[f32]| Tensor::<2>::from_data(TensorData::new(m.to_vec(), [n, n]), &device);
+        let same_chain = tensor(inputs.template_pair_mask.as_ref().unwrap());
+        let ones = tensor(&vec![1.0; n * n]);
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+
+        let run = |mask: Option<&Tensor<2>>| {
+            let prev = crate::model::Recycled::zeros(n, c_m, c_z, &device);
+            to_host(model.forward_iteration_masked(&f, prev, mask, &device).pair).data
+        };
+        let plain = run(None);
+        assert_eq!(plain, run(Some(&ones)), "an all-ones mask changes nothing");
+        assert!(
+            max_diff(&plain, &run(Some(&same_chain))) > 1e-3,
+            "the mask acts"
+        );
+
+        // The template embedding alone, on the template as is and with the binder moved 40 Å.
+        let template = |shift: f32| {
+            let t = f.templates.as_ref().unwrap();
+            let mut pseudo_beta = t.pseudo_beta.data.clone();
+            for v in &mut pseudo_beta[10 * 3..] {
+                *v += shift;
+            }
+            let one_hot: Vec<f32> = t
+                .aatype
+                .data
+                .iter()
+                .flat_map(|&a| (0..22).map(move |c| f32::from(u8::from(c == a as usize))))
+                .collect();
+            let backbone: Vec<f32> = t
+                .all_atom_masks
+                .data
+                .chunks(37)
+                .map(|m| m[0] * m[1] * m[2])
+                .collect();
+            crate::template_embedding::TemplateInputs {
+                aatype_one_hot: Tensor::from_data(TensorData::new(one_hot, [n, 22]), &device),
+                pseudo_beta: Tensor::from_data(TensorData::new(pseudo_beta, [n, 3]), &device),
+                pseudo_beta_mask: Tensor::from_data(
+                    TensorData::new(t.pseudo_beta_mask.data.clone(), [n]),
+                    &device,
+                ),
+                backbone_mask: Tensor::from_data(TensorData::new(backbone, [n]), &device),
+            }
+        };
+        let embedding = model.template_embedding.as_ref().unwrap();
+        let embed = |shift: f32, mask: Option<&Tensor<2>>| {
+            let pair = Tensor::<3>::zeros([n, n, c_z], &device);
+            let pair_mask = Tensor::<2>::ones([n, n], &device);
+            let template_mask = Tensor::<1>::ones([1], &device);
+            let out =
+                embedding.forward_masked(pair, pair_mask, &[template(shift)], template_mask, mask);
+            to_host(out).data
+        };
+        let masked = embed(0.0, Some(&same_chain));
+        let masked_moved = embed(40.0, Some(&same_chain));
+        assert!(
+            max_diff(&masked, &masked_moved) < 1e-5,
+            "masked: {}",
+            max_diff(&masked, &masked_moved)
+        );
+        assert!(
+            max_diff(&embed(0.0, None), &embed(40.0, None)) > 1e-3,
+            "unmasked: the move shows"
+        );
+    }
+}
