@@ -38,6 +38,9 @@ enum Command {
         dir: PathBuf,
         /// Our outputs.npz.
         candidate: PathBuf,
+        /// Allowed multiple of the oracle's noise floor (10 on the CPU; 100 for GPUs).
+        #[arg(long, default_value_t = 10.0)]
+        factor: f64,
     },
     /// Time the forward pass on the CPU reference backend (single sequence + one template).
     BenchCpu {
@@ -63,7 +66,11 @@ fn main() -> Result<()> {
             convert_weights(&input, &output)
         }
         Command::Parity { dir } => parity::run(&dir),
-        Command::Compare { dir, candidate } => parity::compare(&dir, &candidate),
+        Command::Compare {
+            dir,
+            candidate,
+            factor,
+        } => parity::compare(&dir, &candidate, factor),
         Command::BenchCpu {
             params,
             lengths,

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use af2_model::outputs::prediction_arrays;
 use af2_tests::{
-    OracleCase, case_model, compare_outputs, format_table, reference_device, run_case,
+    OracleCase, case_model, compare_outputs, compare_outputs_with, format_table, reference_device,
+    run_case,
 };
 use anyhow::{Result, bail};
 
@@ -52,12 +53,16 @@ pub fn run(dir: &Path) -> Result<()> {
 }
 
 /// Compares a finished `outputs.npz` (from any backend or machine) with an oracle case.
-pub fn compare(dir: &Path, candidate: &Path) -> Result<()> {
+pub fn compare(dir: &Path, candidate: &Path, factor: f64) -> Result<()> {
     let case = OracleCase::open(dir)?;
     let ours = af2_io::npz::read_npz(candidate)?;
     let ours: Vec<(String, af2_io::npz::Array)> = ours.into_iter().collect();
-    let rows = compare_outputs(&case, &ours)?;
-    let title = format!("{} vs {}", candidate.display(), dir.display());
+    let rows = compare_outputs_with(&case, &ours, factor)?;
+    let title = format!(
+        "{} vs {} (tolerance {factor}x noise)",
+        candidate.display(),
+        dir.display()
+    );
     println!("{}", format_table(&title, &rows));
     let failures = rows.iter().filter(|r| !r.passes()).count();
     if failures > 0 {
