@@ -4,6 +4,7 @@ mod bench;
 mod device;
 mod predict;
 mod progress;
+mod run_args;
 mod run_features;
 mod screen;
 mod weights;

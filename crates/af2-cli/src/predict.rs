@@ -25,6 +25,7 @@ use af2_model::predict::{
 };
 
 use crate::device::parse_device;
+use crate::run_args::RunArgs;
 use crate::weights::{LoadedModel, load_models};
 
 /// ColabFold's name for monomer pTM weights.
@@ -33,21 +34,11 @@ const MODEL_TYPE: &str = "alphafold2_ptm";
 /// Arguments of `af2 predict`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
     /// A FASTA file (chains of a complex separated by ':'), an A3M alignment (first row = query),
     /// or a directory of .fasta/.fa/.faa/.a3m files.
     input: PathBuf,
-    /// Output directory.
-    #[arg(short = 'o', long = "output-dir", alias = "out")]
-    output: PathBuf,
-    /// Weights directory, searched before $AF2_WEIGHTS and the cache directory.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Models to run (comma-separated numbers: the model_N_ptm weights).
-    #[arg(long, value_delimiter = ',', default_value = "1")]
-    models: Vec<u32>,
-    /// Recycles (passes = recycles + 1).
-    #[arg(long, default_value_t = 3)]
-    num_recycle: usize,
     /// Stop recycling once the CA distance matrix changes by less than this (Å RMS), as
     /// ColabFold's --recycle-early-stop-tolerance; off by default.
     #[arg(long)]
@@ -308,9 +299,13 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let device = parse_device(&args.device)?;
-    let models = load_models(args.weights.as_deref(), &args.models, &device)?;
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("creating the output directory {}", args.output.display()))?;
+    let models = load_models(args.run.weights.as_deref(), &args.run.models, &device)?;
+    std::fs::create_dir_all(&args.run.output).with_context(|| {
+        format!(
+            "creating the output directory {}",
+            args.run.output.display()
+        )
+    })?;
     let mut msa_config = MsaConfig::default();
     if let Some(c) = args.max_msa_clusters {
         msa_config.max_msa_clusters = c.max(1);
@@ -323,7 +318,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let mut failures = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
-        let done_marker = args.output.join(format!("{}.done.txt", job.name));
+        let done_marker = args.run.output.join(format!("{}.done.txt", job.name));
         if done_marker.exists() && !args.overwrite_existing_results {
             eprintln!(
                 "{}: done already ({}), skipped; --overwrite-existing-results predicts it again",
@@ -395,7 +390,7 @@ fn run_job(
         for seed in args.random_seed..args.random_seed + args.num_seeds {
             let start = Instant::now();
             let passes = if args.msa_sampling {
-                args.num_recycle + 1
+                args.run.num_recycle + 1
             } else {
                 1
             };
@@ -422,7 +417,7 @@ fn run_job(
             let mut prediction = predict(
                 &model.model,
                 &inputs,
-                args.num_recycle,
+                args.run.num_recycle,
                 options,
                 device,
                 |r| {
@@ -476,7 +471,7 @@ fn write_job(args: &Args, job: &Job, mut results: Vec<Done>) -> Result<()> {
             .mean_plddt()
             .total_cmp(&a.prediction.mean_plddt())
     });
-    let out = &args.output;
+    let out = &args.run.output;
     let labels = PdbLabels::sequential(&job.query.chain_lengths);
     let chain_starts: Vec<usize> = (0..job.query.chain_lengths.len())
         .map(|k| job.query.chain_range(k).start)

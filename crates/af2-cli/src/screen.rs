@@ -17,6 +17,7 @@ use af2_model::predict::write_prediction_pdb;
 
 use crate::device::parse_device;
 use crate::progress::{Progress, bars_enabled, human_duration};
+use crate::run_args::RunArgs;
 use crate::weights::{find_models, load_models};
 
 /// The screening table's format.
@@ -32,6 +33,8 @@ pub enum Format {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("binder").required(true).args(["binder_chain", "binder_len"])))]
 pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
     /// Designs: a CSV file with a header naming the columns `id` and `sequence`.
     designs: PathBuf,
     /// The complex (PDB or mmCIF): the target, and in redesign mode the binder it was designed as.
@@ -47,19 +50,6 @@ pub struct Args {
     /// Hallucination mode: the binder length (no binder template or coordinates).
     #[arg(long)]
     binder_len: Option<usize>,
-    /// Output directory: the table (scores.csv or scores.jsonl) and pdb/<id>.pdb.
-    #[arg(short = 'o', long = "output-dir", alias = "out")]
-    output: PathBuf,
-    /// Weights directory, searched before $AF2_WEIGHTS and the cache directory.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Models (comma-separated model_N_ptm numbers); metrics are the mean over models, as
-    /// ColabDesign averages them, and the PDB is the first model's.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
-    models: Vec<u32>,
-    /// Recycles (passes = recycles + 1).
-    #[arg(long, default_value_t = 3)]
-    num_recycle: usize,
     /// Filters whose pass/fail columns the table gets: easy (AF2-IG-easy), strict (AF2-IG
     /// strict).
     #[arg(long, value_delimiter = ',', default_value = "easy,strict")]
@@ -123,15 +113,19 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let table_designs = read_designs(&args.designs)?;
     // A missing weight file stops the run before anything is written.
-    find_models(args.weights.as_deref(), &args.models)?;
+    find_models(args.run.weights.as_deref(), &args.run.models)?;
 
-    std::fs::create_dir_all(args.output.join("pdb"))
-        .with_context(|| format!("creating the output directory {}", args.output.display()))?;
+    std::fs::create_dir_all(args.run.output.join("pdb")).with_context(|| {
+        format!(
+            "creating the output directory {}",
+            args.run.output.display()
+        )
+    })?;
     let (file, format) = match args.format {
         Format::Csv => ("scores.csv", TableFormat::Csv),
         Format::Jsonl => ("scores.jsonl", TableFormat::Jsonl),
     };
-    let table_path = args.output.join(file);
+    let table_path = args.run.output.join(file);
     let mut table = ScreenTable::open(
         &table_path,
         format,
@@ -201,7 +195,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let device = parse_device(&args.device)?;
-    let loaded = load_models(args.weights.as_deref(), &args.models, &device)?;
+    let loaded = load_models(args.run.weights.as_deref(), &args.run.models, &device)?;
     if let Some(m) = loaded.iter().find(|m| !m.has_templates) {
         eprintln!(
             "note: model_{}_ptm has no template stack; AF2-IG uses the target as a template (models 1 and 2 have one)",
@@ -221,7 +215,7 @@ pub fn run(args: &Args) -> Result<()> {
             &models,
             &complex,
             &design.sequence,
-            args.num_recycle,
+            args.run.num_recycle,
             &options,
             !args.no_monomer,
             &device,
@@ -233,7 +227,7 @@ pub fn run(args: &Args) -> Result<()> {
                     };
                     eprintln!(
                         "  {} model_{}_ptm {what} recycle={} pLDDT={:.2} ({:.1} s)",
-                        design.id, args.models[k], r.iteration, r.mean_plddt, r.seconds
+                        design.id, args.run.models[k], r.iteration, r.mean_plddt, r.seconds
                     );
                 }
             },
@@ -241,6 +235,7 @@ pub fn run(args: &Args) -> Result<()> {
         let row = match result {
             Ok(scored_design) => {
                 let pdb = args
+                    .run
                     .output
                     .join("pdb")
                     .join(format!("{}.pdb", safe_filename(&design.id)));
