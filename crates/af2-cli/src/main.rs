@@ -29,6 +29,10 @@ enum Command {
     /// Predict structures from a FASTA, an A3M or a directory of them (as colabfold_batch).
     Predict(predict::Args),
     /// Screen designed binders with AF2 initial guess (ColabDesign's binder protocol, as PXDesign).
+    ///
+    /// Writes one row per design to OUTPUT/scores.csv (or scores.jsonl) and the complex to
+    /// OUTPUT/pdb/<id>.pdb. With several models the metrics are their mean, as ColabDesign
+    /// averages them, and the PDB is the first model's.
     Screen(screen::Args),
     /// Download, convert and check weights.
     Weights(weights::Args),
