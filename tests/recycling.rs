@@ -70,3 +70,27 @@ fn an_initial_state_replaces_the_zero_state() {
     assert_eq!(pos(&seeded), pos(&direct));
     assert_ne!(pos(&seeded), pos(&zeros));
 }
+
+#[test]
+fn timed_iteration_computes_the_same_and_times_every_stage() {
+    let device = reference_device();
+    let case = OracleCase::open(&fixtures_dir().join("r0_n20")).unwrap();
+    let model = case_model(&case, &device).unwrap();
+    let features = case.iteration_features(0).unwrap();
+    let zeros = || af2_model::model::Recycled::zeros(20, 32, 16, &device);
+    let mut times = af2_model::model::StageTimes::default();
+    let timed = model.forward_iteration_timed(&features, zeros(), &device, &mut times);
+    let plain = model.forward_iteration(&features, zeros(), &device);
+    let pos =
+        |o: &af2_model::model::IterationOutput| to_host(o.structure.final_atom37.clone()).data;
+    assert_eq!(pos(&timed), pos(&plain));
+    for (stage, t) in [
+        ("embeddings", times.embeddings),
+        ("extra_msa", times.extra_msa),
+        ("evoformer", times.evoformer),
+        ("structure_module", times.structure_module),
+        ("heads", times.heads),
+    ] {
+        assert!(t > 0.0, "{stage} not timed");
+    }
+}

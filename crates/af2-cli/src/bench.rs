@@ -7,7 +7,7 @@ use burn::tensor::Device;
 
 use af2_io::weights::{ModelDims, load_weights};
 use af2_model::features::benchmark_features;
-use af2_model::model::{AlphaFold, AlphaFoldConfig};
+use af2_model::model::{AlphaFold, AlphaFoldConfig, Recycled, StageTimes};
 use af2_model::outputs::to_host;
 use af2_model::weights::load_module;
 
@@ -61,6 +61,21 @@ fn predict_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) 
     start.elapsed().as_secs_f64()
 }
 
+/// One prediction with the device synchronised after every stage.
+fn stage_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) -> StageTimes {
+    let features = benchmark_features(n);
+    let c_m = model.input_embedder.preprocess_1d.weight.dims()[1];
+    let c_z = model.input_embedder.left_single.weight.dims()[1];
+    let mut prev = Recycled::zeros(n, c_m, c_z, device);
+    let mut times = StageTimes::default();
+    for _ in 0..passes {
+        prev = model
+            .forward_iteration_timed(&features, prev, device, &mut times)
+            .recycled();
+    }
+    times
+}
+
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
     let process_start = Instant::now();
@@ -75,6 +90,7 @@ pub fn run(args: &Args) -> Result<()> {
         "{:>6} {:>12} {:>12} {:>12}",
         "L", "first s", "best s", "mean s"
     );
+    let mut stages = Vec::new();
     for &n in &args.lengths {
         let first = predict_seconds(&model, n, passes, &device);
         let times: Vec<f64> = (0..args.repeats.max(1))
@@ -83,6 +99,18 @@ pub fn run(args: &Args) -> Result<()> {
         let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         println!("{n:>6} {first:>12.3} {best:>12.3} {mean:>12.3}");
+        stages.push((n, stage_seconds(&model, n, passes, &device)));
+    }
+    println!("per stage, s per prediction (device synchronised after each stage):");
+    println!(
+        "{:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "L", "embeddings", "extra MSA", "evoformer", "structure", "heads"
+    );
+    for (n, t) in &stages {
+        println!(
+            "{n:>6} {:>11.3} {:>11.3} {:>11.3} {:>11.3} {:>11.3}",
+            t.embeddings, t.extra_msa, t.evoformer, t.structure_module, t.heads
+        );
     }
     println!(
         "total wall time since process start: {:.1} s",

@@ -302,6 +302,31 @@ impl AlphaFold {
         template_pair_mask: Option<&Tensor<2>>,
         device: &Device,
     ) -> IterationOutput {
+        self.iteration(f, prev, template_pair_mask, device, &mut StageClock::off())
+    }
+
+    /// [`AlphaFold::forward_iteration`] that also adds each stage's wall time to `times`,
+    /// synchronising the device after every stage (for benchmarks: the synchronisation itself
+    /// removes overlap between stages).
+    pub fn forward_iteration_timed(
+        &self,
+        f: &Features,
+        prev: Recycled,
+        device: &Device,
+        times: &mut StageTimes,
+    ) -> IterationOutput {
+        let mut clock = StageClock::on(device, times);
+        self.iteration(f, prev, None, device, &mut clock)
+    }
+
+    fn iteration(
+        &self,
+        f: &Features,
+        prev: Recycled,
+        template_pair_mask: Option<&Tensor<2>>,
+        device: &Device,
+        clock: &mut StageClock<'_>,
+    ) -> IterationOutput {
         let n = f.num_residues();
         let num_clusters = f.num_msa_rows();
         let seq_mask = to_tensor::<1>(&f.seq_mask, device);
@@ -342,12 +367,14 @@ impl AlphaFold {
                     template_pair_mask,
                 );
         }
+        clock.lap(|t| &mut t.embeddings);
         pair = self.extra_msa_stack.forward(
             to_tensor(&f.extra_feat, device),
             to_tensor(&f.extra_msa_mask, device),
             pair,
             pair_mask.clone(),
         );
+        clock.lap(|t| &mut t.extra_msa);
         if let (Some(torsion), Some(t)) = (&self.template_torsion_embedding, &f.templates) {
             let (features, psi_mask) = template_torsion_features(t, device);
             msa = Tensor::cat(vec![msa, torsion.forward(features)], 0);
@@ -355,17 +382,20 @@ impl AlphaFold {
         }
         let (msa, pair, single) = self.evoformer.forward(msa, msa_mask, pair, pair_mask);
         let msa = msa.narrow(0, 0, num_clusters);
+        clock.lap(|t| &mut t.evoformer);
 
         let aatype = to_int_tensor::<1>(&f.aatype, vec![n], device);
         let structure =
             self.structure_module
                 .forward(single.clone(), pair.clone(), seq_mask, aatype);
+        clock.lap(|t| &mut t.structure_module);
         let logits = self.heads.forward(
             msa.clone(),
             pair.clone(),
             single.clone(),
             structure.act.clone(),
         );
+        clock.lap(|t| &mut t.heads);
         IterationOutput {
             msa,
             pair,
@@ -477,5 +507,47 @@ pub fn ca_distance_change(before: &Tensor<3>, after: &Tensor<3>, seq_mask: &NdAr
         (sum / count).sqrt() as f32
     } else {
         0.0
+    }
+}
+
+/// Wall time per stage of an iteration, in seconds, summed over the iterations timed.
+#[derive(Clone, Debug, Default)]
+pub struct StageTimes {
+    /// Input, recycling and template embeddings (and the template torsion features' upload).
+    pub embeddings: f64,
+    /// The extra-MSA stack.
+    pub extra_msa: f64,
+    /// Template torsion rows and the Evoformer stack.
+    pub evoformer: f64,
+    /// The structure module.
+    pub structure_module: f64,
+    /// The heads.
+    pub heads: f64,
+}
+
+/// Times stages when on; does nothing (no synchronisation) when off.
+struct StageClock<'a> {
+    state: Option<(&'a Device, &'a mut StageTimes, std::time::Instant)>,
+}
+
+impl<'a> StageClock<'a> {
+    fn off() -> Self {
+        Self { state: None }
+    }
+
+    fn on(device: &'a Device, times: &'a mut StageTimes) -> Self {
+        let _ = device.sync();
+        Self {
+            state: Some((device, times, std::time::Instant::now())),
+        }
+    }
+
+    /// Waits for the device, then adds the time since the last lap to one stage.
+    fn lap(&mut self, stage: impl FnOnce(&mut StageTimes) -> &mut f64) {
+        if let Some((device, times, last)) = &mut self.state {
+            let _ = device.sync();
+            *stage(times) += last.elapsed().as_secs_f64();
+            *last = std::time::Instant::now();
+        }
     }
 }
