@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
+use af2_io::features::feature_slice;
 use af2_io::npz::{Array, read_npz};
 use af2_io::weights::{LoadedWeights, load_weights};
 use af2_model::features::Features;
@@ -90,15 +91,7 @@ impl OracleCase {
 
     /// The features fed into iteration `r`.
     pub fn iteration_features(&self, r: usize) -> Result<Features> {
-        let slice: BTreeMap<String, Array> = self
-            .features
-            .iter()
-            .map(|(k, v)| {
-                v.index_axis0(r)
-                    .map(|s| (k.clone(), s))
-                    .with_context(|| format!("feature {k} has no iteration {r}"))
-            })
-            .collect::<Result<_>>()?;
+        let slice = feature_slice(&self.features, r)?;
         Ok(Features::from_arrays(&slice)?)
     }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use af2_io::features::feature_slice;
 use af2_io::npz::{Array, read_npz, write_npz};
 use af2_io::weights::load_weights;
 use af2_model::features::Features;
@@ -46,14 +47,7 @@ fn iteration_slices(
 ) -> Result<Vec<Features>> {
     (0..iterations)
         .map(|r| {
-            let slice: BTreeMap<String, Array> = features
-                .iter()
-                .map(|(k, v)| {
-                    v.index_axis0(r).map(|s| (k.clone(), s)).with_context(|| {
-                        format!("{}: feature `{k}` has no recycle slice {r}", path.display())
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let slice = feature_slice(features, r).with_context(|| path.display().to_string())?;
             Features::from_arrays(&slice)
                 .with_context(|| format!("{}: iteration {r}", path.display()))
         })
