@@ -7,7 +7,7 @@ use burn::tensor::Device;
 
 use af2_io::weights::{ModelDims, load_weights};
 use af2_model::features::benchmark_features;
-use af2_model::model::{AlphaFold, AlphaFoldConfig, Recycled, StageTimes};
+use af2_model::model::{AlphaFold, AlphaFoldConfig, StageTimes};
 use af2_model::outputs::to_host;
 use af2_model::weights::load_module;
 
@@ -64,9 +64,7 @@ fn predict_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) 
 /// One prediction with the device synchronised after every stage.
 fn stage_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) -> StageTimes {
     let features = benchmark_features(n);
-    let c_m = model.input_embedder.preprocess_1d.weight.dims()[1];
-    let c_z = model.input_embedder.left_single.weight.dims()[1];
-    let mut prev = Recycled::zeros(n, c_m, c_z, device);
+    let mut prev = model.zero_state(n, device);
     let mut times = StageTimes::default();
     for _ in 0..passes {
         prev = model

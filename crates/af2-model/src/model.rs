@@ -431,34 +431,60 @@ impl AlphaFold {
         options: &RecycleOptions,
         device: &Device,
     ) -> (IterationOutput, RecycleLog) {
-        assert!(
-            !iterations.is_empty(),
-            "forward_recycled needs at least one iteration"
-        );
-        let n = iterations[0].num_residues();
-        let c_m = self.input_embedder.preprocess_1d.weight.dims()[1];
-        let c_z = self.input_embedder.left_single.weight.dims()[1];
-        let mut prev = initial.unwrap_or_else(|| Recycled::zeros(n, c_m, c_z, device));
+        self.forward_recycled_observed(iterations, initial, None, options, device, |_, _, _| {})
+    }
+
+    /// The recycling loop: one pass per element of `passes`, each fed the previous pass's state
+    /// (`initial`, else zeros, for the first), stopping early as `options` says. After every
+    /// pass `on_pass(r, output, ca_change)` is called (`ca_change`: RMS change of the CA
+    /// distance matrix from the previous pass, `None` for the first). `template_pair_mask` is as
+    /// in [`AlphaFold::forward_iteration_masked`]. Returns the last pass and what the loop did.
+    ///
+    /// # Panics
+    /// If `passes` is empty.
+    pub fn forward_recycled_observed<'f>(
+        &self,
+        passes: impl IntoIterator<Item = &'f Features>,
+        initial: Option<Recycled>,
+        template_pair_mask: Option<&Tensor<2>>,
+        options: &RecycleOptions,
+        device: &Device,
+        mut on_pass: impl FnMut(usize, &IterationOutput, Option<f32>),
+    ) -> (IterationOutput, RecycleLog) {
+        let mut passes = passes.into_iter().peekable();
+        let first = passes
+            .peek()
+            .expect("the recycling loop needs at least one pass");
+        let mut prev = initial.unwrap_or_else(|| self.zero_state(first.num_residues(), device));
         let mut log = RecycleLog::default();
         let mut output = None;
-        for (r, features) in iterations.iter().enumerate() {
-            let out = self.forward_iteration(features, prev.clone(), device);
+        for (r, features) in passes.enumerate() {
+            let out =
+                self.forward_iteration_masked(features, prev.clone(), template_pair_mask, device);
             let next = out.recycled();
             log.iterations_run += 1;
-            if r > 0 {
+            let change = (r > 0).then(|| {
                 let change =
                     ca_distance_change(&prev.positions, &next.positions, &features.seq_mask);
                 log.ca_distance_change.push(change);
-                if options.early_stop_tolerance.is_some_and(|tol| change < tol) {
-                    log.stopped_early = true;
-                    output = Some(out);
-                    break;
-                }
+                change
+            });
+            on_pass(r, &out, change);
+            output = Some(out);
+            if change.is_some_and(|c| options.early_stop_tolerance.is_some_and(|tol| c < tol)) {
+                log.stopped_early = true;
+                break;
             }
             prev = next;
-            output = Some(out);
         }
-        (output.expect("at least one iteration"), log)
+        (output.expect("at least one pass"), log)
+    }
+
+    /// The all-zero recycled state for `n` residues at this model's widths.
+    pub fn zero_state(&self, n: usize, device: &Device) -> Recycled {
+        let c_m = self.input_embedder.preprocess_1d.weight.dims()[1];
+        let c_z = self.input_embedder.left_single.weight.dims()[1];
+        Recycled::zeros(n, c_m, c_z, device)
     }
 }
 

@@ -68,23 +68,83 @@ pub fn prediction_arrays(out: &IterationOutput) -> Vec<(String, Array)> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), Array::F32(v)))
         .collect();
-    let lddt = to_host(out.logits.plddt.clone());
-    let plddt = confidence::plddt(&lddt.data, lddt.shape[1]);
-    let mean = plddt.iter().sum::<f64>() / plddt.len().max(1) as f64;
-    named.push(("plddt".into(), f64_array(vec![n], plddt)));
+    let conf = confidences(out);
+    let mean = conf.mean_plddt();
+    named.push(("plddt".into(), f64_array(vec![n], conf.plddt)));
     named.push(("ranking_confidence".into(), f64_array(vec![], vec![mean])));
-    if let Some(pae_logits) = &out.logits.pae {
-        let logits = to_host(pae_logits.clone());
-        let bins = logits.shape[2];
-        let (pae, max_pae) = confidence::predicted_aligned_error(&logits.data, bins);
-        let ptm = confidence::predicted_tm_score(&logits.data, bins, None, None, false);
+    if let (Some(pae), Some(ptm)) = (conf.pae, conf.ptm) {
+        let logits = NdArray {
+            shape: vec![n, n, pae.bins],
+            data: pae.logits,
+        };
         named.push(("predicted_aligned_error_logits".into(), Array::F32(logits)));
-        named.push(("predicted_aligned_error".into(), f64_array(vec![n, n], pae)));
+        named.push((
+            "predicted_aligned_error".into(),
+            f64_array(vec![n, n], pae.pae),
+        ));
         named.push((
             "max_predicted_aligned_error".into(),
-            f64_array(vec![], vec![max_pae]),
+            f64_array(vec![], vec![pae.max_pae]),
         ));
         named.push(("ptm".into(), f64_array(vec![], vec![ptm])));
     }
     named
+}
+
+/// The predicted aligned error of a prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaeOutput {
+    /// `[N * N]` expected aligned error in Å, row = aligned residue.
+    pub pae: Vec<f64>,
+    /// The largest error the head can express (31.75 Å for 64 bins).
+    pub max_pae: f64,
+    /// `[N * N * bins]` logits (for TM scores).
+    pub logits: Vec<f32>,
+    /// Number of bins.
+    pub bins: usize,
+}
+
+/// Confidences of one pass, read back to the host and computed in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confidences {
+    /// `[N]` pLDDT, 0-100.
+    pub plddt: Vec<f64>,
+    /// PAE, for models with a PAE head.
+    pub pae: Option<PaeOutput>,
+    /// pTM, for models with a PAE head.
+    pub ptm: Option<f64>,
+}
+
+impl Confidences {
+    /// Mean pLDDT (0-100).
+    pub fn mean_plddt(&self) -> f64 {
+        self.plddt.iter().sum::<f64>() / self.plddt.len().max(1) as f64
+    }
+}
+
+/// pLDDT, PAE and pTM of one pass, as DeepMind's `RunModel.predict` computes them.
+pub fn confidences(out: &IterationOutput) -> Confidences {
+    let lddt = to_host(out.logits.plddt.clone());
+    let plddt = confidence::plddt(&lddt.data, lddt.shape[1]);
+    let Some(logits) = &out.logits.pae else {
+        return Confidences {
+            plddt,
+            pae: None,
+            ptm: None,
+        };
+    };
+    let logits = to_host(logits.clone());
+    let bins = logits.shape[2];
+    let (pae, max_pae) = confidence::predicted_aligned_error(&logits.data, bins);
+    let ptm = confidence::predicted_tm_score(&logits.data, bins, None, None, false);
+    Confidences {
+        plddt,
+        pae: Some(PaeOutput {
+            pae,
+            max_pae,
+            logits: logits.data,
+            bins,
+        }),
+        ptm: Some(ptm),
+    }
 }

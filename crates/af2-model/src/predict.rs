@@ -26,10 +26,9 @@ use af2_io::output::{Atom37Structure, write_pdb};
 
 use crate::confidence;
 use crate::features::{Features, TemplateFeatures};
-use crate::model::{
-    AlphaFold, IterationOutput, RecycleLog, RecycleOptions, Recycled, ca_distance_change,
-};
-use crate::outputs::to_host;
+use crate::model::{AlphaFold, RecycleLog, RecycleOptions};
+pub use crate::outputs::PaeOutput;
+use crate::outputs::{confidences, to_host};
 use crate::pipeline::{ChainAtoms, PipelineError, Query, TemplateSegment, template_from_segments};
 use crate::residue_constants as rc;
 
@@ -77,19 +76,6 @@ pub struct RecycleReport {
     pub ca_change: Option<f32>,
     /// Wall time of this pass, confidences included (s).
     pub seconds: f64,
-}
-
-/// The predicted aligned error of a prediction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PaeOutput {
-    /// `[N * N]` expected aligned error in Å, row = aligned residue.
-    pub pae: Vec<f64>,
-    /// The largest error the head can express (31.75 Å for 64 bins).
-    pub max_pae: f64,
-    /// `[N * N * bins]` logits (for TM scores).
-    pub logits: Vec<f32>,
-    /// Number of bins.
-    pub bins: usize,
 }
 
 /// A finished prediction on the host.
@@ -148,37 +134,6 @@ pub fn same_chain_mask(asym_id: &[i64]) -> Vec<f32> {
         .collect()
 }
 
-/// Host-side confidences of one pass.
-struct Confidences {
-    plddt: Vec<f64>,
-    pae: Option<PaeOutput>,
-    ptm: Option<f64>,
-}
-
-fn confidences(out: &IterationOutput) -> Confidences {
-    let lddt = to_host(out.logits.plddt.clone());
-    let plddt = confidence::plddt(&lddt.data, lddt.shape[1]);
-    let (pae, ptm) = match &out.logits.pae {
-        Some(logits) => {
-            let logits = to_host(logits.clone());
-            let bins = logits.shape[2];
-            let (pae, max_pae) = confidence::predicted_aligned_error(&logits.data, bins);
-            let ptm = confidence::predicted_tm_score(&logits.data, bins, None, None, false);
-            (
-                Some(PaeOutput {
-                    pae,
-                    max_pae,
-                    logits: logits.data,
-                    bins,
-                }),
-                Some(ptm),
-            )
-        }
-        None => (None, None),
-    };
-    Confidences { plddt, pae, ptm }
-}
-
 /// Runs `num_recycles + 1` passes (fewer when `options` stops early), calling `on_recycle` after
 /// each, and reads the last pass back. The loop is [`AlphaFold::forward_recycled_with`]'s, with
 /// the initial guess and template pair mask of `inputs`.
@@ -195,47 +150,39 @@ pub fn predict(
 ) -> Prediction {
     assert!(!inputs.iterations.is_empty(), "predict needs features");
     let n = inputs.iterations[0].num_residues();
-    let c_m = model.input_embedder.preprocess_1d.weight.dims()[1];
-    let c_z = model.input_embedder.left_single.weight.dims()[1];
-    let mut prev = Recycled::zeros(n, c_m, c_z, device);
+    let mut initial = model.zero_state(n, device);
     if let Some(p) = inputs.initial_positions {
         assert_eq!(p.shape, vec![n, 37, 3], "initial positions");
-        prev.positions = Tensor::from_data(TensorData::new(p.data.clone(), [n, 37, 3]), device);
+        initial.positions = Tensor::from_data(TensorData::new(p.data.clone(), [n, 37, 3]), device);
     }
     let mask = inputs.template_pair_mask.map(|m| {
         assert_eq!(m.len(), n * n, "template pair mask");
         Tensor::<2>::from_data(TensorData::new(m.to_vec(), [n, n]), device)
     });
-    let mut log = RecycleLog::default();
-    let mut last = None;
-    for r in 0..=num_recycles {
-        let start = Instant::now();
-        let features = &inputs.iterations[r.min(inputs.iterations.len() - 1)];
-        let out = model.forward_iteration_masked(features, prev.clone(), mask.as_ref(), device);
-        let next = out.recycled();
-        log.iterations_run += 1;
-        let change = (r > 0).then(|| {
-            let c = ca_distance_change(&prev.positions, &next.positions, &features.seq_mask);
-            log.ca_distance_change.push(c);
-            c
-        });
-        let conf = confidences(&out);
-        on_recycle(&RecycleReport {
-            iteration: r,
-            mean_plddt: conf.plddt.iter().sum::<f64>() / n.max(1) as f64,
-            ptm: conf.ptm,
-            ca_change: change,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-        let stop = change.is_some_and(|c| options.early_stop_tolerance.is_some_and(|t| c < t));
-        last = Some((out, conf));
-        if stop {
-            log.stopped_early = true;
-            break;
-        }
-        prev = next;
-    }
-    let (out, conf) = last.expect("at least one pass");
+    let last_features = inputs.iterations.len() - 1;
+    let passes = (0..=num_recycles).map(|r| &inputs.iterations[r.min(last_features)]);
+    let mut pass_start = Instant::now();
+    let mut last_conf = None;
+    let (out, log) = model.forward_recycled_observed(
+        passes,
+        Some(initial),
+        mask.as_ref(),
+        options,
+        device,
+        |r, out, change| {
+            let conf = confidences(out);
+            on_recycle(&RecycleReport {
+                iteration: r,
+                mean_plddt: conf.mean_plddt(),
+                ptm: conf.ptm,
+                ca_change: change,
+                seconds: pass_start.elapsed().as_secs_f64(),
+            });
+            last_conf = Some(conf);
+            pass_start = Instant::now();
+        },
+    );
+    let conf = last_conf.expect("at least one pass");
     let iptm = match &conf.pae {
         Some(p) if inputs.asym_id.iter().any(|&a| a != inputs.asym_id[0]) => Some(
             confidence::predicted_tm_score(&p.logits, p.bins, None, Some(inputs.asym_id), true),
