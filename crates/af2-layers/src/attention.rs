@@ -76,6 +76,41 @@ fn batch_rows<const D: usize>(t: Tensor<D>, start: usize, len: usize) -> Tensor<
     }
 }
 
+/// Row ranges `(start, len)` of at most `rows` rows covering `0..b`, none straddling a boundary
+/// between two of `groups` equal bias groups unless it covers whole groups.
+fn chunk_ranges(b: usize, groups: usize, rows: usize) -> Vec<(usize, usize)> {
+    let per_group = b / groups.max(1);
+    let (step, limit) = if groups <= 1 || rows >= per_group {
+        let aligned = if groups <= 1 {
+            rows
+        } else {
+            rows / per_group * per_group
+        };
+        (aligned, b)
+    } else {
+        (rows, per_group)
+    };
+    let mut ranges = Vec::new();
+    for group_start in (0..b).step_by(limit) {
+        for start in (group_start..group_start + limit).step_by(step) {
+            ranges.push((start, step.min(group_start + limit - start)));
+        }
+    }
+    ranges
+}
+
+/// The bias groups that serve rows `start..start + len` of `b` (see [`attention_core`]).
+fn bias_groups(bias: Tensor<4>, b: usize, start: usize, len: usize) -> Tensor<4> {
+    let groups = bias.dims()[0];
+    if groups == 1 {
+        return bias;
+    }
+    let per_group = b / groups;
+    let first = start / per_group;
+    let last = (start + len - 1) / per_group;
+    bias.narrow(0, first, last - first + 1)
+}
+
 /// Projects `[B, N, A]` with a `[A, H, C]` weight to `[B, N, H, C]`.
 pub fn project_heads(x: Tensor<3>, weight: Tensor<3>) -> Tensor<4> {
     let [b, n, a] = x.dims();
@@ -125,15 +160,15 @@ impl GatedAttention {
         if rows >= b {
             return self.forward_chunk(q_data, m_data, key_mask, bias);
         }
-        let chunks = (0..b)
-            .step_by(rows)
-            .map(|start| {
-                let len = rows.min(b - start);
+        let groups = bias.as_ref().map_or(1, |t| t.dims()[0]);
+        let chunks = chunk_ranges(b, groups, rows)
+            .into_iter()
+            .map(|(start, len)| {
                 self.forward_chunk(
                     q_data.clone().narrow(0, start, len),
                     m_data.clone().narrow(0, start, len),
                     batch_rows(key_mask.clone(), start, len),
-                    bias.clone().map(|t| batch_rows(t, start, len)),
+                    bias.clone().map(|t| bias_groups(t, b, start, len)),
                 )
             })
             .collect();
@@ -150,26 +185,19 @@ impl GatedAttention {
         let [b, q_len, _] = q_data.dims();
         let [_, h, key_dim] = self.query_w.dims();
         let value_dim = self.value_w.dims()[2];
-        let k_len = m_data.dims()[1];
 
         let scale = (key_dim as f64).powf(-0.5);
         let q = project_heads(q_data.clone(), self.query_w.val()).mul_scalar(scale);
         let k = project_heads(m_data.clone(), self.key_w.val());
         let v = project_heads(m_data, self.value_w.val());
-
-        // [B, H, Q, C] x [B, H, C, K] -> [B, H, Q, K]
-        let mut logits = q.swap_dims(1, 2).matmul(k.swap_dims(1, 2).swap_dims(2, 3));
-        if let Some(bias) = bias {
-            logits = logits + bias;
-        }
-        let mask_batch = key_mask.dims()[0];
-        let masked = key_mask
-            .reshape([mask_batch, 1, 1, k_len])
-            .equal_elem(0.0)
-            .expand([b, h, q_len, k_len]);
-        let weights = softmax(logits.mask_fill(masked, SOFTMAX_MASK), 3);
-        // [B, H, Q, K] x [B, H, K, C] -> [B, Q, H, C]
-        let mut weighted = weights.matmul(v.swap_dims(1, 2)).swap_dims(1, 2);
+        let mut weighted = attention_core(
+            q.swap_dims(1, 2),
+            k.swap_dims(1, 2),
+            v.swap_dims(1, 2),
+            key_mask,
+            bias,
+        )
+        .swap_dims(1, 2);
         if let (Some(gw), Some(gb)) = (&self.gating_w, &self.gating_b) {
             let gate = project_heads(q_data, gw.val()) + gb.val().unsqueeze::<4>();
             weighted = weighted * sigmoid(gate);
@@ -181,6 +209,56 @@ impl GatedAttention {
             .reshape([b, q_len, out_dim])
             + self.output_b.val().unsqueeze::<3>()
     }
+}
+
+/// The attention core `softmax(q kᵀ + bias, masked) v` of every head, without projections.
+///
+/// `q` must already carry the `1/sqrt(key_dim)` scale. Batch rows come in `G` equal groups
+/// that share one bias: row `b` takes bias `b / (B / G)` (`G = 1`: one bias for every row;
+/// `G = B`: one bias per row; `G = designs`: one pair bias per design of a batch).
+///
+/// # Shapes
+/// - q: `[B, H, Q, C]`
+/// - k: `[B, H, K, C]`
+/// - v: `[B, H, K, Cv]`
+/// - key_mask: `[B or 1, K]`, 1 for valid keys
+/// - bias: `[G, H, Q, K]`, `G` dividing `B`
+/// - output: `[B, H, Q, Cv]`
+pub fn attention_core(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_mask: Tensor<2>,
+    bias: Option<Tensor<4>>,
+) -> Tensor<4> {
+    let [b, h, q_len, _] = q.dims();
+    let k_len = k.dims()[2];
+    let mut logits = q.matmul(k.swap_dims(2, 3));
+    if let Some(bias) = bias {
+        logits = add_grouped_bias(logits, bias);
+    }
+    let mask_batch = key_mask.dims()[0];
+    let masked = key_mask
+        .reshape([mask_batch, 1, 1, k_len])
+        .equal_elem(0.0)
+        .expand([b, h, q_len, k_len]);
+    softmax(logits.mask_fill(masked, SOFTMAX_MASK), 3).matmul(v)
+}
+
+/// Adds a `[G, H, Q, K]` bias to `[B, H, Q, K]` logits, group `g` serving rows
+/// `g * B/G .. (g + 1) * B/G`.
+fn add_grouped_bias(logits: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
+    let [b, h, q_len, k_len] = logits.dims();
+    let groups = bias.dims()[0];
+    assert!(
+        groups > 0 && b % groups == 0,
+        "attention bias has {groups} groups, which does not divide {b} batch rows"
+    );
+    if groups == 1 || groups == b {
+        return logits + bias;
+    }
+    (logits.reshape([groups, b / groups, h, q_len, k_len]) + bias.unsqueeze_dim::<5>(1))
+        .reshape([b, h, q_len, k_len])
 }
 
 #[cfg(test)]
@@ -216,5 +294,57 @@ mod tests {
         let chunked = attention.forward_chunked(x.clone(), x, mask, Some(bias), 1);
         let diff: f32 = (whole - chunked).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn grouped_bias_matches_per_row_bias_and_chunks() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let mut attention = GatedAttentionConfig::new(6, 6, 2, 3, 3, 6).init(&device);
+        attention.query_w = Param::from_tensor(Tensor::random(
+            [6, 2, 3],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+        attention.key_w = attention.query_w.clone();
+        attention.value_w = attention.query_w.clone();
+        attention.output_w = Param::from_tensor(Tensor::random(
+            [2, 3, 6],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+        // 3 designs x 2 rows each; one bias per design.
+        let x = Tensor::<3>::random([6, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let mask = Tensor::<2>::ones([6, 4], &device);
+        let bias = Tensor::<4>::random([3, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let per_row = bias
+            .clone()
+            .unsqueeze_dim::<5>(1)
+            .repeat_dim(1, 2)
+            .reshape([6, 2, 4, 4]);
+        let grouped = attention.forward(x.clone(), x.clone(), mask.clone(), Some(bias.clone()));
+        let explicit = attention.forward(x.clone(), x.clone(), mask.clone(), Some(per_row));
+        let diff: f32 = (grouped.clone() - explicit).abs().max().into_scalar();
+        assert!(diff < 1e-6, "grouped vs per-row bias differ by {diff}");
+        // Chunks of 1, 2, 4 and 5 rows: inside a group, whole groups, and uneven tails.
+        for rows in [1, 2, 4, 5] {
+            let chunked = attention.forward_chunked(
+                x.clone(),
+                x.clone(),
+                mask.clone(),
+                Some(bias.clone()),
+                rows * 2 * 4 * 4,
+            );
+            let diff: f32 = (grouped.clone() - chunked).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "chunks of {rows} rows");
+        }
+    }
+
+    #[test]
+    fn chunk_ranges_respect_groups() {
+        assert_eq!(chunk_ranges(6, 3, 1).len(), 6);
+        assert_eq!(chunk_ranges(6, 3, 5), vec![(0, 4), (4, 2)]);
+        assert_eq!(chunk_ranges(6, 1, 4), vec![(0, 4), (4, 2)]);
+        assert_eq!(chunk_ranges(6, 2, 2), vec![(0, 2), (2, 1), (3, 2), (5, 1)]);
     }
 }
