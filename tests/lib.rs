@@ -239,6 +239,61 @@ pub fn compare_outputs_with(
     Ok(rows)
 }
 
+/// How far a prediction's structure and confidences are from another's: the measures a
+/// user of half precision cares about.
+#[derive(Debug, Clone, Copy)]
+pub struct StructureDifference {
+    /// RMSD of CA atoms in the same frame, no superposition (Å).
+    pub ca_rmsd: f64,
+    /// Largest |ΔpLDDT| of a residue (0-100 scale).
+    pub plddt_max: f64,
+    /// Mean |ΔpLDDT| (0-100 scale).
+    pub plddt_mean: f64,
+    /// |ΔpTM|, when both have it.
+    pub ptm: Option<f64>,
+}
+
+/// [`StructureDifference`] of `ours` from `reference`, both in `outputs.npz` naming
+/// (`final_atom_positions` `[N, 37, 3]`, `plddt` `[N]`, optional `ptm`).
+pub fn structure_difference(
+    ours: &BTreeMap<String, Array>,
+    reference: &BTreeMap<String, Array>,
+) -> Result<StructureDifference> {
+    let get = |set: &BTreeMap<String, Array>, key: &str| -> Result<Vec<f64>> {
+        set.get(key)
+            .map(as_f64)
+            .with_context(|| format!("no `{key}` output"))
+    };
+    let (a, b) = (
+        get(ours, "final_atom_positions")?,
+        get(reference, "final_atom_positions")?,
+    );
+    if a.len() != b.len() || a.len() % (37 * 3) != 0 {
+        bail!("final_atom_positions: {} vs {} values", a.len(), b.len());
+    }
+    let n = a.len() / (37 * 3);
+    const CA: usize = 1;
+    let ca_sq: f64 = (0..n)
+        .map(|i| {
+            (0..3)
+                .map(|k| (a[(i * 37 + CA) * 3 + k] - b[(i * 37 + CA) * 3 + k]).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    let (pa, pb) = (get(ours, "plddt")?, get(reference, "plddt")?);
+    let dp: Vec<f64> = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).collect();
+    let ptm = match (get(ours, "ptm"), get(reference, "ptm")) {
+        (Ok(x), Ok(y)) => Some((x[0] - y[0]).abs()),
+        _ => None,
+    };
+    Ok(StructureDifference {
+        ca_rmsd: (ca_sq / n.max(1) as f64).sqrt(),
+        plddt_max: dp.iter().cloned().fold(0.0, f64::max),
+        plddt_mean: dp.iter().sum::<f64>() / dp.len().max(1) as f64,
+        ptm,
+    })
+}
+
 /// Runs a case: every iteration from zeros (`teacher_forcing = false`), or only the last
 /// iteration from the oracle's fed state.
 pub fn run_case(

@@ -56,6 +56,15 @@ pub fn run(dir: &Path) -> Result<()> {
 pub fn compare(dir: &Path, candidate: &Path, factor: f64) -> Result<()> {
     let case = OracleCase::open(dir)?;
     let ours = af2_io::npz::read_npz(candidate)?;
+    if let Ok(d) = af2_tests::structure_difference(&ours, &case.outputs) {
+        println!(
+            "structure vs oracle: CA RMSD {:.3e} Å (no superposition), pLDDT |diff| max {:.3e} mean {:.3e}, pTM |diff| {}",
+            d.ca_rmsd,
+            d.plddt_max,
+            d.plddt_mean,
+            d.ptm.map_or("-".into(), |p| format!("{p:.3e}"))
+        );
+    }
     let ours: Vec<(String, af2_io::npz::Array)> = ours.into_iter().collect();
     let rows = compare_outputs_with(&case, &ours, factor)?;
     let title = format!(

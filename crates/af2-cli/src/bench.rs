@@ -1,17 +1,19 @@
-//! `af2 bench`: time predictions on any compiled backend.
+//! `af2 bench`: time predictions on any compiled backend and print one table.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
 use af2_io::weights::{ModelDims, load_weights};
-use af2_model::features::benchmark_features;
-use af2_model::model::{AlphaFold, AlphaFoldConfig, StageTimes};
+use af2_model::features::{BatchFeatures, Features, benchmark_features};
+use af2_model::model::{AlphaFold, AlphaFoldConfig, RecycleOptions, StageTimes};
 use af2_model::outputs::to_host;
-use af2_model::weights::load_module;
+use af2_model::precision::Precision;
+use af2_model::predict::{PdbLabels, PredictionInputs, predict, write_prediction_pdb};
 
 use crate::device::parse_device;
+use crate::weights::build_model;
 
 /// Arguments of `af2 bench`.
 #[derive(clap::Args, Debug)]
@@ -23,39 +25,50 @@ pub struct Args {
     /// Sequence lengths.
     #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
     lengths: Vec<usize>,
+    /// Designs per batched forward pass to time at every length (1 = one design at a time).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch_sizes: Vec<usize>,
+    /// Length of the binder-target complex for the designs-per-hour line (0: skip it).
+    #[arg(long, default_value_t = 250)]
+    complex_length: usize,
     /// Recycles (passes = recycles + 1).
     #[arg(long, default_value_t = 3)]
     recycles: usize,
-    /// Timed repetitions per length (after one warm-up at that length).
+    /// Timed repetitions per row (after one warm-up call for that row).
     #[arg(long, default_value_t = 2)]
     repeats: usize,
     /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Trunk precision: f32, or f16 (template, extra-MSA and Evoformer stacks in half precision).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Skip the per-stage breakdown (one extra prediction per length).
+    #[arg(long)]
+    no_stages: bool,
 }
 
 fn build(args: &Args, device: &Device) -> Result<(AlphaFold, String)> {
     match &args.params {
         Some(path) => {
             let weights = load_weights(path)?;
-            let mut model = AlphaFoldConfig::from_dims(&weights.dims).init(device);
-            load_module(&mut model, &weights.native)?;
+            let model = build_model(&weights, args.precision, device)?;
             Ok((model, path.display().to_string()))
         }
-        None => {
-            let dims = ModelDims::model_1_ptm();
-            Ok((
-                AlphaFoldConfig::from_dims(&dims).init(device),
-                "model_1_ptm architecture, zero parameters".into(),
-            ))
-        }
+        None => Ok((
+            AlphaFoldConfig::from_dims(&ModelDims::model_1_ptm())
+                .init(device)
+                .with_precision(args.precision),
+            "model_1_ptm architecture, zero parameters".to_string(),
+        )),
     }
 }
 
-fn predict_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) -> f64 {
-    let features = vec![benchmark_features(n); passes];
+/// Seconds for one batched prediction of `designs` (all passes, read back to the host).
+fn batch_seconds(model: &AlphaFold, designs: &[Features], passes: usize, device: &Device) -> f64 {
     let start = Instant::now();
-    let out = model.forward_recycled(&features, None, device);
+    let batch = BatchFeatures::new(designs).expect("copies of one design share their shapes");
+    let out = model.forward_recycled_batch(&batch, passes - 1, device);
     // Reading the result back waits for the device.
     let _ = to_host(out.structure.final_atom37);
     start.elapsed().as_secs_f64()
@@ -74,41 +87,142 @@ fn stage_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) ->
     times
 }
 
+/// The first prediction of the process, as `af2 predict` makes it, written as a PDB.
+fn first_pdb(model: &AlphaFold, n: usize, recycles: usize, device: &Device) -> Result<()> {
+    let features = [benchmark_features(n)];
+    let asym_id = vec![0i64; n];
+    let inputs = PredictionInputs::new(&features, &asym_id);
+    let prediction = predict(
+        model,
+        &inputs,
+        recycles,
+        &RecycleOptions::default(),
+        device,
+        |_| {},
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("first.pdb");
+    write_prediction_pdb(
+        &path,
+        &prediction,
+        &features[0].aatype,
+        &PdbLabels::sequential(&[n]),
+        &["af2 bench timing run: zero parameters, not a structure"],
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// One row of the table.
+struct Row {
+    n: usize,
+    batch: usize,
+    first: f64,
+    best: f64,
+    mean: f64,
+}
+
+impl Row {
+    fn designs_per_hour(&self) -> f64 {
+        3600.0 * self.batch as f64 / self.best
+    }
+}
+
+fn time_row(model: &AlphaFold, n: usize, batch: usize, args: &Args, device: &Device) -> Row {
+    let passes = args.recycles + 1;
+    let designs = vec![benchmark_features(n); batch];
+    let first = batch_seconds(model, &designs, passes, device);
+    let times: Vec<f64> = (0..args.repeats.max(1))
+        .map(|_| batch_seconds(model, &designs, passes, device))
+        .collect();
+    Row {
+        n,
+        batch,
+        first,
+        best: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        mean: times.iter().sum::<f64>() / times.len() as f64,
+    }
+}
+
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
     let process_start = Instant::now();
+    if args.batch_sizes.contains(&0) || args.lengths.contains(&0) {
+        bail!("--lengths and --batch-sizes must be positive");
+    }
+    let cache = crate::kernel_cache::configured_dir();
     let device = parse_device(&args.device)?;
     let (model, what) = build(args, &device)?;
     let passes = args.recycles + 1;
     println!(
-        "af2 bench: {what}; device {}; {passes} passes per prediction",
-        args.device
+        "af2 bench: {what}; device {}; precision {}; single sequence + 1 template; {passes} passes per prediction",
+        args.device, args.precision
     );
-    println!(
-        "{:>6} {:>12} {:>12} {:>12}",
-        "L", "first s", "best s", "mean s"
-    );
-    let mut stages = Vec::new();
-    for &n in &args.lengths {
-        let first = predict_seconds(&model, n, passes, &device);
-        let times: Vec<f64> = (0..args.repeats.max(1))
-            .map(|_| predict_seconds(&model, n, passes, &device))
-            .collect();
-        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
-        let mean = times.iter().sum::<f64>() / times.len() as f64;
-        println!("{n:>6} {first:>12.3} {best:>12.3} {mean:>12.3}");
-        stages.push((n, stage_seconds(&model, n, passes, &device)));
+    match &cache {
+        Some((dir, warm)) => println!(
+            "kernel cache: {} ({})",
+            dir.display(),
+            if *warm { "warm" } else { "empty at start" }
+        ),
+        None => println!("kernel cache: none"),
     }
-    println!("per stage, s per prediction (device synchronised after each stage):");
+
+    let first_n = args.lengths[0];
+    first_pdb(&model, first_n, args.recycles, &device)?;
+    let first_pdb_s = process_start.elapsed().as_secs_f64();
+    println!("process start to first PDB (L={first_n}, B=1): {first_pdb_s:.1} s");
+
+    let mut lengths = args.lengths.clone();
+    if args.complex_length > 0 && !lengths.contains(&args.complex_length) {
+        lengths.push(args.complex_length);
+    }
     println!(
-        "{:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
-        "L", "embeddings", "extra MSA", "evoformer", "structure", "heads"
+        "{:>6} {:>4} {:>10} {:>13} {:>13} {:>11}",
+        "L", "B", "first s", "best s/design", "mean s/design", "designs/h"
     );
-    for (n, t) in &stages {
+    let mut rows = Vec::new();
+    for &n in &lengths {
+        for &batch in &args.batch_sizes {
+            let row = time_row(&model, n, batch, args, &device);
+            let b = batch as f64;
+            println!(
+                "{:>6} {:>4} {:>10.3} {:>13.3} {:>13.3} {:>11.0}",
+                row.n,
+                row.batch,
+                row.first,
+                row.best / b,
+                row.mean / b,
+                row.designs_per_hour()
+            );
+            rows.push(row);
+        }
+    }
+    if args.complex_length > 0 {
+        let best = rows
+            .iter()
+            .filter(|r| r.n == args.complex_length)
+            .max_by(|a, b| a.designs_per_hour().total_cmp(&b.designs_per_hour()))
+            .expect("the complex length was timed");
         println!(
-            "{n:>6} {:>11.3} {:>11.3} {:>11.3} {:>11.3} {:>11.3}",
-            t.embeddings, t.extra_msa, t.evoformer, t.structure_module, t.heads
+            "designs per hour, {}-residue complex: {:.0} (B={})",
+            args.complex_length,
+            best.designs_per_hour(),
+            best.batch
         );
+    }
+
+    if !args.no_stages {
+        println!("per stage, s per prediction (B=1, device synchronised after each stage):");
+        println!(
+            "{:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "L", "embeddings", "extra MSA", "evoformer", "structure", "heads"
+        );
+        for &n in &args.lengths {
+            let t = stage_seconds(&model, n, passes, &device);
+            println!(
+                "{n:>6} {:>11.3} {:>11.3} {:>11.3} {:>11.3} {:>11.3}",
+                t.embeddings, t.extra_msa, t.evoformer, t.structure_module, t.heads
+            );
+        }
     }
     println!(
         "total wall time since process start: {:.1} s",

@@ -1,7 +1,9 @@
 //! `af2`: AlphaFold2 inference in Rust.
 
 mod bench;
+mod bench_kernels;
 mod device;
+mod kernel_cache;
 mod predict;
 mod progress;
 mod run_args;
@@ -40,16 +42,20 @@ enum Command {
     RunFeatures(run_features::Args),
     /// Time predictions (single sequence + one template) on a backend.
     Bench(bench::Args),
+    /// Time the fused attention kernel against the reference attention core.
+    BenchKernels(bench_kernels::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    kernel_cache::configure();
     let result = match cli.command {
         Command::Predict(args) => predict::run(&args),
         Command::Screen(args) => screen::run(&args),
         Command::Weights(args) => weights::run(&args),
         Command::RunFeatures(args) => run_features::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::BenchKernels(args) => bench_kernels::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

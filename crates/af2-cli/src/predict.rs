@@ -299,7 +299,12 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let device = parse_device(&args.device)?;
-    let models = load_models(args.run.weights.as_deref(), &args.run.models, &device)?;
+    let models = load_models(
+        args.run.weights.as_deref(),
+        &args.run.models,
+        args.run.precision,
+        &device,
+    )?;
     std::fs::create_dir_all(&args.run.output).with_context(|| {
         format!(
             "creating the output directory {}",

@@ -17,4 +17,8 @@ pub struct RunArgs {
     /// Recycles (passes = recycles + 1).
     #[arg(long, default_value_t = 3)]
     pub num_recycle: usize,
+    /// Trunk precision: f32 (the reference), or f16 (extra-MSA stack and Evoformer in half
+    /// precision, for speed on GPUs; see docs/PERFORMANCE.md for its accuracy).
+    #[arg(long, default_value = "f32")]
+    pub precision: af2_model::precision::Precision,
 }

@@ -10,9 +10,8 @@ use af2_io::features::feature_slice;
 use af2_io::npz::{Array, read_npz, write_npz};
 use af2_io::weights::load_weights;
 use af2_model::features::Features;
-use af2_model::model::{AlphaFoldConfig, RecycleOptions};
+use af2_model::model::RecycleOptions;
 use af2_model::outputs::prediction_arrays;
-use af2_model::weights::load_module;
 
 use crate::device::parse_device;
 
@@ -38,6 +37,9 @@ pub struct Args {
     /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Trunk precision: f32 (the reference) or f16.
+    #[arg(long, default_value = "f32")]
+    precision: af2_model::precision::Precision,
 }
 
 fn iteration_slices(
@@ -75,8 +77,7 @@ pub fn run(args: &Args) -> Result<()> {
     let slices = iteration_slices(&features, iterations, &args.features)?;
     check_fits(&slices[0], &weights.dims, &args.features)?;
 
-    let mut model = AlphaFoldConfig::from_dims(&weights.dims).init(&device);
-    load_module(&mut model, &weights.native)
+    let model = crate::weights::build_model(&weights, args.precision, &device)
         .with_context(|| format!("loading {}", args.params.display()))?;
     let start = Instant::now();
     let options = RecycleOptions {

@@ -15,6 +15,7 @@ use af2_io::weights::{
     LoadedWeights, convert_npz_to_safetensors, converted_file_name, load_weights,
 };
 use af2_model::model::{AlphaFold, AlphaFoldConfig};
+use af2_model::precision::Precision;
 use af2_model::weights::load_module;
 use burn::tensor::Device;
 
@@ -27,15 +28,20 @@ pub const DEFAULT_URL: &str =
 /// The environment variable naming a weights directory.
 pub const WEIGHTS_ENV: &str = "AF2_WEIGHTS";
 
-/// The cache directory: `$XDG_CACHE_HOME/af2/weights` or `~/.cache/af2/weights`.
-pub fn cache_dir() -> Option<PathBuf> {
+/// af2's cache directory: `$XDG_CACHE_HOME/af2` or `~/.cache/af2`.
+pub fn af2_cache_dir() -> Option<PathBuf> {
     let nonempty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").and_then(nonempty) {
-        return Some(xdg.join("af2").join("weights"));
+        return Some(xdg.join("af2"));
     }
     std::env::var_os("HOME")
         .and_then(nonempty)
-        .map(|home| home.join(".cache").join("af2").join("weights"))
+        .map(|home| home.join(".cache").join("af2"))
+}
+
+/// The weights cache directory: `$XDG_CACHE_HOME/af2/weights` or `~/.cache/af2/weights`.
+pub fn cache_dir() -> Option<PathBuf> {
+    af2_cache_dir().map(|dir| dir.join("weights"))
 }
 
 /// The directories searched for weights, in order, each with where it came from.
@@ -127,6 +133,7 @@ pub fn find_models(flag: Option<&Path>, models: &[u32]) -> Result<Vec<PathBuf>> 
 pub fn load_models(
     flag: Option<&Path>,
     models: &[u32],
+    precision: Precision,
     device: &Device,
 ) -> Result<Vec<LoadedModel>> {
     let paths = find_models(flag, models)?;
@@ -136,7 +143,7 @@ pub fn load_models(
         .map(|(&number, path)| {
             let weights = load_weights(&path)
                 .with_context(|| format!("loading weights {}", path.display()))?;
-            let model = build_model(&weights, device)
+            let model = build_model(&weights, precision, device)
                 .with_context(|| format!("loading weights {}", path.display()))?;
             eprintln!("model_{number}_ptm: {}", path.display());
             Ok(LoadedModel {
@@ -148,10 +155,15 @@ pub fn load_models(
         .collect()
 }
 
-fn build_model(weights: &LoadedWeights, device: &Device) -> Result<AlphaFold> {
+/// The model of these weights on `device`, its trunk in `precision`.
+pub fn build_model(
+    weights: &LoadedWeights,
+    precision: Precision,
+    device: &Device,
+) -> Result<AlphaFold> {
     let mut model = AlphaFoldConfig::from_dims(&weights.dims).init(device);
     load_module(&mut model, &weights.native)?;
-    Ok(model)
+    Ok(model.with_precision(precision))
 }
 
 /// Arguments of `af2 weights`.

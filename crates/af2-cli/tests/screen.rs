@@ -152,6 +152,81 @@ fn redesign_screen_scores_reports_bad_rows_and_resumes() {
     );
 }
 
+/// `--batch-size 2` folds two designs per batched forward pass; the table (the same rows in
+/// the same order, error rows included) and the PDBs equal `--batch-size 1`'s. The batch runs
+/// the same float32 arithmetic per design, so every score agrees to float32 rounding: within
+/// 1e-5 of max(1, |value|) (on the CPU reference they are equal).
+#[test]
+fn batched_screen_equals_one_design_at_a_time() {
+    let weights = weights_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let designs = work.path().join("designs.csv");
+    // Batches of 2: [d1, short] (a design that fails beside one that scores), [d2, d3].
+    std::fs::write(
+        &designs,
+        "id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,AKLLEA\nd3,LLKAEW\n",
+    )
+    .unwrap();
+    let screen_with = |batch: &str| {
+        let out = work.path().join(format!("batch{batch}"));
+        let output = run(screen(cache.path(), weights.path(), &designs, &out).args([
+            "--binder-chain",
+            "B",
+            "--batch-size",
+            batch,
+        ]));
+        assert!(output.status.success(), "--batch-size {batch}");
+        out
+    };
+    let (one, two) = (screen_with("1"), screen_with("2"));
+    let (a, b) = (rows(&one.join("scores.csv")), rows(&two.join("scores.csv")));
+    assert_eq!(a.len(), 5, "{a:?}");
+    assert_eq!(a.len(), b.len());
+    let header = &a[0];
+    let error = column(header, "error");
+    for (ra, rb) in a.iter().zip(&b) {
+        assert_eq!(ra.len(), rb.len());
+        for (k, (x, y)) in ra.iter().zip(rb).enumerate() {
+            match (x.parse::<f64>(), y.parse::<f64>()) {
+                (Ok(x), Ok(y)) => assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "{} {}: {x} vs {y}",
+                    ra[0],
+                    header[k]
+                ),
+                _ => assert_eq!(x, y, "{} {}", ra[0], header[k]),
+            }
+        }
+    }
+    let short = b.iter().find(|r| r[0] == "short").unwrap();
+    assert!(short[error].contains("4 residues"), "{short:?}");
+    for id in ["d1", "d2", "d3"] {
+        let row = b.iter().find(|r| r[0] == id).unwrap();
+        assert_eq!(row[error], "", "{row:?}");
+        let coords = |dir: &Path| -> Vec<f64> {
+            read_structure(&dir.join("pdb").join(format!("{id}.pdb")))
+                .unwrap()
+                .chains
+                .iter()
+                .flat_map(|c| c.residues.iter())
+                .flat_map(|r| r.atoms.iter().flat_map(|a| a.position))
+                .collect()
+        };
+        let (x, y) = (coords(&one), coords(&two));
+        assert_eq!(x.len(), y.len());
+        // PDB coordinates have 3 decimals: equal up to one rounding step.
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1.01e-3),
+            "{id}"
+        );
+    }
+    // Different designs, different scores (the batch did not mix them up).
+    let by_id = |id: &str| b.iter().find(|r| r[0] == id).unwrap()[2..error].to_vec();
+    assert_ne!(by_id("d1"), by_id("d2"));
+    assert_ne!(by_id("d2"), by_id("d3"));
+}
+
 #[test]
 fn hallucination_mode_jsonl_and_hotspot() {
     let weights = weights_dir();

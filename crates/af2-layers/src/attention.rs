@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
-use crate::{MAX_LOGITS_PER_CHUNK, SOFTMAX_MASK};
+use crate::{MAX_LOGITS_PER_CHUNK, softmax_mask};
 
 /// Configuration of a [`GatedAttention`].
 #[derive(Config, Debug)]
@@ -157,7 +157,8 @@ impl GatedAttention {
         let [_, k, _] = m_data.dims();
         let h = self.query_w.dims()[1];
         let rows = (max_logits / (h * q * k).max(1)).max(1);
-        if rows >= b {
+        // The fused kernel computes no logits buffer: one call for all rows.
+        if rows >= b || self.uses_kernel(&q_data, k) {
             return self.forward_chunk(q_data, m_data, key_mask, bias);
         }
         let groups = bias.as_ref().map_or(1, |t| t.dims()[0]);
@@ -173,6 +174,27 @@ impl GatedAttention {
             })
             .collect();
         Tensor::cat(chunks, 0)
+    }
+
+    /// Whether [`attention_core`] will run this layer's heads on the fused kernel.
+    fn uses_kernel(&self, q_data: &Tensor<3>, k_len: usize) -> bool {
+        #[cfg(feature = "cube")]
+        {
+            let [_, q_len, _] = q_data.dims();
+            crate::attention_kernel::kernel_supports_problem(
+                &q_data.device(),
+                q_data.dtype(),
+                q_len,
+                k_len,
+                self.query_w.dims()[2],
+                self.value_w.dims()[2],
+            )
+        }
+        #[cfg(not(feature = "cube"))]
+        {
+            let _ = (q_data, k_len);
+            false
+        }
     }
 
     fn forward_chunk(
@@ -224,7 +246,39 @@ impl GatedAttention {
 /// - key_mask: `[B or 1, K]`, 1 for valid keys
 /// - bias: `[G, H, Q, K]`, `G` dividing `B`
 /// - output: `[B, H, Q, Cv]`
+///
+/// With the `cube` feature, tensors on a cubecl device (wgpu: Vulkan, Metal) go to the fused
+/// kernel of [`crate::attention_kernel`], which never materialises the logits; everything else
+/// (and `AF2_ATTENTION_KERNEL=0`) takes [`attention_core_reference`].
 pub fn attention_core(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_mask: Tensor<2>,
+    bias: Option<Tensor<4>>,
+) -> Tensor<4> {
+    #[cfg(feature = "cube")]
+    if crate::attention_kernel::kernel_supports(&q, &k, &v) {
+        return crate::attention_kernel::attention_core_kernel(q, k, v, key_mask, bias);
+    }
+    attention_core_reference(q, k, v, key_mask, bias)
+}
+
+/// Whether [`attention_core`] runs these inputs on the fused kernel (always `false` without the
+/// `cube` feature).
+pub fn attention_core_uses_kernel(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
+    #[cfg(feature = "cube")]
+    return crate::attention_kernel::kernel_supports(q, k, v);
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = (q, k, v);
+        false
+    }
+}
+
+/// [`attention_core`] in plain Burn tensor operations, materialising the `[B, H, Q, K]` logits:
+/// the reference of the kernel, and the path of every backend without it.
+pub fn attention_core_reference(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
@@ -242,7 +296,8 @@ pub fn attention_core(
         .reshape([mask_batch, 1, 1, k_len])
         .equal_elem(0.0)
         .expand([b, h, q_len, k_len]);
-    softmax(logits.mask_fill(masked, SOFTMAX_MASK), 3).matmul(v)
+    let fill = softmax_mask(logits.dtype());
+    softmax(logits.mask_fill(masked, fill), 3).matmul(v)
 }
 
 /// Adds a `[G, H, Q, K]` bias to `[B, H, Q, K]` logits, group `g` serving rows

@@ -5,8 +5,8 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
-use crate::SOFTMAX_MASK;
 use crate::attention::project_heads;
+use crate::softmax_mask;
 
 /// Configuration of a [`GlobalAttention`].
 #[derive(Config, Debug)]
@@ -86,7 +86,8 @@ impl GlobalAttention {
         // [B, H, C] x [B, C, N] -> [B, H, N]
         let logits = q.matmul(k.swap_dims(1, 2));
         let masked = mask.reshape([b, 1, n]).equal_elem(0.0).expand([b, h, n]);
-        let weights = softmax(logits.mask_fill(masked, SOFTMAX_MASK), 2);
+        let fill = softmax_mask(logits.dtype());
+        let weights = softmax(logits.mask_fill(masked, fill), 2);
         // [B, H, N] x [B, N, C] -> [B, H, C]
         let weighted = weights.matmul(v).reshape([b, 1, h, value_dim]);
 

@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 /// Configuration of a [`LayerNorm`].
 #[derive(Config, Debug)]
@@ -42,13 +42,23 @@ impl LayerNorm {
     /// - input: `[..., d_model]`
     /// - output: `[..., d_model]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            return self.forward_f32(x);
+        }
+        // Half precision: squares of activations in the hundreds overflow f16, so the
+        // statistics are taken in f32 and only the result is rounded back.
+        self.forward_f32(x.cast(FloatDType::F32)).cast(dtype)
+    }
+
+    fn forward_f32<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let mean = x.clone().mean_dim(D - 1);
         let centered = x - mean;
         // Two-pass variance, as jnp.var: mean of squared deviations from the mean.
         let variance = centered.clone().square().mean_dim(D - 1);
         let inv_std = (variance + self.epsilon).sqrt().recip();
-        let scale = self.gamma.val().unsqueeze::<D>();
-        let offset = self.beta.val().unsqueeze::<D>();
+        let scale = self.gamma.val().cast(FloatDType::F32).unsqueeze::<D>();
+        let offset = self.beta.val().cast(FloatDType::F32).unsqueeze::<D>();
         centered * inv_std * scale + offset
     }
 }

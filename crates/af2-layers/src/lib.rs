@@ -9,6 +9,8 @@
 //! number in their doc comment.
 
 pub mod attention;
+#[cfg(feature = "cube")]
+pub mod attention_kernel;
 pub mod global_attention;
 pub mod layer_norm;
 pub mod linear;
@@ -36,6 +38,17 @@ pub use triangle_multiplication::{
 
 /// Logit given to masked keys before the softmax, as AlphaFold 2.3.2's `jnp.where(mask, logits, -1e9)`.
 pub const SOFTMAX_MASK: f32 = -1e9;
+
+/// The masked-key logit for logits of `dtype`: [`SOFTMAX_MASK`], except in f16, whose range
+/// ends at 65504: there -1e9 would round to -inf and a fully masked row would give NaN instead
+/// of AlphaFold's uniform weights. `exp(-65504 - max)` is still exactly 0.
+pub fn softmax_mask(dtype: burn::tensor::DType) -> f32 {
+    if dtype == burn::tensor::DType::F16 {
+        -65504.0
+    } else {
+        SOFTMAX_MASK
+    }
+}
 
 /// Attention logits above this many elements are computed in chunks along the batch axis,
 /// as AlphaFold's `inference_subbatch` does, so no `[B, H, Q, K]` buffer grows without bound.

@@ -45,17 +45,30 @@ impl MsaColumnAttentionConfig {
     }
 }
 
+/// Runs `attend` on the columns of a batch of MSAs: the normalised `[B, S, N, c]` as `B * N`
+/// rows of `S` sequences, with their `[B * N, S]` masks; returns its update in MSA layout.
+pub(crate) fn attend_columns(
+    norm: &LayerNorm,
+    msa: Tensor<4>,
+    msa_mask: Tensor<3>,
+    attend: impl FnOnce(Tensor<3>, Tensor<2>) -> Tensor<3>,
+) -> Tensor<4> {
+    let [b, s, n, c] = msa.dims();
+    let columns = norm.forward(msa.swap_dims(1, 2)).reshape([b * n, s, c]);
+    let mask = msa_mask.swap_dims(1, 2).reshape([b * n, s]);
+    attend(columns, mask).reshape([b, n, s, c]).swap_dims(1, 2)
+}
+
 impl MsaColumnAttention {
-    /// Returns the update to the MSA.
+    /// Returns the update to the MSA of each member of a batch; the columns of all members are
+    /// attended in one call.
     ///
     /// # Shapes
-    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`
-    /// - output: `[S, N, c_m]`
-    pub fn forward(&self, msa: Tensor<3>, msa_mask: Tensor<2>) -> Tensor<3> {
-        let columns = self.query_norm.forward(msa.swap_dims(0, 1));
-        let mask = msa_mask.swap_dims(0, 1);
-        self.attention
-            .forward(columns.clone(), columns, mask, None)
-            .swap_dims(0, 1)
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`
+    /// - output: `[B, S, N, c_m]`
+    pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
+        attend_columns(&self.query_norm, msa, msa_mask, |columns, mask| {
+            self.attention.forward(columns.clone(), columns, mask, None)
+        })
     }
 }

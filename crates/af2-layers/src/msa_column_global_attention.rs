@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use crate::msa_column_attention::attend_columns;
 use crate::{GlobalAttention, GlobalAttentionConfig, LayerNorm, LayerNormConfig};
 
 /// Configuration of [`MsaColumnGlobalAttention`].
@@ -45,15 +46,14 @@ impl MsaColumnGlobalAttentionConfig {
 }
 
 impl MsaColumnGlobalAttention {
-    /// Returns the update to the extra MSA.
+    /// Returns the update to the extra MSA of each member of a batch.
     ///
     /// # Shapes
-    /// - msa: `[S, N, c_e]`, msa_mask: `[S, N]`
-    /// - output: `[S, N, c_e]`
-    pub fn forward(&self, msa: Tensor<3>, msa_mask: Tensor<2>) -> Tensor<3> {
-        let columns = self.query_norm.forward(msa.swap_dims(0, 1));
-        self.attention
-            .forward(columns, msa_mask.swap_dims(0, 1))
-            .swap_dims(0, 1)
+    /// - msa: `[B, S, N, c_e]`, msa_mask: `[B, S, N]`
+    /// - output: `[B, S, N, c_e]`
+    pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
+        attend_columns(&self.query_norm, msa, msa_mask, |columns, mask| {
+            self.attention.forward(columns, mask)
+        })
     }
 }

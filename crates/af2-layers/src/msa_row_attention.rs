@@ -56,27 +56,30 @@ impl MsaRowAttentionWithPairBiasConfig {
     }
 }
 
-/// Projects a normalised pair `[Q, K, c]` to a per-head bias `[1, H, Q, K]`.
-pub fn pair_bias(pair: Tensor<3>, weights: Tensor<2>) -> Tensor<4> {
-    let [q, k, c] = pair.dims();
+/// Projects normalised pairs `[B, Q, K, c]` to a per-head bias `[B, H, Q, K]`: one bias group
+/// per pair of the batch (see [`crate::attention::attention_core`]).
+pub fn pair_bias(pair: Tensor<4>, weights: Tensor<2>) -> Tensor<4> {
+    let [b, q, k, c] = pair.dims();
     let h = weights.dims()[1];
-    pair.reshape([q * k, c])
+    pair.reshape([b * q * k, c])
         .matmul(weights)
-        .reshape([q, k, h])
-        .permute([2, 0, 1])
-        .reshape([1, h, q, k])
+        .reshape([b, q, k, h])
+        .permute([0, 3, 1, 2])
 }
 
 impl MsaRowAttentionWithPairBias {
-    /// Returns the update to the MSA (the residual is added by the caller).
+    /// Returns the update to the MSA of each member of a batch (the residual is added by the
+    /// caller). The rows of all members are attended in one call, each biased by its own pair.
     ///
     /// # Shapes
-    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`, pair: `[N, N, c_z]`
-    /// - output: `[S, N, c_m]`
-    pub fn forward(&self, msa: Tensor<3>, msa_mask: Tensor<2>, pair: Tensor<3>) -> Tensor<3> {
-        let msa = self.query_norm.forward(msa);
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`, pair: `[B, N, N, c_z]`
+    /// - output: `[B, S, N, c_m]`
+    pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>, pair: Tensor<4>) -> Tensor<4> {
+        let [b, s, n, c] = msa.dims();
+        let msa = self.query_norm.forward(msa).reshape([b * s, n, c]);
         let bias = pair_bias(self.feat_2d_norm.forward(pair), self.feat_2d_weights.val());
         self.attention
-            .forward(msa.clone(), msa, msa_mask, Some(bias))
+            .forward(msa.clone(), msa, msa_mask.reshape([b * s, n]), Some(bias))
+            .reshape([b, s, n, c])
     }
 }

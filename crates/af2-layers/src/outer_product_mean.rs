@@ -46,75 +46,77 @@ impl OuterProductMeanConfig {
     }
 }
 
-/// Residues `i` per chunk, so that the `[i, N, outer^2]` intermediate stays bounded.
+/// Residues `i` per chunk, so that the `[B, i, N, outer^2]` intermediate stays bounded.
 const MAX_OUTER_ELEMENTS: usize = 1 << 26;
 
 impl OuterProductMean {
-    /// Returns the update to the pair representation. The mean divides by `1e-3 + n` where
-    /// `n` counts the MSA rows valid at both residues, as AlphaFold does.
+    /// Returns the update to the pair representation of each member of a batch. The mean
+    /// divides by `1e-3 + n` where `n` counts the MSA rows valid at both residues, as AlphaFold
+    /// does.
     ///
     /// # Shapes
-    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`
-    /// - output: `[N, N, c_z]`
-    pub fn forward(&self, msa: Tensor<3>, msa_mask: Tensor<2>) -> Tensor<3> {
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
         self.forward_chunked(msa, msa_mask, MAX_OUTER_ELEMENTS)
     }
 
     /// [`OuterProductMean::forward`] with at most `max_elements` elements of the
-    /// `[i, N, outer^2]` intermediate at a time (at least one residue `i` per chunk).
+    /// `[B, i, N, outer^2]` intermediate at a time (at least one residue `i` per chunk).
     pub fn forward_chunked(
         &self,
-        msa: Tensor<3>,
-        msa_mask: Tensor<2>,
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
         max_elements: usize,
-    ) -> Tensor<3> {
-        let [s, n, _] = msa.dims();
-        let mask = msa_mask.clone().unsqueeze_dim::<3>(2);
+    ) -> Tensor<4> {
+        let [b, s, n, _] = msa.dims();
+        let mask = msa_mask.clone().unsqueeze_dim::<4>(3);
         let act = self.layer_norm_input.forward(msa);
         let left = mask.clone() * self.left_projection.forward(act.clone());
         let right = mask * self.right_projection.forward(act);
-        let o = left.dims()[2];
-        // right as [S, N*o]
-        let right = right.reshape([s, n * o]);
-        let rows = (max_elements / (n * o * o).max(1)).clamp(1, n);
-        let chunks: Vec<Tensor<3>> = (0..n)
+        let o = left.dims()[3];
+        // right as [B, S, N*o]
+        let right = right.reshape([b, s, n * o]);
+        let rows = (max_elements / (b * n * o * o).max(1)).clamp(1, n);
+        let chunks: Vec<Tensor<4>> = (0..n)
             .step_by(rows)
             .map(|start| {
                 let len = rows.min(n - start);
-                let left = left.clone().narrow(1, start, len).reshape([s, len * o]);
+                let left = left.clone().narrow(2, start, len).reshape([b, s, len * o]);
                 self.project_outer(left, right.clone(), len, n, o)
             })
             .collect();
-        let act = Tensor::cat(chunks, 0);
+        let act = Tensor::cat(chunks, 1);
         let norm = msa_mask
             .clone()
-            .swap_dims(0, 1)
+            .swap_dims(1, 2)
             .matmul(msa_mask)
-            .unsqueeze_dim::<3>(2);
+            .unsqueeze_dim::<4>(3);
         act / (norm + 1e-3)
     }
 
-    /// `sum_s left[s,i,c] right[s,j,e]` contracted with `output_w[c,e,f]`, plus `output_b`.
+    /// `sum_s left[b,s,i,c] right[b,s,j,e]` contracted with `output_w[c,e,f]`, plus `output_b`.
     fn project_outer(
         &self,
-        left: Tensor<2>,
-        right: Tensor<2>,
+        left: Tensor<3>,
+        right: Tensor<3>,
         rows: usize,
         n: usize,
         o: usize,
-    ) -> Tensor<3> {
+    ) -> Tensor<4> {
+        let b = left.dims()[0];
         let c_z = self.output_b.dims()[0];
-        // [i*c, S] x [S, j*e] -> [i, c, j, e] -> [i, j, c, e]
+        // [B, i*c, S] x [B, S, j*e] -> [B, i, c, j, e] -> [B, i, j, c, e]
         let outer = left
-            .swap_dims(0, 1)
-            .matmul(right)
-            .reshape([rows, o, n, o])
             .swap_dims(1, 2)
-            .reshape([rows * n, o * o]);
+            .matmul(right)
+            .reshape([b, rows, o, n, o])
+            .swap_dims(2, 3)
+            .reshape([b * rows * n, o * o]);
         outer
             .matmul(self.output_w.val().reshape([o * o, c_z]))
-            .reshape([rows, n, c_z])
-            + self.output_b.val().unsqueeze::<3>()
+            .reshape([b, rows, n, c_z])
+            + self.output_b.val().unsqueeze::<4>()
     }
 }
 
@@ -143,8 +145,8 @@ mod tests {
             Distribution::Normal(0.0, 1.0),
             &device,
         ));
-        let msa = Tensor::<3>::random([4, 7, 5], Distribution::Normal(0.0, 1.0), &device);
-        let mask = Tensor::<2>::ones([4, 7], &device);
+        let msa = Tensor::<4>::random([2, 4, 7, 5], Distribution::Normal(0.0, 1.0), &device);
+        let mask = Tensor::<3>::ones([2, 4, 7], &device);
         let whole = opm.forward(msa.clone(), mask.clone());
         let chunked = opm.forward_chunked(msa, mask, 1);
         let diff: f32 = (whole - chunked).abs().max().into_scalar();

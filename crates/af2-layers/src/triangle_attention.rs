@@ -55,22 +55,28 @@ impl TriangleAttentionConfig {
 }
 
 impl TriangleAttention {
-    /// Returns the update to the pair representation.
+    /// Returns the update to the pair representation of each pair of a batch; the rows of all
+    /// pairs are attended in one call, each biased by its own pair.
     ///
     /// # Shapes
-    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]`
-    /// - output: `[N, N, c_z]`
-    pub fn forward(&self, pair: Tensor<3>, pair_mask: Tensor<2>) -> Tensor<3> {
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn forward(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
         let (pair, mask) = if self.ending_node {
-            (pair.swap_dims(0, 1), pair_mask.swap_dims(0, 1))
+            (pair.swap_dims(1, 2), pair_mask.swap_dims(1, 2))
         } else {
             (pair, pair_mask)
         };
+        let [b, n, _, c] = pair.dims();
         let pair = self.query_norm.forward(pair);
         let bias = pair_bias(pair.clone(), self.feat_2d_weights.val());
-        let out = self.attention.forward(pair.clone(), pair, mask, Some(bias));
+        let rows = pair.reshape([b * n, n, c]);
+        let out = self
+            .attention
+            .forward(rows.clone(), rows, mask.reshape([b * n, n]), Some(bias))
+            .reshape([b, n, n, c]);
         if self.ending_node {
-            out.swap_dims(0, 1)
+            out.swap_dims(1, 2)
         } else {
             out
         }

@@ -69,14 +69,14 @@ impl TriangleMultiplicationConfig {
 }
 
 impl TriangleMultiplication {
-    /// Returns the update to the pair representation.
+    /// Returns the update to the pair representation of each pair of a batch.
     ///
     /// # Shapes
-    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]`
-    /// - output: `[N, N, c_z]`
-    pub fn forward(&self, pair: Tensor<3>, pair_mask: Tensor<2>) -> Tensor<3> {
-        let [n, _, _] = pair.dims();
-        let mask = pair_mask.unsqueeze_dim::<3>(2);
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn forward(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
+        let [_, n, _, _] = pair.dims();
+        let mask = pair_mask.unsqueeze_dim::<4>(3);
         let act = self.layer_norm_input.forward(pair);
         let left = mask.clone()
             * self.left_projection.forward(act.clone())
@@ -84,18 +84,18 @@ impl TriangleMultiplication {
         let right = mask
             * self.right_projection.forward(act.clone())
             * sigmoid(self.right_gate.forward(act.clone()));
-        // Channel-major so that the triangle sum is one batched matmul per channel.
-        let left = left.permute([2, 0, 1]);
-        let right = right.permute([2, 0, 1]);
+        // Channel-major so that the triangle sum is one batched matmul per (pair, channel).
+        let left = left.permute([0, 3, 1, 2]);
+        let right = right.permute([0, 3, 1, 2]);
         let product = if self.incoming {
             // 'kjc,kic->ijc': out[c,i,j] = sum_k right[c,k,i] * left[c,k,j]
-            right.swap_dims(1, 2).matmul(left)
+            right.swap_dims(2, 3).matmul(left)
         } else {
             // 'ikc,jkc->ijc': out[c,i,j] = sum_k left[c,i,k] * right[c,j,k]
-            left.matmul(right.swap_dims(1, 2))
+            left.matmul(right.swap_dims(2, 3))
         };
-        let product = product.permute([1, 2, 0]);
-        debug_assert_eq!(product.dims()[0], n);
+        let product = product.permute([0, 2, 3, 1]);
+        debug_assert_eq!(product.dims()[1], n);
         let update = self
             .output_projection
             .forward(self.center_layer_norm.forward(product));

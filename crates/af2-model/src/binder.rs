@@ -19,7 +19,7 @@ use crate::pipeline::{
 };
 use crate::predict::{
     PdbLabels, Prediction, PredictionInputs, RecycleReport, atom37_of_chains, chain_letter,
-    predict, same_chain_mask,
+    predict_batch, same_chain_mask,
 };
 
 /// Anything that stops one design (or the whole setup) from being scored.
@@ -413,7 +413,8 @@ pub fn mean_metrics(all: &[BinderMetrics]) -> Option<BinderMetrics> {
 }
 
 /// Scores one design: the complex with every model, and (when `fold_monomer`) the binder alone
-/// with the same models, giving `plddt_monomer` and the bound/unbound binder CA RMSD.
+/// with the same models, giving `plddt_monomer` and the bound/unbound binder CA RMSD. This is
+/// [`score_designs`] with a batch of one.
 #[allow(clippy::too_many_arguments)]
 pub fn score_design(
     models: &[&AlphaFold],
@@ -425,79 +426,202 @@ pub fn score_design(
     device: &burn::tensor::Device,
     mut on_recycle: impl FnMut(usize, FoldKind, &RecycleReport),
 ) -> Result<ScoredDesign, BinderError> {
-    if models.is_empty() {
-        return Err(BinderError::Invalid("no model to score with".into()));
-    }
-    let inputs = complex.complex_inputs(sequence)?;
-    let monomer_inputs = if fold_monomer {
-        Some(complex.monomer_inputs(sequence)?)
-    } else {
-        None
-    };
+    score_designs(
+        models,
+        complex,
+        &[sequence],
+        num_recycles,
+        options,
+        fold_monomer,
+        device,
+        |_, k, kind, r| on_recycle(k, kind, r),
+    )
+    .swap_remove(0)
+}
+
+/// One design on its way through [`score_designs`].
+struct DesignRun {
+    inputs: ComplexInputs,
+    monomer: Option<BuiltFeatures>,
+    metrics: Vec<BinderMetrics>,
+    first: Option<(Prediction, Option<Prediction>)>,
+}
+
+/// The metrics of one complex prediction (without the monomer's).
+fn complex_metrics(
+    complex: &BinderComplex,
+    prediction: &Prediction,
+) -> Result<BinderMetrics, BinderError> {
     let layout = complex.layout()?;
-    let true_ca = complex.true_ca();
-    let mut all = Vec::with_capacity(models.len());
-    let mut first: Option<(Prediction, Option<Prediction>)> = None;
-    for (k, model) in models.iter().enumerate() {
-        let prediction_inputs = PredictionInputs {
-            iterations: std::slice::from_ref(&inputs.built.features),
-            asym_id: &inputs.built.asym_id,
-            initial_positions: inputs.initial_positions.as_ref(),
-            template_pair_mask: inputs.template_pair_mask.as_deref(),
-        };
-        let prediction = predict(
-            model,
-            &prediction_inputs,
-            num_recycles,
-            options,
-            device,
-            |r| on_recycle(k, FoldKind::Complex, r),
-        );
-        let pae = prediction.pae.as_ref().ok_or_else(|| {
-            BinderError::Invalid(
-                "the weights have no PAE head; the binder metrics need a _ptm model".into(),
-            )
-        })?;
-        let mut metrics = BinderMetrics::from_confidence(
-            &layout,
-            &prediction.plddt,
-            &pae.pae,
-            &pae.logits,
-            pae.bins,
-        )?;
-        let pred_ca = prediction.ca();
-        if let Some((ca, mask)) = &true_ca {
-            metrics.rmsd = Some(binder_rmsd(ca, &pred_ca, Some(mask), &layout)?);
-        }
-        let monomer = match &monomer_inputs {
-            Some((_, built)) => {
-                let m = predict(
-                    model,
-                    &PredictionInputs::new(std::slice::from_ref(&built.features), &built.asym_id),
-                    num_recycles,
-                    options,
-                    device,
-                    |r| on_recycle(k, FoldKind::Monomer, r),
-                );
-                metrics.plddt_monomer = Some(m.mean_plddt() / 100.0);
-                let bound = &pred_ca[complex.target_len()..];
-                metrics.bound_unbound_rmsd = Some(ca_rmsd(bound, &m.ca(), None)?);
-                Some(m)
+    let pae = prediction.pae.as_ref().ok_or_else(|| {
+        BinderError::Invalid(
+            "the weights have no PAE head; the binder metrics need a _ptm model".into(),
+        )
+    })?;
+    let mut metrics = BinderMetrics::from_confidence(
+        &layout,
+        &prediction.plddt,
+        &pae.pae,
+        &pae.logits,
+        pae.bins,
+    )?;
+    if let Some((ca, mask)) = complex.true_ca() {
+        metrics.rmsd = Some(binder_rmsd(&ca, &prediction.ca(), Some(&mask), &layout)?);
+    }
+    Ok(metrics)
+}
+
+/// [`score_design`] for several designs: designs of one length are folded together, a batch per
+/// model (and a batch of binders alone), each pass of a batch one batched forward pass
+/// ([`predict_batch`]). Returns one result per sequence, in order; a design that fails (its
+/// sequence, its metrics) does not stop the others. `on_recycle(design, model, kind, report)`
+/// reports every pass of every design.
+#[allow(clippy::too_many_arguments)]
+pub fn score_designs(
+    models: &[&AlphaFold],
+    complex: &BinderComplex,
+    sequences: &[&str],
+    num_recycles: usize,
+    options: &RecycleOptions,
+    fold_monomer: bool,
+    device: &burn::tensor::Device,
+    mut on_recycle: impl FnMut(usize, usize, FoldKind, &RecycleReport),
+) -> Vec<Result<ScoredDesign, BinderError>> {
+    if models.is_empty() {
+        return sequences
+            .iter()
+            .map(|_| Err(BinderError::Invalid("no model to score with".into())))
+            .collect();
+    }
+    let mut runs: Vec<Result<DesignRun, BinderError>> = sequences
+        .iter()
+        .map(|sequence| {
+            let inputs = complex.complex_inputs(sequence)?;
+            let monomer = if fold_monomer {
+                Some(complex.monomer_inputs(sequence)?.1)
+            } else {
+                None
+            };
+            Ok(DesignRun {
+                inputs,
+                monomer,
+                metrics: Vec::with_capacity(models.len()),
+                first: None,
+            })
+        })
+        .collect();
+    let mut lengths: Vec<usize> = runs
+        .iter()
+        .flatten()
+        .map(|r| r.inputs.query.len())
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for length in lengths {
+        for (k, model) in models.iter().enumerate() {
+            let live = |runs: &[Result<DesignRun, BinderError>]| -> Vec<usize> {
+                (0..runs.len())
+                    .filter(|&d| matches!(&runs[d], Ok(r) if r.inputs.query.len() == length))
+                    .collect()
+            };
+            let batch = live(&runs);
+            if batch.is_empty() {
+                break;
             }
-            None => None,
-        };
-        all.push(metrics);
-        if first.is_none() {
-            first = Some((prediction, monomer));
+            let inputs = batch_inputs(&runs, &batch, |run| PredictionInputs {
+                iterations: std::slice::from_ref(&run.inputs.built.features),
+                asym_id: &run.inputs.built.asym_id,
+                initial_positions: run.inputs.initial_positions.as_ref(),
+                template_pair_mask: run.inputs.template_pair_mask.as_deref(),
+            });
+            let complexes = predict_batch(model, &inputs, num_recycles, options, device, |d, r| {
+                on_recycle(batch[d], k, FoldKind::Complex, r)
+            });
+            let complexes = match complexes {
+                Ok(c) => c,
+                Err(e) => {
+                    fail_all(&mut runs, &batch, &e.to_string());
+                    continue;
+                }
+            };
+            let mut scored = Vec::with_capacity(batch.len());
+            for (&d, prediction) in batch.iter().zip(complexes) {
+                match complex_metrics(complex, &prediction) {
+                    Ok(m) => scored.push((d, m, prediction)),
+                    Err(e) => runs[d] = Err(e),
+                }
+            }
+            let with_monomer: Vec<usize> = scored.iter().map(|s| s.0).collect();
+            let monomers = if fold_monomer && !with_monomer.is_empty() {
+                let inputs = batch_inputs(&runs, &with_monomer, |run| {
+                    let built = run.monomer.as_ref().expect("monomer features");
+                    PredictionInputs::new(std::slice::from_ref(&built.features), &built.asym_id)
+                });
+                let monomers =
+                    predict_batch(model, &inputs, num_recycles, options, device, |d, r| {
+                        on_recycle(with_monomer[d], k, FoldKind::Monomer, r)
+                    });
+                match monomers {
+                    Ok(m) => m.into_iter().map(Some).collect(),
+                    Err(e) => {
+                        fail_all(&mut runs, &with_monomer, &e.to_string());
+                        continue;
+                    }
+                }
+            } else {
+                vec![None; scored.len()]
+            };
+            for ((d, mut metrics, prediction), monomer) in scored.into_iter().zip(monomers) {
+                let Ok(run) = &mut runs[d] else { continue };
+                if let Some(m) = &monomer {
+                    metrics.plddt_monomer = Some(m.mean_plddt() / 100.0);
+                    let bound = &prediction.ca()[complex.target_len()..];
+                    match ca_rmsd(bound, &m.ca(), None) {
+                        Ok(rmsd) => metrics.bound_unbound_rmsd = Some(rmsd),
+                        Err(e) => {
+                            runs[d] = Err(e.into());
+                            continue;
+                        }
+                    }
+                }
+                run.metrics.push(metrics);
+                if run.first.is_none() {
+                    run.first = Some((prediction, monomer));
+                }
+            }
         }
     }
-    let (prediction, monomer) = first.expect("one model at least");
-    Ok(ScoredDesign {
-        metrics: mean_metrics(&all).expect("one model at least"),
-        complex: prediction,
-        query: inputs.query,
-        monomer,
-    })
+    runs.into_iter()
+        .map(|run| {
+            let run = run?;
+            let (complex_prediction, monomer) = run.first.expect("one model at least");
+            Ok(ScoredDesign {
+                metrics: mean_metrics(&run.metrics).expect("one model at least"),
+                complex: complex_prediction,
+                query: run.inputs.query,
+                monomer,
+            })
+        })
+        .collect()
+}
+
+/// The prediction inputs of the designs `batch` of `runs` (all `Ok`).
+fn batch_inputs<'r>(
+    runs: &'r [Result<DesignRun, BinderError>],
+    batch: &[usize],
+    inputs: impl Fn(&'r DesignRun) -> PredictionInputs<'r>,
+) -> Vec<PredictionInputs<'r>> {
+    batch
+        .iter()
+        .map(|&d| inputs(runs[d].as_ref().expect("a live design")))
+        .collect()
+}
+
+/// Marks every design of `batch` as failed with `error` (a batch the model refused).
+fn fail_all(runs: &mut [Result<DesignRun, BinderError>], batch: &[usize], error: &str) {
+    for &d in batch {
+        runs[d] = Err(BinderError::Invalid(error.to_string()));
+    }
 }
 
 #[cfg(test)]

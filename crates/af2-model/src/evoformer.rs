@@ -104,12 +104,12 @@ pub(crate) use pair_layers_of;
 /// into the pair. Returns `(msa, pair)`.
 pub(crate) fn msa_half(
     row: &MsaRowAttentionWithPairBias,
-    column: impl FnOnce(Tensor<3>, Tensor<2>) -> Tensor<3>,
+    column: impl FnOnce(Tensor<4>, Tensor<3>) -> Tensor<4>,
     transition: &Transition,
     outer_product_mean: &OuterProductMean,
-    (msa, msa_mask): (Tensor<3>, Tensor<2>),
-    pair: Tensor<3>,
-) -> (Tensor<3>, Tensor<3>) {
+    (msa, msa_mask): (Tensor<4>, Tensor<3>),
+    pair: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
     let msa = msa.clone() + row.forward(msa, msa_mask.clone(), pair.clone());
     let msa = msa.clone() + column(msa, msa_mask.clone());
     let msa = msa.clone() + transition.forward(msa);
@@ -157,7 +157,7 @@ impl PairLayersConfig {
 }
 
 /// Adds a layer's update to its input (AlphaFold's residual `dropout_wrapper` at inference).
-fn residual(pair: Tensor<3>, update: impl FnOnce(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+fn residual(pair: Tensor<4>, update: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
     pair.clone() + update(pair)
 }
 
@@ -165,8 +165,8 @@ impl PairLayers<'_> {
     /// Evoformer order: multiplications, then attentions, then transition.
     ///
     /// # Shapes
-    /// - pair: `[N, N, c_z]`, mask: `[N, N]` -> `[N, N, c_z]`
-    pub fn forward_evoformer_order(&self, pair: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+    /// - pair: `[B, N, N, c_z]`, mask: `[B, N, N]` -> `[B, N, N, c_z]`
+    pub fn forward_evoformer_order(&self, pair: Tensor<4>, mask: Tensor<3>) -> Tensor<4> {
         let pair = residual(pair, |p| self.outgoing.forward(p, mask.clone()));
         let pair = residual(pair, |p| self.incoming.forward(p, mask.clone()));
         let pair = residual(pair, |p| self.starting_node.forward(p, mask.clone()));
@@ -177,8 +177,8 @@ impl PairLayers<'_> {
     /// Template pair stack order (Algorithm 16): attentions first, then multiplications.
     ///
     /// # Shapes
-    /// - pair: `[N, N, c_t]`, mask: `[N, N]` -> `[N, N, c_t]`
-    pub fn forward_template_order(&self, pair: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
+    /// - pair: `[B, N, N, c_t]`, mask: `[B, N, N]` -> `[B, N, N, c_t]`
+    pub fn forward_template_order(&self, pair: Tensor<4>, mask: Tensor<3>) -> Tensor<4> {
         let pair = residual(pair, |p| self.starting_node.forward(p, mask.clone()));
         let pair = residual(pair, |p| self.ending_node.forward(p, mask.clone()));
         let pair = residual(pair, |p| self.outgoing.forward(p, mask.clone()));
@@ -266,16 +266,16 @@ impl EvoformerBlockConfig {
 
 impl EvoformerBlock {
     /// # Shapes
-    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`
-    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]`
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
     /// - returns `(msa, pair)` of the same shapes
     pub fn forward(
         &self,
-        msa: Tensor<3>,
-        msa_mask: Tensor<2>,
-        pair: Tensor<3>,
-        pair_mask: Tensor<2>,
-    ) -> (Tensor<3>, Tensor<3>) {
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let (msa, pair) = msa_half(
             &self.msa_row_attention_with_pair_bias,
             |m, mask| self.msa_column_attention.forward(m, mask),
@@ -327,20 +327,21 @@ impl EvoformerStack {
     /// Runs every block, then projects the first MSA row to the single representation.
     ///
     /// # Shapes
-    /// - msa: `[S, N, c_m]`, msa_mask: `[S, N]`, pair: `[N, N, c_z]`, pair_mask: `[N, N]`
-    /// - returns `(msa [S, N, c_m], pair [N, N, c_z], single [N, c_s])`
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`, pair: `[B, N, N, c_z]`,
+    ///   pair_mask: `[B, N, N]`
+    /// - returns `(msa [B, S, N, c_m], pair [B, N, N, c_z], single [B, N, c_s])`
     pub fn forward(
         &self,
-        mut msa: Tensor<3>,
-        msa_mask: Tensor<2>,
-        mut pair: Tensor<3>,
-        pair_mask: Tensor<2>,
-    ) -> (Tensor<3>, Tensor<3>, Tensor<2>) {
+        mut msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        mut pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<3>) {
         for block in &self.blocks {
             (msa, pair) = block.forward(msa, msa_mask.clone(), pair, pair_mask.clone());
         }
-        let [_, n, c] = msa.dims();
-        let first_row = msa.clone().narrow(0, 0, 1).reshape([n, c]);
+        let [b, _, n, c] = msa.dims();
+        let first_row = msa.clone().narrow(1, 0, 1).reshape([b, n, c]);
         let single = self.single_activations.forward(first_row);
         (msa, pair, single)
     }

@@ -90,15 +90,16 @@ impl ExtraMsaStackConfig {
 
 impl ExtraMsaBlock {
     /// # Shapes
-    /// - msa: `[Se, N, c_e]`, msa_mask: `[Se, N]`, pair: `[N, N, c_z]`, pair_mask: `[N, N]`
+    /// - msa: `[B, Se, N, c_e]`, msa_mask: `[B, Se, N]`, pair: `[B, N, N, c_z]`,
+    ///   pair_mask: `[B, N, N]`
     /// - returns `(msa, pair)` of the same shapes
     pub fn forward(
         &self,
-        msa: Tensor<3>,
-        msa_mask: Tensor<2>,
-        pair: Tensor<3>,
-        pair_mask: Tensor<2>,
-    ) -> (Tensor<3>, Tensor<3>) {
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let (msa, pair) = msa_half(
             &self.msa_row_attention_with_pair_bias,
             |m, mask| self.msa_column_global_attention.forward(m, mask),
@@ -115,18 +116,18 @@ impl ExtraMsaBlock {
 }
 
 impl ExtraMsaStack {
-    /// Embeds the extra MSA and returns the updated pair representation.
+    /// Embeds the extra MSA and returns the updated pair representation of each design.
     ///
     /// # Shapes
-    /// - extra_feat: `[Se, N, 25]`, extra_mask: `[Se, N]`
-    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]` -> `[N, N, c_z]`
+    /// - extra_feat: `[B, Se, N, 25]`, extra_mask: `[B, Se, N]`
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]` -> `[B, N, N, c_z]`
     pub fn forward(
         &self,
-        extra_feat: Tensor<3>,
-        extra_mask: Tensor<2>,
-        mut pair: Tensor<3>,
-        pair_mask: Tensor<2>,
-    ) -> Tensor<3> {
+        extra_feat: Tensor<4>,
+        extra_mask: Tensor<3>,
+        mut pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> Tensor<4> {
         let mut msa = self.extra_msa_activations.forward(extra_feat);
         for block in &self.blocks {
             (msa, pair) = block.forward(msa, extra_mask.clone(), pair, pair_mask.clone());

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use af2_io::npz::{Array, NdArray};
 
 use crate::extra_msa_stack::EXTRA_MSA_FEATURES;
-use crate::input_embedder::{MSA_FEAT, TARGET_FEAT, relative_position_one_hot};
+use crate::input_embedder::{MSA_FEAT, TARGET_FEAT, relative_position_classes};
 
 /// A feature that is missing or has the wrong shape.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,20 @@ pub enum FeatureError {
         /// What is wrong.
         message: String,
     },
+    /// A design of a batch does not fit the first design's shapes.
+    #[error(
+        "design {design} of the batch: {message} (a batch needs designs of one length, one MSA \
+         depth and one template count)"
+    )]
+    Batch {
+        /// Index of the design in the batch.
+        design: usize,
+        /// What differs.
+        message: String,
+    },
+    /// A batch without designs.
+    #[error("a batch needs at least one design")]
+    EmptyBatch,
 }
 
 /// Template features of one iteration.
@@ -192,6 +206,173 @@ impl Features {
     }
 }
 
+/// The features of one pass for a batch of designs of equal shapes (one length, one MSA depth,
+/// one extra-MSA depth, one template count), borrowed. The model stacks them into tensors with
+/// a leading design axis.
+#[derive(Clone, Debug)]
+pub struct BatchFeatures<'a> {
+    designs: Vec<&'a Features>,
+}
+
+/// Every array of a [`Features`] whose shape must agree across a batch, by feature name.
+fn shaped_arrays(f: &Features) -> Vec<(&'static str, Vec<usize>)> {
+    let mut shapes = vec![
+        ("aatype", vec![f.aatype.len()]),
+        ("residue_index", vec![f.residue_index.len()]),
+        ("seq_mask", f.seq_mask.shape.clone()),
+        ("target_feat", f.target_feat.shape.clone()),
+        ("msa_feat", f.msa_feat.shape.clone()),
+        ("msa_mask", f.msa_mask.shape.clone()),
+        ("extra_feat", f.extra_feat.shape.clone()),
+        ("extra_msa_mask", f.extra_msa_mask.shape.clone()),
+    ];
+    if let Some(t) = &f.templates {
+        shapes.extend([
+            ("template_aatype", t.aatype.shape.clone()),
+            (
+                "template_all_atom_positions",
+                t.all_atom_positions.shape.clone(),
+            ),
+            ("template_all_atom_masks", t.all_atom_masks.shape.clone()),
+            ("template_mask", t.mask.shape.clone()),
+            ("template_pseudo_beta", t.pseudo_beta.shape.clone()),
+            (
+                "template_pseudo_beta_mask",
+                t.pseudo_beta_mask.shape.clone(),
+            ),
+        ]);
+    }
+    shapes
+}
+
+impl<'a> BatchFeatures<'a> {
+    /// A batch of designs; every design must have the first one's shapes, and either all or none
+    /// have templates. The error names the first design and feature that differ.
+    pub fn new(designs: impl IntoIterator<Item = &'a Features>) -> Result<Self, FeatureError> {
+        let designs: Vec<&Features> = designs.into_iter().collect();
+        let first = designs.first().ok_or(FeatureError::EmptyBatch)?;
+        let expected = shaped_arrays(first);
+        for (d, f) in designs.iter().enumerate().skip(1) {
+            if f.templates.is_some() != first.templates.is_some() {
+                let has = |f: &Features| {
+                    if f.templates.is_some() {
+                        "has"
+                    } else {
+                        "has no"
+                    }
+                };
+                return Err(FeatureError::Batch {
+                    design: d,
+                    message: format!("it {} templates; design 0 {}", has(f), has(first)),
+                });
+            }
+            for ((key, want), (_, found)) in expected.iter().zip(shaped_arrays(f)) {
+                if *want != found {
+                    return Err(FeatureError::Batch {
+                        design: d,
+                        message: format!(
+                            "feature `{key}` has shape {found:?}; design 0 has {want:?}"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Self { designs })
+    }
+
+    /// A batch of one design (nothing to check).
+    pub fn single(features: &'a Features) -> Self {
+        Self {
+            designs: vec![features],
+        }
+    }
+
+    /// The designs.
+    pub fn designs(&self) -> &[&'a Features] {
+        &self.designs
+    }
+
+    /// Number of designs `B`.
+    pub fn len(&self) -> usize {
+        self.designs.len()
+    }
+
+    /// Whether there are no designs (never: construction refuses an empty batch).
+    pub fn is_empty(&self) -> bool {
+        self.designs.is_empty()
+    }
+
+    /// Number of residues of every design.
+    pub fn num_residues(&self) -> usize {
+        self.designs[0].num_residues()
+    }
+
+    /// Number of MSA cluster rows of every design.
+    pub fn num_msa_rows(&self) -> usize {
+        self.designs[0].num_msa_rows()
+    }
+
+    /// Number of templates of every design, when they have templates.
+    pub fn num_templates(&self) -> Option<usize> {
+        self.designs[0]
+            .templates
+            .as_ref()
+            .map(|t| t.aatype.shape[0])
+    }
+
+    /// The residue types of every design, design after design: `[B * N]`.
+    pub fn aatype(&self) -> Vec<i64> {
+        self.designs
+            .iter()
+            .flat_map(|f| f.aatype.iter().copied())
+            .collect()
+    }
+
+    /// One host array of every design stacked on a new leading axis and uploaded: an array of
+    /// rank `D - 1` gives a tensor of rank `D`.
+    pub fn stacked<const D: usize>(
+        &self,
+        array: impl Fn(&Features) -> &NdArray<f32>,
+        device: &Device,
+    ) -> Tensor<D> {
+        let first = array(self.designs[0]);
+        let mut shape = vec![self.len()];
+        shape.extend(&first.shape);
+        let data: Vec<f32> = self
+            .designs
+            .iter()
+            .flat_map(|f| array(f).data.iter().copied())
+            .collect();
+        Tensor::from_data(TensorData::new(data, shape), device)
+    }
+
+    /// [`BatchFeatures::stacked`] for a template array.
+    ///
+    /// # Panics
+    /// If the designs have no templates.
+    pub fn stacked_templates<const D: usize>(
+        &self,
+        array: impl Fn(&TemplateFeatures) -> &NdArray<f32>,
+        device: &Device,
+    ) -> Tensor<D> {
+        self.stacked(
+            |f| array(f.templates.as_ref().expect("the batch has templates")),
+            device,
+        )
+    }
+
+    /// The relative-position classes of every design `[B, N, N]` on a device.
+    pub fn relpos_classes(&self, device: &Device) -> Tensor<3, Int> {
+        let n = self.num_residues();
+        let classes: Vec<i64> = self
+            .designs
+            .iter()
+            .flat_map(|f| relative_position_classes(&f.residue_index))
+            .collect();
+        Tensor::from_data(TensorData::new(classes, [self.len(), n, n]), device)
+    }
+}
+
 /// AlphaFold's `create_extra_msa_feature`: one-hot (23) + has_deletion + deletion_value.
 fn extra_msa_features(
     msa: &NdArray<i64>,
@@ -226,14 +407,6 @@ pub fn to_int_tensor<const D: usize>(
     device: &Device,
 ) -> Tensor<D, Int> {
     Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
-}
-
-/// The relative-position one-hot `[N, N, 65]` on a device.
-pub fn relpos_tensor(residue_index: &[i64], device: &Device) -> Tensor<3> {
-    let n = residue_index.len();
-    let one_hot = relative_position_one_hot(residue_index);
-    let classes = one_hot.len() / (n * n).max(1);
-    Tensor::from_data(TensorData::new(one_hot, [n, n, classes]), device)
 }
 
 fn arr(shape: Vec<usize>, data: Vec<f32>) -> NdArray<f32> {

@@ -8,6 +8,8 @@ use burn::tensor::{Device, Tensor};
 
 use af2_layers::{LayerNorm, LayerNormConfig, Linear, linear};
 
+use crate::model::design_slice;
+
 /// Widths of the heads.
 #[derive(Config, Debug)]
 pub struct HeadsConfig {
@@ -96,7 +98,7 @@ impl HeadsConfig {
     }
 }
 
-/// Raw head outputs.
+/// Raw head outputs of one design.
 #[derive(Clone, Debug)]
 pub struct HeadLogits {
     /// `[N, 50]`
@@ -111,28 +113,56 @@ pub struct HeadLogits {
     pub experimentally_resolved: Tensor<2>,
 }
 
+/// Raw head outputs of a batch of designs: [`HeadLogits`] with a leading design axis `B`.
+#[derive(Clone, Debug)]
+pub struct BatchHeadLogits {
+    /// `[B, N, 50]`
+    pub plddt: Tensor<3>,
+    /// `[B, N, N, 64]`
+    pub pae: Option<Tensor<4>>,
+    /// `[B, N, N, 64]`
+    pub distogram: Tensor<4>,
+    /// `[B, S, N, 23]`
+    pub masked_msa: Tensor<4>,
+    /// `[B, N, 37]`
+    pub experimentally_resolved: Tensor<3>,
+}
+
+impl BatchHeadLogits {
+    /// The logits of design `d`.
+    pub fn design(&self, d: usize) -> HeadLogits {
+        HeadLogits {
+            plddt: design_slice(&self.plddt, d),
+            pae: self.pae.as_ref().map(|t| design_slice(t, d)),
+            distogram: design_slice(&self.distogram, d),
+            masked_msa: design_slice(&self.masked_msa, d),
+            experimentally_resolved: design_slice(&self.experimentally_resolved, d),
+        }
+    }
+}
+
 impl Heads {
     /// # Shapes
-    /// - msa: `[S, N, c_m]` (cluster rows only), pair: `[N, N, c_z]`, single: `[N, c_s]`,
-    ///   structure: `[N, c_sm]`
+    /// - msa: `[B, S, N, c_m]` (cluster rows only), pair: `[B, N, N, c_z]`,
+    ///   single: `[B, N, c_s]`, structure: `[B, N, c_sm]`
     pub fn forward(
         &self,
-        msa: Tensor<3>,
-        pair: Tensor<3>,
-        single: Tensor<2>,
-        structure: Tensor<2>,
-    ) -> HeadLogits {
+        msa: Tensor<4>,
+        pair: Tensor<4>,
+        single: Tensor<3>,
+        structure: Tensor<3>,
+    ) -> BatchHeadLogits {
         let lddt = &self.predicted_lddt_head;
         let act = lddt.input_layer_norm.forward(structure);
         let act = relu(lddt.act_1.forward(relu(lddt.act_0.forward(act))));
         let half = self.distogram_head.half_logits.forward(pair.clone());
-        HeadLogits {
+        BatchHeadLogits {
             plddt: lddt.logits.forward(act),
             pae: self
                 .predicted_aligned_error_head
                 .as_ref()
                 .map(|h| h.logits.forward(pair)),
-            distogram: half.clone() + half.swap_dims(0, 1),
+            distogram: half.clone() + half.swap_dims(1, 2),
             masked_msa: self.masked_msa_head.logits.forward(msa),
             experimentally_resolved: self.experimentally_resolved_head.logits.forward(single),
         }

@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use af2_layers::{Linear, linear};
 
@@ -53,40 +53,68 @@ impl InputEmbedderConfig {
     }
 }
 
-/// One-hot of `clip(r_i - r_j + 32, 0, 64)`, computed on the host (integer arithmetic).
+/// The relative-position class `clip(r_i - r_j + 32, 0, 64)` of every residue pair `[N * N]`,
+/// computed on the host (integer arithmetic).
+pub fn relative_position_classes(residue_index: &[i64]) -> Vec<i64> {
+    residue_index
+        .iter()
+        .flat_map(|ri| {
+            residue_index
+                .iter()
+                .map(move |rj| (ri - rj + MAX_RELATIVE_FEATURE).clamp(0, 2 * MAX_RELATIVE_FEATURE))
+        })
+        .collect()
+}
+
+/// One-hot `[N * N * 65]` of [`relative_position_classes`].
 pub fn relative_position_one_hot(residue_index: &[i64]) -> Vec<f32> {
-    let n = residue_index.len();
-    let mut out = vec![0.0f32; n * n * RELPOS_CLASSES];
-    for (i, ri) in residue_index.iter().enumerate() {
-        for (j, rj) in residue_index.iter().enumerate() {
-            let class = (ri - rj + MAX_RELATIVE_FEATURE).clamp(0, 2 * MAX_RELATIVE_FEATURE);
-            out[(i * n + j) * RELPOS_CLASSES + class as usize] = 1.0;
-        }
+    let classes = relative_position_classes(residue_index);
+    let mut out = vec![0.0f32; classes.len() * RELPOS_CLASSES];
+    for (k, &class) in classes.iter().enumerate() {
+        out[k * RELPOS_CLASSES + class as usize] = 1.0;
     }
     out
 }
 
 impl InputEmbedder {
+    /// Embeds a batch of designs.
+    ///
+    /// The relative positions come as class indices: the one-hot times `pair_activiations` is
+    /// exactly the row of the weight that the class selects, so the `[B, N, N, 65]` one-hot is
+    /// never built.
+    ///
     /// # Shapes
-    /// - target_feat: `[N, 22]`, msa_feat: `[S, N, 49]`, relpos_one_hot: `[N, N, 65]`
-    /// - returns `(msa [S, N, c_m], pair [N, N, c_z])`
+    /// - target_feat: `[B, N, 22]`, msa_feat: `[B, S, N, 49]`
+    /// - relpos_classes: `[B, N, N]` in `0..65` (see [`relative_position_classes`])
+    /// - returns `(msa [B, S, N, c_m], pair [B, N, N, c_z])`
     pub fn forward(
         &self,
-        target_feat: Tensor<2>,
-        msa_feat: Tensor<3>,
-        relpos_one_hot: Tensor<3>,
-    ) -> (Tensor<3>, Tensor<3>) {
+        target_feat: Tensor<3>,
+        msa_feat: Tensor<4>,
+        relpos_classes: Tensor<3, Int>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let msa = self.preprocess_msa.forward(msa_feat)
             + self
                 .preprocess_1d
                 .forward(target_feat.clone())
-                .unsqueeze::<3>();
+                .unsqueeze_dim::<4>(1);
         let left = self
             .left_single
             .forward(target_feat.clone())
-            .unsqueeze_dim::<3>(1);
-        let right = self.right_single.forward(target_feat).unsqueeze_dim::<3>(0);
-        let pair = left + right + self.pair_activiations.forward(relpos_one_hot);
+            .unsqueeze_dim::<4>(2);
+        let right = self.right_single.forward(target_feat).unsqueeze_dim::<4>(1);
+        let [b, n, _] = relpos_classes.dims();
+        let relpos = &self.pair_activiations;
+        let c_z = relpos.weight.dims()[1];
+        let mut relpos_act = relpos
+            .weight
+            .val()
+            .select(0, relpos_classes.reshape([b * n * n]))
+            .reshape([b, n, n, c_z]);
+        if let Some(bias) = &relpos.bias {
+            relpos_act = relpos_act + bias.val().unsqueeze::<4>();
+        }
+        let pair = left + right + relpos_act;
         (msa, pair)
     }
 }

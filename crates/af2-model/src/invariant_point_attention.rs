@@ -91,25 +91,27 @@ impl InvariantPointAttentionConfig {
 }
 
 impl InvariantPointAttention {
-    /// Attention update of the single activations (no residual, no LayerNorm).
+    /// Attention update of the single activations of each design of a batch (no residual, no
+    /// LayerNorm).
     ///
     /// `affine` holds the backbone frames in the structure module's internal units (translations
-    /// in nanometres, i.e. Å / `position_scale`). `mask` is 1 for residues that take part.
+    /// in nanometres, i.e. Å / `position_scale`), design-major (frame `b * N + i`). `mask` is 1
+    /// for residues that take part.
     ///
     /// # Shapes
-    /// - act: `[N, channels]`
-    /// - act_2d: `[N, N, pair_channels]` (the pair activations after `pair_layer_norm`)
-    /// - mask: `[N]`
-    /// - affine: `N` frames
-    /// - output: `[N, channels]`
+    /// - act: `[B, N, channels]`
+    /// - act_2d: `[B, N, N, pair_channels]` (the pair activations after `pair_layer_norm`)
+    /// - mask: `[B, N]`
+    /// - affine: `B * N` frames
+    /// - output: `[B, N, channels]`
     pub fn forward(
         &self,
-        act: Tensor<2>,
-        act_2d: Tensor<3>,
-        mask: Tensor<1>,
+        act: Tensor<3>,
+        act_2d: Tensor<4>,
+        mask: Tensor<2>,
         affine: &QuatAffine,
-    ) -> Tensor<2> {
-        let [n, _] = act.dims();
+    ) -> Tensor<3> {
+        let [b, n, _] = act.dims();
         let (h, sqk, pqk, sv, pv) = (
             self.heads,
             self.scalar_qk,
@@ -118,30 +120,34 @@ impl InvariantPointAttention {
             self.point_v,
         );
 
-        // Scalar queries, keys and values: [H, N, C].
+        // Scalar queries, keys and values: [B, H, N, C].
         let q_scalar = self
             .q_scalar
             .forward(act.clone())
-            .reshape([n, h, sqk])
-            .swap_dims(0, 1);
+            .reshape([b, n, h, sqk])
+            .swap_dims(1, 2);
         let kv_scalar = self
             .kv_scalar
             .forward(act.clone())
-            .reshape([n, h, sqk + sv])
-            .swap_dims(0, 1);
-        let k_scalar = kv_scalar.clone().narrow(2, 0, sqk);
-        let v_scalar = kv_scalar.narrow(2, sqk, sv);
+            .reshape([b, n, h, sqk + sv])
+            .swap_dims(1, 2);
+        let k_scalar = kv_scalar.clone().narrow(3, 0, sqk);
+        let v_scalar = kv_scalar.narrow(3, sqk, sv);
 
         // Points: the projection holds all x coordinates, then all y, then all z. Local points
-        // [N, H * P, 3] are mapped to the global frame and split per head: [N, H, P, 3].
-        let global_points = |x: Tensor<2>, p: usize| {
-            let local = x.reshape([n, 3, h * p]).swap_dims(1, 2);
-            affine.apply_to_point(local).reshape([n, h, p, 3])
+        // [B * N, H * P, 3] are mapped to the global frame and split per head:
+        // [B, H, N, P, 3].
+        let global_points = |x: Tensor<3>, p: usize| {
+            let local = x.reshape([b * n, 3, h * p]).swap_dims(1, 2);
+            affine
+                .apply_to_point(local)
+                .reshape([b, n, h, p, 3])
+                .swap_dims(1, 2)
         };
         let q_point = global_points(self.q_point_local.forward(act.clone()), pqk);
         let kv_point = global_points(self.kv_point_local.forward(act), pqk + pv);
-        let k_point = kv_point.clone().narrow(2, 0, pqk);
-        let v_point = kv_point.narrow(2, pqk, pv);
+        let k_point = kv_point.clone().narrow(3, 0, pqk);
+        let v_point = kv_point.narrow(3, pqk, pv);
 
         // Logit weights: equal variance for the scalar, point and pair terms.
         let num_logit_terms = 3.0f64;
@@ -153,55 +159,61 @@ impl InvariantPointAttention {
         let point_weights =
             softplus(self.trainable_point_weights.val(), 1.0).mul_scalar(point_weight);
 
-        // [H, N, N]
+        // [B, H, N, N]
         let logits_scalar = q_scalar
             .mul_scalar(scalar_weight)
-            .matmul(k_scalar.swap_dims(1, 2));
+            .matmul(k_scalar.swap_dims(2, 3));
         let logits_point = point_logits(
-            q_point.permute([1, 0, 2, 3]),
-            k_point.permute([1, 0, 2, 3]),
-            point_weights,
-        );
+            q_point.reshape([b * h, n, pqk, 3]),
+            k_point.reshape([b * h, n, pqk, 3]),
+            point_weights
+                .unsqueeze::<2>()
+                .repeat_dim(0, b)
+                .reshape([b * h]),
+        )
+        .reshape([b, h, n, n]);
         let logits_2d = self
             .attention_2d
             .forward(act_2d.clone())
-            .permute([2, 0, 1])
+            .permute([0, 3, 1, 2])
             .mul_scalar(attention_2d_weight);
-        let mask_2d = mask.clone().unsqueeze_dim::<2>(1) * mask.unsqueeze_dim::<2>(0);
+        let mask_2d = mask.clone().unsqueeze_dim::<3>(2) * mask.unsqueeze_dim::<3>(1);
         let penalty = mask_2d
             .neg()
             .add_scalar(1.0)
             .mul_scalar(IPA_MASK_PENALTY)
-            .unsqueeze::<3>();
-        let attn = softmax(logits_scalar + logits_point + logits_2d - penalty, 2);
+            .unsqueeze_dim::<4>(1);
+        let attn = softmax(logits_scalar + logits_point + logits_2d - penalty, 3);
 
-        // Scalar values: [H, N, Sv] -> [N, H * Sv].
+        // Scalar values: [B, H, N, Sv] -> [B, N, H * Sv].
         let result_scalar = attn
             .clone()
             .matmul(v_scalar)
-            .swap_dims(0, 1)
-            .reshape([n, h * sv]);
+            .swap_dims(1, 2)
+            .reshape([b, n, h * sv]);
 
         // Point values, attended in the global frame, then mapped to each query's frame.
-        let v_point = v_point.permute([1, 0, 2, 3]).reshape([h, n, pv * 3]);
+        let v_point = v_point.reshape([b, h, n, pv * 3]);
         let result_point_global = attn
             .clone()
             .matmul(v_point)
-            .reshape([h, n, pv, 3])
-            .permute([1, 0, 2, 3])
-            .reshape([n, h * pv, 3]);
+            .reshape([b, h, n, pv, 3])
+            .swap_dims(1, 2)
+            .reshape([b * n, h * pv, 3]);
         let result_point_local = affine.invert_point(result_point_global);
         let sq = result_point_local.clone().square();
         let c = |i| sq.clone().narrow(2, i, 1);
         let result_point_norm = (c(0).add_scalar(IPA_DIST_EPSILON) + c(1) + c(2))
             .sqrt()
-            .reshape([n, h * pv]);
-        // x of every point, then y, then z: [N, 3 * H * Pv].
-        let result_point_xyz = result_point_local.swap_dims(1, 2).reshape([n, 3 * h * pv]);
+            .reshape([b, n, h * pv]);
+        // x of every point, then y, then z: [B, N, 3 * H * Pv].
+        let result_point_xyz = result_point_local
+            .swap_dims(1, 2)
+            .reshape([b, n, 3 * h * pv]);
 
-        // Pair values: attn [H, i, j] with act_2d [i, j, c] -> [i, H, c].
-        let [_, _, cz] = act_2d.dims();
-        let result_2d = attn.swap_dims(0, 1).matmul(act_2d).reshape([n, h * cz]);
+        // Pair values: attn [B, H, i, j] with act_2d [B, i, j, c] -> [B, i, H, c].
+        let [_, _, _, cz] = act_2d.dims();
+        let result_2d = attn.swap_dims(1, 2).matmul(act_2d).reshape([b, n, h * cz]);
 
         let features = Tensor::cat(
             vec![
@@ -210,7 +222,7 @@ impl InvariantPointAttention {
                 result_point_norm,
                 result_2d,
             ],
-            1,
+            2,
         );
         self.output_projection.forward(features)
     }

@@ -20,6 +20,7 @@ pub mod invariant_point_attention;
 pub mod model;
 pub mod outputs;
 pub mod pipeline;
+pub mod precision;
 pub mod predict;
 pub mod recycling_embedder;
 pub mod residue_constants;

@@ -1,8 +1,12 @@
 //! One AlphaFold iteration (Algorithm 2, lines 3-22) and the recycling loop around it.
+//!
+//! Every stage runs on a batch of designs of one length (a leading design axis `B` on every
+//! tensor: [`AlphaFold::forward_iteration_batch`], [`AlphaFold::forward_recycled_batch_observed`]);
+//! the single-design methods are thin wrappers that run a batch of one.
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use af2_io::npz::NdArray;
 use af2_io::weights::ModelDims;
@@ -12,11 +16,14 @@ use crate::evoformer::{
     EvoformerBlockConfig, EvoformerStack, EvoformerStackConfig, PairLayersConfig,
 };
 use crate::extra_msa_stack::{ExtraMsaStack, ExtraMsaStackConfig};
-use crate::features::{Features, TemplateFeatures, relpos_tensor, to_int_tensor, to_tensor};
-use crate::heads::{HeadLogits, Heads, HeadsConfig};
+use crate::features::{BatchFeatures, Features, TemplateFeatures, to_int_tensor};
+use crate::heads::{BatchHeadLogits, HeadLogits, Heads, HeadsConfig};
 use crate::input_embedder::{InputEmbedder, InputEmbedderConfig};
+use crate::precision::module_dtype;
 use crate::recycling_embedder::{RecyclingEmbedder, RecyclingEmbedderConfig};
-use crate::structure_module::{StructureModule, StructureModuleConfig, StructureOutput};
+use crate::structure_module::{
+    BatchStructureOutput, StructureModule, StructureModuleConfig, StructureOutput,
+};
 use crate::template_embedding::{TemplateEmbedding, TemplateEmbeddingConfig, TemplateInputs};
 use crate::template_torsion_embedding::{TemplateTorsionEmbedding, TemplateTorsionEmbeddingConfig};
 
@@ -157,6 +164,11 @@ pub struct AlphaFold {
     pub heads: Heads,
 }
 
+/// Design `d` of a tensor with a leading design axis: `[B, ...]` -> `[...]` (rank `E = D - 1`).
+pub fn design_slice<const D: usize, const E: usize>(t: &Tensor<D>, d: usize) -> Tensor<E> {
+    t.clone().narrow(0, d, 1).squeeze_dim::<E>(0)
+}
+
 /// The state carried from one iteration to the next.
 #[derive(Clone, Debug)]
 pub struct Recycled {
@@ -179,7 +191,64 @@ impl Recycled {
     }
 }
 
-/// Everything one iteration produces.
+/// [`Recycled`] of a batch of designs: every tensor with a leading design axis `B`.
+#[derive(Clone, Debug)]
+pub struct BatchRecycled {
+    /// `[B, N, c_m]`
+    pub msa_first_row: Tensor<3>,
+    /// `[B, N, N, c_z]`
+    pub pair: Tensor<4>,
+    /// `[B, N, 37, 3]` atom37 positions (Å).
+    pub positions: Tensor<4>,
+}
+
+impl BatchRecycled {
+    /// The all-zero state of `b` designs.
+    pub fn zeros(
+        b: usize,
+        n: usize,
+        msa_channels: usize,
+        pair_channels: usize,
+        device: &Device,
+    ) -> Self {
+        Self {
+            msa_first_row: Tensor::zeros([b, n, msa_channels], device),
+            pair: Tensor::zeros([b, n, n, pair_channels], device),
+            positions: Tensor::zeros([b, n, 37, 3], device),
+        }
+    }
+
+    /// The states of several designs (of one length) as one batch.
+    ///
+    /// # Panics
+    /// If `states` is empty.
+    pub fn stack(states: Vec<Recycled>) -> Self {
+        let mut rows = Vec::with_capacity(states.len());
+        let mut pairs = Vec::with_capacity(states.len());
+        let mut positions = Vec::with_capacity(states.len());
+        for s in states {
+            rows.push(s.msa_first_row);
+            pairs.push(s.pair);
+            positions.push(s.positions);
+        }
+        Self {
+            msa_first_row: Tensor::stack(rows, 0),
+            pair: Tensor::stack(pairs, 0),
+            positions: Tensor::stack(positions, 0),
+        }
+    }
+
+    /// The state of design `d`.
+    pub fn design(&self, d: usize) -> Recycled {
+        Recycled {
+            msa_first_row: design_slice(&self.msa_first_row, d),
+            pair: design_slice(&self.pair, d),
+            positions: design_slice(&self.positions, d),
+        }
+    }
+}
+
+/// Everything one iteration produces for one design.
 #[derive(Clone, Debug)]
 pub struct IterationOutput {
     /// Cluster rows of the final MSA representation `[S, N, c_m]`.
@@ -206,20 +275,64 @@ impl IterationOutput {
     }
 }
 
-/// Pseudo-beta positions: CB, or CA for glycine (`pseudo_beta_fn`).
+/// [`IterationOutput`] of a batch of designs: every tensor with a leading design axis `B`.
+#[derive(Clone, Debug)]
+pub struct BatchOutput {
+    /// `[B, S, N, c_m]`
+    pub msa: Tensor<4>,
+    /// `[B, N, N, c_z]`
+    pub pair: Tensor<4>,
+    /// `[B, N, c_s]`
+    pub single: Tensor<3>,
+    /// Structure module outputs.
+    pub structure: BatchStructureOutput,
+    /// Head logits.
+    pub logits: BatchHeadLogits,
+}
+
+impl BatchOutput {
+    /// Number of designs `B`.
+    pub fn batch_size(&self) -> usize {
+        self.msa.dims()[0]
+    }
+
+    /// The outputs of design `d` (views of the batch's tensors).
+    pub fn design(&self, d: usize) -> IterationOutput {
+        IterationOutput {
+            msa: design_slice(&self.msa, d),
+            pair: design_slice(&self.pair, d),
+            single: design_slice(&self.single, d),
+            structure: self.structure.design(d),
+            logits: self.logits.design(d),
+        }
+    }
+
+    /// The state to feed into the next iteration.
+    pub fn recycled(&self) -> BatchRecycled {
+        let [b, _, n, c] = self.msa.dims();
+        BatchRecycled {
+            msa_first_row: self.msa.clone().narrow(1, 0, 1).reshape([b, n, c]),
+            pair: self.pair.clone(),
+            positions: self.structure.final_atom37.clone(),
+        }
+    }
+}
+
+/// Pseudo-beta positions: CB, or CA for glycine (`pseudo_beta_fn`), of a batch of designs.
 ///
 /// # Shapes
-/// - positions: `[N, 37, 3]` -> `[N, 3]`
-pub fn pseudo_beta(aatype: &[i64], positions: Tensor<3>) -> Tensor<2> {
-    let [n, _, _] = positions.dims();
+/// - aatype: `[B * N]`, design after design
+/// - positions: `[B, N, 37, 3]` -> `[B, N, 3]`
+pub fn pseudo_beta(aatype: &[i64], positions: Tensor<4>) -> Tensor<3> {
+    let [b, n, _, _] = positions.dims();
     let device = positions.device();
     let is_gly: Vec<f32> = aatype
         .iter()
         .map(|&a| f32::from(u8::from(a == GLYCINE)))
         .collect();
-    let gly = Tensor::<2>::from_data(TensorData::new(is_gly, [n, 1]), &device);
-    let ca = positions.clone().narrow(1, ATOM_CA, 1).reshape([n, 3]);
-    let cb = positions.narrow(1, ATOM_CB, 1).reshape([n, 3]);
+    let gly = Tensor::<3>::from_data(TensorData::new(is_gly, [b, n, 1]), &device);
+    let ca = positions.clone().narrow(2, ATOM_CA, 1).reshape([b, n, 3]);
+    let cb = positions.narrow(2, ATOM_CB, 1).reshape([b, n, 3]);
     ca * gly.clone() + cb * (gly.neg() + 1.0)
 }
 
@@ -231,54 +344,109 @@ fn one_hot_rows(values: &[i64], classes: usize) -> Vec<f32> {
     out
 }
 
-fn template_inputs(t: &TemplateFeatures, index: usize, device: &Device) -> TemplateInputs {
-    let n = t.aatype.shape[1];
-    let slice =
-        |a: &NdArray<f32>, per: usize| a.data[index * n * per..(index + 1) * n * per].to_vec();
-    let masks = slice(&t.all_atom_masks, 37);
-    let backbone: Vec<f32> = masks
+/// Template slot `index` of every design of a batch.
+fn template_inputs(f: &BatchFeatures<'_>, index: usize, device: &Device) -> TemplateInputs {
+    let (b, n) = (f.len(), f.num_residues());
+    let templates = || {
+        f.designs()
+            .iter()
+            .map(|d| d.templates.as_ref().expect("the batch has templates"))
+    };
+    // The rows of slot `index` of one template array, design after design.
+    let slot = |array: fn(&TemplateFeatures) -> &NdArray<f32>, per: usize| -> Vec<f32> {
+        templates()
+            .flat_map(|t| array(t).data[index * n * per..(index + 1) * n * per].to_vec())
+            .collect()
+    };
+    let backbone: Vec<f32> = slot(|t| &t.all_atom_masks, 37)
         .chunks_exact(37)
         .map(|m| m[ATOM_N] * m[ATOM_CA] * m[ATOM_C])
         .collect();
-    let aatype = &t.aatype.data[index * n..(index + 1) * n];
+    let aatype: Vec<i64> = templates()
+        .flat_map(|t| t.aatype.data[index * n..(index + 1) * n].to_vec())
+        .collect();
+    let upload = |data: Vec<f32>, shape: Vec<usize>| TensorData::new(data, shape);
     TemplateInputs {
         aatype_one_hot: Tensor::from_data(
-            TensorData::new(one_hot_rows(aatype, 22), [n, 22]),
+            upload(one_hot_rows(&aatype, 22), vec![b, n, 22]),
             device,
         ),
-        pseudo_beta: Tensor::from_data(TensorData::new(slice(&t.pseudo_beta, 3), [n, 3]), device),
+        pseudo_beta: Tensor::from_data(upload(slot(|t| &t.pseudo_beta, 3), vec![b, n, 3]), device),
         pseudo_beta_mask: Tensor::from_data(
-            TensorData::new(slice(&t.pseudo_beta_mask, 1), [n]),
+            upload(slot(|t| &t.pseudo_beta_mask, 1), vec![b, n]),
             device,
         ),
-        backbone_mask: Tensor::from_data(TensorData::new(backbone, [n]), device),
+        backbone_mask: Tensor::from_data(upload(backbone, vec![b, n]), device),
     }
 }
 
-/// Template torsion features `[T, N, 57]` and the psi mask `[T, N]` that masks their MSA rows.
-fn template_torsion_features(t: &TemplateFeatures, device: &Device) -> (Tensor<3>, Tensor<2>) {
-    let [tn, n] = [t.aatype.shape[0], t.aatype.shape[1]];
-    let aatype = to_int_tensor::<2>(&t.aatype.data, t.aatype.shape.clone(), device);
+/// Template torsion features `[B, T, N, 57]` and the psi mask `[B, T, N]` that masks their MSA
+/// rows, for every design of a batch (the `B * T` templates in one call).
+fn template_torsion_features(f: &BatchFeatures<'_>, device: &Device) -> (Tensor<4>, Tensor<3>) {
+    let (b, n) = (f.len(), f.num_residues());
+    let tn = f.num_templates().expect("the batch has templates");
+    let aatype: Vec<i64> = f
+        .designs()
+        .iter()
+        .flat_map(|d| {
+            let t = d.templates.as_ref().expect("the batch has templates");
+            t.aatype.data.iter().copied()
+        })
+        .collect();
+    let positions: Tensor<5> = f.stacked_templates(|t| &t.all_atom_positions, device);
+    let masks: Tensor<4> = f.stacked_templates(|t| &t.all_atom_masks, device);
     let torsions = atom37_to_torsion_angles(
-        aatype,
-        to_tensor::<4>(&t.all_atom_positions, device),
-        to_tensor::<3>(&t.all_atom_masks, device),
+        to_int_tensor::<2>(&aatype, vec![b * tn, n], device),
+        positions.reshape([b * tn, n, 37, 3]),
+        masks.reshape([b * tn, n, 37]),
     );
     let one_hot = Tensor::<3>::from_data(
-        TensorData::new(one_hot_rows(&t.aatype.data, 22), [tn, n, 22]),
+        TensorData::new(one_hot_rows(&aatype, 22), [b * tn, n, 22]),
         device,
     );
     let features = Tensor::cat(
         vec![
             one_hot,
-            torsions.sin_cos.reshape([tn, n, 14]),
-            torsions.alt_sin_cos.reshape([tn, n, 14]),
+            torsions.sin_cos.reshape([b * tn, n, 14]),
+            torsions.alt_sin_cos.reshape([b * tn, n, 14]),
             torsions.mask.clone(),
         ],
         2,
     );
-    let psi_mask = torsions.mask.narrow(2, 2, 1).reshape([tn, n]);
-    (features, psi_mask)
+    let psi_mask = torsions.mask.narrow(2, 2, 1).reshape([b, tn, n]);
+    (features.reshape([b, tn, n, 57]), psi_mask)
+}
+
+/// What one pass of the batched recycling loop did for one design.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DesignPass {
+    /// Whether the design was still recycling in this pass (it had not stopped early before);
+    /// the outputs of later passes are not the design's.
+    pub active: bool,
+    /// RMS change of the CA distance matrix from the previous pass (Å); `None` for the first
+    /// pass and for inactive designs.
+    pub ca_change: Option<f32>,
+}
+
+/// What the batched recycling loop returns.
+#[derive(Clone, Debug)]
+pub struct BatchRecycling {
+    /// The last pass run, for every design of the batch.
+    pub last: BatchOutput,
+    /// For each design that stopped early, its outputs of the pass where it stopped.
+    pub stopped: Vec<Option<IterationOutput>>,
+    /// What the loop did for each design.
+    pub logs: Vec<RecycleLog>,
+}
+
+impl BatchRecycling {
+    /// The outputs of design `d`: those of the pass where it stopped early, else of the last
+    /// pass.
+    pub fn output(&self, d: usize) -> IterationOutput {
+        self.stopped[d]
+            .clone()
+            .unwrap_or_else(|| self.last.design(d))
+    }
 }
 
 impl AlphaFold {
@@ -302,7 +470,14 @@ impl AlphaFold {
         template_pair_mask: Option<&Tensor<2>>,
         device: &Device,
     ) -> IterationOutput {
-        self.iteration(f, prev, template_pair_mask, device, &mut StageClock::off())
+        let mask = template_pair_mask.map(|m| m.clone().unsqueeze::<3>());
+        self.forward_iteration_batch(
+            &BatchFeatures::single(f),
+            BatchRecycled::stack(vec![prev]),
+            mask.as_ref(),
+            device,
+        )
+        .design(0)
     }
 
     /// [`AlphaFold::forward_iteration`] that also adds each stage's wall time to `times`,
@@ -315,49 +490,80 @@ impl AlphaFold {
         device: &Device,
         times: &mut StageTimes,
     ) -> IterationOutput {
+        self.forward_iteration_batch_timed(
+            &BatchFeatures::single(f),
+            BatchRecycled::stack(vec![prev]),
+            device,
+            times,
+        )
+        .design(0)
+    }
+
+    /// One iteration for a batch of designs of one length, every stage on the whole batch:
+    /// the single-design methods are this with a batch of one. `template_pair_mask` is
+    /// `[B, N, N]` (see [`AlphaFold::forward_iteration_masked`]).
+    pub fn forward_iteration_batch(
+        &self,
+        f: &BatchFeatures<'_>,
+        prev: BatchRecycled,
+        template_pair_mask: Option<&Tensor<3>>,
+        device: &Device,
+    ) -> BatchOutput {
+        self.iteration(f, prev, template_pair_mask, device, &mut StageClock::off())
+    }
+
+    /// [`AlphaFold::forward_iteration_batch`] (without a template pair mask) that also adds each
+    /// stage's wall time to `times`, as [`AlphaFold::forward_iteration_timed`].
+    pub fn forward_iteration_batch_timed(
+        &self,
+        f: &BatchFeatures<'_>,
+        prev: BatchRecycled,
+        device: &Device,
+        times: &mut StageTimes,
+    ) -> BatchOutput {
         let mut clock = StageClock::on(device, times);
         self.iteration(f, prev, None, device, &mut clock)
     }
 
     fn iteration(
         &self,
-        f: &Features,
-        prev: Recycled,
-        template_pair_mask: Option<&Tensor<2>>,
+        f: &BatchFeatures<'_>,
+        prev: BatchRecycled,
+        template_pair_mask: Option<&Tensor<3>>,
         device: &Device,
         clock: &mut StageClock<'_>,
-    ) -> IterationOutput {
-        let n = f.num_residues();
+    ) -> BatchOutput {
+        let (b, n) = (f.len(), f.num_residues());
         let num_clusters = f.num_msa_rows();
-        let seq_mask = to_tensor::<1>(&f.seq_mask, device);
+        let seq_mask: Tensor<2> = f.stacked(|d| &d.seq_mask, device);
         let pair_mask =
-            seq_mask.clone().unsqueeze_dim::<2>(1) * seq_mask.clone().unsqueeze_dim::<2>(0);
+            seq_mask.clone().unsqueeze_dim::<3>(2) * seq_mask.clone().unsqueeze_dim::<3>(1);
 
         let (msa, pair) = self.input_embedder.forward(
-            to_tensor(&f.target_feat, device),
-            to_tensor(&f.msa_feat, device),
-            relpos_tensor(&f.residue_index, device),
+            f.stacked(|d| &d.target_feat, device),
+            f.stacked(|d| &d.msa_feat, device),
+            f.relpos_classes(device),
         );
+        let aatype = f.aatype();
         let (row_update, pair_update) = self.recycling_embedder.forward(
             prev.msa_first_row,
             prev.pair,
-            pseudo_beta(&f.aatype, prev.positions),
+            pseudo_beta(&aatype, prev.positions),
         );
-        let c_m = msa.dims()[2];
-        let first = msa.clone().narrow(0, 0, 1) + row_update.reshape([1, n, c_m]);
+        let c_m = msa.dims()[3];
+        let first = msa.clone().narrow(1, 0, 1) + row_update.reshape([b, 1, n, c_m]);
         let mut msa = if num_clusters > 1 {
-            Tensor::cat(vec![first, msa.narrow(0, 1, num_clusters - 1)], 0)
+            Tensor::cat(vec![first, msa.narrow(1, 1, num_clusters - 1)], 1)
         } else {
             first
         };
         let mut pair = pair + pair_update;
-        let mut msa_mask = to_tensor::<2>(&f.msa_mask, device);
+        let mut msa_mask: Tensor<3> = f.stacked(|d| &d.msa_mask, device);
 
-        if let (Some(embedding), Some(t)) = (&self.template_embedding, &f.templates) {
-            let templates: Vec<TemplateInputs> = (0..t.aatype.shape[0])
-                .map(|i| template_inputs(t, i, device))
-                .collect();
-            let mask = to_tensor::<1>(&t.mask, device);
+        if let (Some(embedding), Some(t)) = (&self.template_embedding, f.num_templates()) {
+            let templates: Vec<TemplateInputs> =
+                (0..t).map(|i| template_inputs(f, i, device)).collect();
+            let mask = f.stacked_templates(|t| &t.mask, device);
             pair = pair.clone()
                 + embedding.forward_masked(
                     pair,
@@ -368,23 +574,34 @@ impl AlphaFold {
                 );
         }
         clock.lap(|t| &mut t.embeddings);
+        // The stacks compute in their parameters' dtype (f16 in half precision).
+        let extra_dtype = module_dtype(&self.extra_msa_stack);
         pair = self.extra_msa_stack.forward(
-            to_tensor(&f.extra_feat, device),
-            to_tensor(&f.extra_msa_mask, device),
-            pair,
-            pair_mask.clone(),
+            f.stacked::<4>(|d| &d.extra_feat, device).cast(extra_dtype),
+            f.stacked::<3>(|d| &d.extra_msa_mask, device)
+                .cast(extra_dtype),
+            pair.cast(extra_dtype),
+            pair_mask.clone().cast(extra_dtype),
         );
         clock.lap(|t| &mut t.extra_msa);
-        if let (Some(torsion), Some(t)) = (&self.template_torsion_embedding, &f.templates) {
-            let (features, psi_mask) = template_torsion_features(t, device);
-            msa = Tensor::cat(vec![msa, torsion.forward(features)], 0);
-            msa_mask = Tensor::cat(vec![msa_mask, psi_mask], 0);
+        if let (Some(torsion), Some(_)) = (&self.template_torsion_embedding, f.num_templates()) {
+            let (features, psi_mask) = template_torsion_features(f, device);
+            msa = Tensor::cat(vec![msa, torsion.forward(features)], 1);
+            msa_mask = Tensor::cat(vec![msa_mask, psi_mask], 1);
         }
-        let (msa, pair, single) = self.evoformer.forward(msa, msa_mask, pair, pair_mask);
-        let msa = msa.narrow(0, 0, num_clusters);
+        let trunk = module_dtype(&self.evoformer);
+        let (msa, pair, single) = self.evoformer.forward(
+            msa.cast(trunk),
+            msa_mask.cast(trunk),
+            pair.cast(trunk),
+            pair_mask.cast(trunk),
+        );
+        let f32 = FloatDType::F32;
+        let (msa, pair, single) = (msa.cast(f32), pair.cast(f32), single.cast(f32));
+        let msa = msa.narrow(1, 0, num_clusters);
         clock.lap(|t| &mut t.evoformer);
 
-        let aatype = to_int_tensor::<1>(&f.aatype, vec![n], device);
+        let aatype = to_int_tensor::<2>(&aatype, vec![b, n], device);
         let structure =
             self.structure_module
                 .forward(single.clone(), pair.clone(), seq_mask, aatype);
@@ -396,7 +613,7 @@ impl AlphaFold {
             structure.act.clone(),
         );
         clock.lap(|t| &mut t.heads);
-        IterationOutput {
+        BatchOutput {
             msa,
             pair,
             single,
@@ -439,6 +656,7 @@ impl AlphaFold {
     /// pass `on_pass(r, output, ca_change)` is called (`ca_change`: RMS change of the CA
     /// distance matrix from the previous pass, `None` for the first). `template_pair_mask` is as
     /// in [`AlphaFold::forward_iteration_masked`]. Returns the last pass and what the loop did.
+    /// This is [`AlphaFold::forward_recycled_batch_observed`] with a batch of one.
     ///
     /// # Panics
     /// If `passes` is empty.
@@ -451,40 +669,131 @@ impl AlphaFold {
         device: &Device,
         mut on_pass: impl FnMut(usize, &IterationOutput, Option<f32>),
     ) -> (IterationOutput, RecycleLog) {
+        let mask = template_pair_mask.map(|m| m.clone().unsqueeze::<3>());
+        let mut run = self.forward_recycled_batch_observed(
+            passes.into_iter().map(BatchFeatures::single),
+            initial.map(|state| BatchRecycled::stack(vec![state])),
+            mask.as_ref(),
+            options,
+            device,
+            |r, out, status| on_pass(r, &out.design(0), status[0].ca_change),
+        );
+        let output = run.output(0);
+        (output, run.logs.swap_remove(0))
+    }
+
+    /// The recycling loop for a batch of designs of one length: one pass per element of
+    /// `passes`, each fed the previous pass's state (`initial`, else zeros, for the first).
+    ///
+    /// Early stop (`options`) is per design, as ColabFold's: a design whose CA distance matrix
+    /// changed by less than the tolerance keeps the outputs of that pass (in
+    /// [`BatchRecycling::stopped`]) and its log ends there; the batch runs on while any design is
+    /// still active (the stopped ones are computed along, and their later outputs ignored).
+    /// After every pass `on_pass(r, output, status)` is called with one [`DesignPass`] per
+    /// design. `template_pair_mask` is `[B, N, N]`, as in
+    /// [`AlphaFold::forward_iteration_batch`].
+    ///
+    /// # Panics
+    /// If `passes` is empty, or its batches differ in size.
+    pub fn forward_recycled_batch_observed<'a>(
+        &self,
+        passes: impl IntoIterator<Item = BatchFeatures<'a>>,
+        initial: Option<BatchRecycled>,
+        template_pair_mask: Option<&Tensor<3>>,
+        options: &RecycleOptions,
+        device: &Device,
+        mut on_pass: impl FnMut(usize, &BatchOutput, &[DesignPass]),
+    ) -> BatchRecycling {
         let mut passes = passes.into_iter().peekable();
         let first = passes
             .peek()
             .expect("the recycling loop needs at least one pass");
-        let mut prev = initial.unwrap_or_else(|| self.zero_state(first.num_residues(), device));
-        let mut log = RecycleLog::default();
-        let mut output = None;
+        let b = first.len();
+        let seq_masks: Vec<NdArray<f32>> =
+            first.designs().iter().map(|f| f.seq_mask.clone()).collect();
+        let mut prev =
+            initial.unwrap_or_else(|| self.zero_state_batch(b, first.num_residues(), device));
+        let mut logs = vec![RecycleLog::default(); b];
+        let mut stopped: Vec<Option<IterationOutput>> = vec![None; b];
+        let mut prev_ca: Option<Vec<f32>> = None;
+        let mut last = None;
         for (r, features) in passes.enumerate() {
-            let out =
-                self.forward_iteration_masked(features, prev.clone(), template_pair_mask, device);
-            let next = out.recycled();
-            log.iterations_run += 1;
-            let change = (r > 0).then(|| {
-                let change =
-                    ca_distance_change(&prev.positions, &next.positions, &features.seq_mask);
-                log.ca_distance_change.push(change);
-                change
-            });
-            on_pass(r, &out, change);
-            output = Some(out);
-            if change.is_some_and(|c| options.early_stop_tolerance.is_some_and(|tol| c < tol)) {
-                log.stopped_early = true;
+            assert_eq!(features.len(), b, "every pass needs the same designs");
+            let out = self.forward_iteration_batch(&features, prev, template_pair_mask, device);
+            let ca = host_ca(&out.structure.final_atom37);
+            let status: Vec<DesignPass> = (0..b)
+                .map(|d| {
+                    let active = stopped[d].is_none();
+                    let ca_change = match (&prev_ca, active) {
+                        (Some(before), true) => {
+                            let per = ca.len() / b;
+                            Some(ca_change_host(
+                                &before[d * per..(d + 1) * per],
+                                &ca[d * per..(d + 1) * per],
+                                &seq_masks[d].data,
+                            ))
+                        }
+                        _ => None,
+                    };
+                    DesignPass { active, ca_change }
+                })
+                .collect();
+            on_pass(r, &out, &status);
+            for (d, s) in status.iter().enumerate().filter(|(_, s)| s.active) {
+                let log = &mut logs[d];
+                log.iterations_run += 1;
+                if let Some(change) = s.ca_change {
+                    log.ca_distance_change.push(change);
+                    if options.early_stop_tolerance.is_some_and(|tol| change < tol) {
+                        log.stopped_early = true;
+                        stopped[d] = Some(out.design(d));
+                    }
+                }
+            }
+            prev = out.recycled();
+            prev_ca = Some(ca);
+            let all_stopped = stopped.iter().all(Option::is_some);
+            last = Some(out);
+            if all_stopped {
                 break;
             }
-            prev = next;
         }
-        (output.expect("at least one pass"), log)
+        BatchRecycling {
+            last: last.expect("at least one pass"),
+            stopped,
+            logs,
+        }
+    }
+
+    /// One batched prediction without early stop or callbacks, for benchmarks: `num_recycles +
+    /// 1` passes on the same features from the zero state; returns the last pass.
+    pub fn forward_recycled_batch(
+        &self,
+        f: &BatchFeatures<'_>,
+        num_recycles: usize,
+        device: &Device,
+    ) -> BatchOutput {
+        self.forward_recycled_batch_observed(
+            std::iter::repeat_n(f.clone(), num_recycles + 1),
+            None,
+            None,
+            &RecycleOptions::default(),
+            device,
+            |_, _, _| {},
+        )
+        .last
     }
 
     /// The all-zero recycled state for `n` residues at this model's widths.
     pub fn zero_state(&self, n: usize, device: &Device) -> Recycled {
+        self.zero_state_batch(1, n, device).design(0)
+    }
+
+    /// The all-zero recycled state of `b` designs of `n` residues.
+    pub fn zero_state_batch(&self, b: usize, n: usize, device: &Device) -> BatchRecycled {
         let c_m = self.input_embedder.preprocess_1d.weight.dims()[1];
         let c_z = self.input_embedder.left_single.weight.dims()[1];
-        Recycled::zeros(n, c_m, c_z, device)
+        BatchRecycled::zeros(b, n, c_m, c_z, device)
     }
 }
 
@@ -510,20 +819,30 @@ pub struct RecycleLog {
 
 /// RMS over valid residue pairs of the change in CA-CA distances between two atom37 sets.
 pub fn ca_distance_change(before: &Tensor<3>, after: &Tensor<3>, seq_mask: &NdArray<f32>) -> f32 {
-    let ca = |t: &Tensor<3>| {
-        let v = crate::outputs::to_host(t.clone().narrow(1, ATOM_CA, 1)).data;
+    let ca = |t: &Tensor<3>| crate::outputs::to_host(t.clone().narrow(1, ATOM_CA, 1)).data;
+    ca_change_host(&ca(before), &ca(after), &seq_mask.data)
+}
+
+/// The CA positions of a batch `[B, N, 37, 3]`, on the host: `[B * N * 3]`.
+fn host_ca(positions: &Tensor<4>) -> Vec<f32> {
+    crate::outputs::to_host(positions.clone().narrow(2, ATOM_CA, 1)).data
+}
+
+/// [`ca_distance_change`] of host CA positions `[N * 3]` and a mask `[N]`.
+fn ca_change_host(before: &[f32], after: &[f32], seq_mask: &[f32]) -> f32 {
+    let points = |v: &[f32]| {
         v.chunks_exact(3)
             .map(|p| [p[0], p[1], p[2]])
             .collect::<Vec<_>>()
     };
-    let (a, b) = (ca(before), ca(after));
+    let (a, b) = (points(before), points(after));
     let dist = |p: &[f32; 3], q: &[f32; 3]| {
         ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()
     };
     let (mut sum, mut count) = (0.0f64, 0.0f64);
     for i in 0..a.len() {
         for j in 0..a.len() {
-            let w = f64::from(seq_mask.data[i] * seq_mask.data[j]);
+            let w = f64::from(seq_mask[i] * seq_mask[j]);
             let d = f64::from(dist(&a[i], &a[j]) - dist(&b[i], &b[j]));
             sum += w * d * d;
             count += w;
@@ -577,3 +896,6 @@ impl<'a> StageClock<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,7 @@ use af2_io::npz::NdArray;
 use af2_io::output::{Atom37Structure, write_pdb};
 
 use crate::confidence;
-use crate::features::{Features, TemplateFeatures};
+use crate::features::{BatchFeatures, FeatureError, Features, TemplateFeatures};
 use crate::model::{AlphaFold, RecycleLog, RecycleOptions};
 pub use crate::outputs::PaeOutput;
 use crate::outputs::{confidences, to_host};
@@ -136,7 +136,8 @@ pub fn same_chain_mask(asym_id: &[i64]) -> Vec<f32> {
 
 /// Runs `num_recycles + 1` passes (fewer when `options` stops early), calling `on_recycle` after
 /// each, and reads the last pass back. The loop is [`AlphaFold::forward_recycled_with`]'s, with
-/// the initial guess and template pair mask of `inputs`.
+/// the initial guess and template pair mask of `inputs`: this is [`predict_batch`] with a batch
+/// of one.
 ///
 /// # Panics
 /// If `inputs.iterations` is empty, or the initial positions or mask do not fit the features.
@@ -148,56 +149,130 @@ pub fn predict(
     device: &Device,
     mut on_recycle: impl FnMut(&RecycleReport),
 ) -> Prediction {
-    assert!(!inputs.iterations.is_empty(), "predict needs features");
-    let n = inputs.iterations[0].num_residues();
-    let mut initial = model.zero_state(n, device);
-    if let Some(p) = inputs.initial_positions {
-        assert_eq!(p.shape, vec![n, 37, 3], "initial positions");
-        initial.positions = Tensor::from_data(TensorData::new(p.data.clone(), [n, 37, 3]), device);
+    predict_batch(
+        model,
+        std::slice::from_ref(inputs),
+        num_recycles,
+        options,
+        device,
+        |_, report| on_recycle(report),
+    )
+    .expect("one design is always a batch")
+    .swap_remove(0)
+}
+
+/// [`predict`] for a batch of designs of one length (and one MSA depth and template count):
+/// every pass runs the whole batch in one batched forward pass
+/// ([`AlphaFold::forward_recycled_batch_observed`]). `on_recycle(design, report)` is called
+/// after each pass for every design still recycling. Early stop is per design: a design that
+/// stops keeps the outputs of that pass while the others recycle on. Designs without an
+/// initial guess start from zeros, designs without a template pair mask are unmasked, as alone.
+///
+/// # Errors
+/// If the designs' features differ in shape; the error names the first design that differs.
+///
+/// # Panics
+/// If `inputs` is empty, a design has no features, or its initial positions or mask do not fit
+/// its features.
+pub fn predict_batch(
+    model: &AlphaFold,
+    inputs: &[PredictionInputs<'_>],
+    num_recycles: usize,
+    options: &RecycleOptions,
+    device: &Device,
+    mut on_recycle: impl FnMut(usize, &RecycleReport),
+) -> Result<Vec<Prediction>, FeatureError> {
+    assert!(!inputs.is_empty(), "predict_batch needs designs");
+    assert!(
+        inputs.iter().all(|i| !i.iterations.is_empty()),
+        "predict needs features"
+    );
+    let passes = (0..=num_recycles)
+        .map(|r| {
+            BatchFeatures::new(
+                inputs
+                    .iter()
+                    .map(|i| &i.iterations[r.min(i.iterations.len() - 1)]),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (b, n) = (inputs.len(), passes[0].num_residues());
+    let mut initial = model.zero_state_batch(b, n, device);
+    if inputs.iter().any(|i| i.initial_positions.is_some()) {
+        let mut positions = vec![0.0f32; b * n * 37 * 3];
+        for (i, chunk) in inputs.iter().zip(positions.chunks_exact_mut(n * 37 * 3)) {
+            if let Some(p) = i.initial_positions {
+                assert_eq!(p.shape, vec![n, 37, 3], "initial positions");
+                chunk.copy_from_slice(&p.data);
+            }
+        }
+        initial.positions = Tensor::from_data(TensorData::new(positions, [b, n, 37, 3]), device);
     }
-    let mask = inputs.template_pair_mask.map(|m| {
-        assert_eq!(m.len(), n * n, "template pair mask");
-        Tensor::<2>::from_data(TensorData::new(m.to_vec(), [n, n]), device)
-    });
-    let last_features = inputs.iterations.len() - 1;
-    let passes = (0..=num_recycles).map(|r| &inputs.iterations[r.min(last_features)]);
+    let mask = inputs
+        .iter()
+        .any(|i| i.template_pair_mask.is_some())
+        .then(|| {
+            let mut values = vec![1.0f32; b * n * n];
+            for (i, chunk) in inputs.iter().zip(values.chunks_exact_mut(n * n)) {
+                if let Some(m) = i.template_pair_mask {
+                    assert_eq!(m.len(), n * n, "template pair mask");
+                    chunk.copy_from_slice(m);
+                }
+            }
+            Tensor::<3>::from_data(TensorData::new(values, [b, n, n]), device)
+        });
     let mut pass_start = Instant::now();
-    let mut last_conf = None;
-    let (out, log) = model.forward_recycled_observed(
+    let mut last_conf = vec![None; b];
+    let run = model.forward_recycled_batch_observed(
         passes,
         Some(initial),
         mask.as_ref(),
         options,
         device,
-        |r, out, change| {
-            let conf = confidences(out);
-            on_recycle(&RecycleReport {
-                iteration: r,
-                mean_plddt: conf.mean_plddt(),
-                ptm: conf.ptm,
-                ca_change: change,
-                seconds: pass_start.elapsed().as_secs_f64(),
-            });
-            last_conf = Some(conf);
+        |r, out, status| {
+            let seconds = pass_start.elapsed().as_secs_f64();
+            for (d, s) in status.iter().enumerate().filter(|(_, s)| s.active) {
+                let conf = confidences(&out.design(d));
+                on_recycle(
+                    d,
+                    &RecycleReport {
+                        iteration: r,
+                        mean_plddt: conf.mean_plddt(),
+                        ptm: conf.ptm,
+                        ca_change: s.ca_change,
+                        seconds,
+                    },
+                );
+                last_conf[d] = Some(conf);
+            }
             pass_start = Instant::now();
         },
     );
-    let conf = last_conf.expect("at least one pass");
-    let iptm = match &conf.pae {
-        Some(p) if inputs.asym_id.iter().any(|&a| a != inputs.asym_id[0]) => Some(
-            confidence::predicted_tm_score(&p.logits, p.bins, None, Some(inputs.asym_id), true),
-        ),
-        _ => None,
-    };
-    Prediction {
-        atom_positions: to_host(out.structure.final_atom37.clone()),
-        atom_mask: to_host(out.structure.final_atom37_mask.clone()),
-        plddt: conf.plddt,
-        pae: conf.pae,
-        ptm: conf.ptm,
-        iptm,
-        log,
-    }
+    Ok(inputs
+        .iter()
+        .zip(last_conf)
+        .zip(run.logs.iter())
+        .enumerate()
+        .map(|(d, ((i, conf), log))| {
+            let conf = conf.expect("at least one pass");
+            let out = run.output(d);
+            let iptm = match &conf.pae {
+                Some(p) if i.asym_id.iter().any(|&a| a != i.asym_id[0]) => Some(
+                    confidence::predicted_tm_score(&p.logits, p.bins, None, Some(i.asym_id), true),
+                ),
+                _ => None,
+            };
+            Prediction {
+                atom_positions: to_host(out.structure.final_atom37.clone()),
+                atom_mask: to_host(out.structure.final_atom37_mask.clone()),
+                plddt: conf.plddt,
+                pae: conf.pae,
+                ptm: conf.ptm,
+                iptm,
+                log: log.clone(),
+            }
+        })
+        .collect())
 }
 
 /// The recycled state of an initial guess: atom37 positions `[N, 37, 3]` from chain atoms laid

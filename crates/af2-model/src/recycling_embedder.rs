@@ -48,14 +48,14 @@ impl RecyclingEmbedderConfig {
 /// bin b when `lower_b^2 < d^2 < upper_b^2`, the last bin open-ended (upper 1e8).
 ///
 /// # Shapes
-/// - positions: `[N, 3]` -> `[N, N, num_bins]`
+/// - positions: `[B, N, 3]` -> `[B, N, N, num_bins]`
 pub fn dgram_from_positions(
-    positions: Tensor<2>,
+    positions: Tensor<3>,
     num_bins: usize,
     min_bin: f32,
     max_bin: f32,
-) -> Tensor<3> {
-    let [n, _] = positions.dims();
+) -> Tensor<4> {
+    let [b, n, _] = positions.dims();
     let device = positions.device();
     let (min_bin, max_bin) = (f64::from(min_bin), f64::from(max_bin));
     let lower: Vec<f32> = (0..num_bins)
@@ -67,28 +67,29 @@ pub fn dgram_from_positions(
     let upper: Vec<f32> = lower[1..].iter().copied().chain([1e8f32]).collect();
     let as_bins = |v: Vec<f32>| {
         Tensor::<1>::from_floats(v.as_slice(), &device)
-            .reshape([1, 1, num_bins])
-            .expand([n, n, num_bins])
+            .reshape([1, 1, 1, num_bins])
+            .expand([b, n, n, num_bins])
     };
-    let diff = positions.clone().unsqueeze_dim::<3>(1) - positions.unsqueeze_dim::<3>(0);
-    let dist2 = diff.square().sum_dim(2).expand([n, n, num_bins]);
+    let diff = positions.clone().unsqueeze_dim::<4>(2) - positions.unsqueeze_dim::<4>(1);
+    let dist2 = diff.square().sum_dim(3).expand([b, n, n, num_bins]);
     let above = dist2.clone().greater(as_bins(lower)).float();
     let below = dist2.lower(as_bins(upper)).float();
     above * below
 }
 
 impl RecyclingEmbedder {
-    /// Returns the updates to the first MSA row and to the pair.
+    /// Returns the updates to the first MSA row and to the pair of each design of a batch.
     ///
     /// # Shapes
-    /// - prev_msa_first_row: `[N, c_m]`, prev_pair: `[N, N, c_z]`, prev_pseudo_beta: `[N, 3]`
-    /// - returns `(first_row_update [N, c_m], pair_update [N, N, c_z])`
+    /// - prev_msa_first_row: `[B, N, c_m]`, prev_pair: `[B, N, N, c_z]`,
+    ///   prev_pseudo_beta: `[B, N, 3]`
+    /// - returns `(first_row_update [B, N, c_m], pair_update [B, N, N, c_z])`
     pub fn forward(
         &self,
-        prev_msa_first_row: Tensor<2>,
-        prev_pair: Tensor<3>,
-        prev_pseudo_beta: Tensor<2>,
-    ) -> (Tensor<2>, Tensor<3>) {
+        prev_msa_first_row: Tensor<3>,
+        prev_pair: Tensor<4>,
+        prev_pseudo_beta: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<4>) {
         let dgram = dgram_from_positions(
             prev_pseudo_beta,
             RECYCLE_BINS,

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::all_atom::atom14_to_atom37;
 use crate::invariant_point_attention::{InvariantPointAttention, InvariantPointAttentionConfig};
+use crate::model::design_slice;
 use crate::sidechain::{MultiRigidSidechain, MultiRigidSidechainConfig, SidechainOutput};
 
 /// Configuration of a [`StructureModule`].
@@ -134,7 +135,8 @@ pub struct FoldIteration {
     pub rigid_sidechain: MultiRigidSidechain,
 }
 
-/// Everything the structure module returns (AlphaFold output names in parentheses).
+/// Everything the structure module returns for one design (AlphaFold output names in
+/// parentheses).
 #[derive(Debug, Clone)]
 pub struct StructureOutput {
     /// Backbone frames of every iteration as quaternion and translation in Å
@@ -162,6 +164,46 @@ pub struct StructureOutput {
     pub act: Tensor<2>,
 }
 
+/// [`StructureOutput`] of a batch of designs: every tensor with a leading design axis `B`.
+#[derive(Debug, Clone)]
+pub struct BatchStructureOutput {
+    /// `[B, num_layer, N, 7]`
+    pub affines: Tensor<4>,
+    /// `[B, num_layer, N, 7, 2]`
+    pub angles_sin_cos: Tensor<5>,
+    /// `[B, num_layer, N, 7, 2]`
+    pub unnormalized_angles_sin_cos: Tensor<5>,
+    /// `[B, num_layer, N, 8, 12]`
+    pub sidechain_frames: Tensor<5>,
+    /// `[B, num_layer, N, 14, 3]`
+    pub atom14: Tensor<5>,
+    /// `[B, N, 14, 3]`
+    pub final_atom14: Tensor<4>,
+    /// `[B, N, 37, 3]`
+    pub final_atom37: Tensor<4>,
+    /// `[B, N, 37]`
+    pub final_atom37_mask: Tensor<3>,
+    /// `[B, N, channels]`
+    pub act: Tensor<3>,
+}
+
+impl BatchStructureOutput {
+    /// The outputs of design `d`.
+    pub fn design(&self, d: usize) -> StructureOutput {
+        StructureOutput {
+            affines: design_slice(&self.affines, d),
+            angles_sin_cos: design_slice(&self.angles_sin_cos, d),
+            unnormalized_angles_sin_cos: design_slice(&self.unnormalized_angles_sin_cos, d),
+            sidechain_frames: design_slice(&self.sidechain_frames, d),
+            atom14: design_slice(&self.atom14, d),
+            final_atom14: design_slice(&self.final_atom14, d),
+            final_atom37: design_slice(&self.final_atom37, d),
+            final_atom37_mask: design_slice(&self.final_atom37_mask, d),
+            act: design_slice(&self.act, d),
+        }
+    }
+}
+
 impl StructureModule {
     /// Number of fold iterations.
     pub fn num_layer(&self) -> usize {
@@ -174,26 +216,28 @@ impl StructureModule {
     }
 
     /// Runs `num_layer` fold iterations from identity frames, then converts the final atoms to
-    /// atom37.
+    /// atom37, for each design of a batch. Everything but the attention works residue by
+    /// residue, on the `B * N` residues of the batch at once.
     ///
     /// # Shapes
-    /// - single: `[N, single_channels]`
-    /// - pair: `[N, N, pair_channels]`
-    /// - seq_mask: `[N]`
-    /// - aatype: `[N]`
+    /// - single: `[B, N, single_channels]`
+    /// - pair: `[B, N, N, pair_channels]`
+    /// - seq_mask: `[B, N]`
+    /// - aatype: `[B, N]`
     pub fn forward(
         &self,
-        single: Tensor<2>,
-        pair: Tensor<3>,
-        seq_mask: Tensor<1>,
-        aatype: Tensor<1, Int>,
-    ) -> StructureOutput {
-        let [n, _] = single.dims();
+        single: Tensor<3>,
+        pair: Tensor<4>,
+        seq_mask: Tensor<2>,
+        aatype: Tensor<2, Int>,
+    ) -> BatchStructureOutput {
+        let [b, n, _] = single.dims();
         let device = single.device();
+        let aatype = aatype.reshape([b * n]);
         let initial_act = self.single_layer_norm.forward(single);
         let mut act = self.initial_projection.forward(initial_act.clone());
         let act_2d = self.pair_layer_norm.forward(pair);
-        let mut affine = QuatAffine::identity(n, &device);
+        let mut affine = QuatAffine::identity(b * n, &device);
 
         let mut affines = Vec::with_capacity(self.num_layer);
         let mut angles = Vec::with_capacity(self.num_layer);
@@ -212,53 +256,56 @@ impl StructureModule {
             );
             act = new_act;
             affine = new_affine;
-            affines.push(scaled.to_tensor());
-            angles.push(sc.angles_sin_cos);
-            unnormalized.push(sc.unnormalized_angles_sin_cos);
-            frames.push(sc.frames.to_flat12().reshape([n, 8, 12]));
-            atoms.push(sc.atom_pos);
+            affines.push(scaled.to_tensor().reshape([b, n, 7]));
+            angles.push(sc.angles_sin_cos.reshape([b, n, 7, 2]));
+            unnormalized.push(sc.unnormalized_angles_sin_cos.reshape([b, n, 7, 2]));
+            frames.push(sc.frames.to_flat12().reshape([b, n, 8, 12]));
+            atoms.push(sc.atom_pos.reshape([b, n, 14, 3]));
         }
 
         let final_atom14 = atoms
             .last()
             .cloned()
-            .unwrap_or_else(|| Tensor::zeros([n, 14, 3], &device));
-        let (final_atom37, final_atom37_mask) = atom14_to_atom37(final_atom14.clone(), aatype);
-        StructureOutput {
-            affines: Tensor::stack(affines, 0),
-            angles_sin_cos: Tensor::stack(angles, 0),
-            unnormalized_angles_sin_cos: Tensor::stack(unnormalized, 0),
-            sidechain_frames: Tensor::stack(frames, 0),
-            atom14: Tensor::stack(atoms, 0),
+            .unwrap_or_else(|| Tensor::zeros([b, n, 14, 3], &device));
+        let (final_atom37, final_atom37_mask) =
+            atom14_to_atom37(final_atom14.clone().reshape([b * n, 14, 3]), aatype);
+        BatchStructureOutput {
+            affines: Tensor::stack(affines, 1),
+            angles_sin_cos: Tensor::stack(angles, 1),
+            unnormalized_angles_sin_cos: Tensor::stack(unnormalized, 1),
+            sidechain_frames: Tensor::stack(frames, 1),
+            atom14: Tensor::stack(atoms, 1),
             final_atom14,
-            final_atom37,
-            final_atom37_mask,
+            final_atom37: final_atom37.reshape([b, n, 37, 3]),
+            final_atom37_mask: final_atom37_mask.reshape([b, n, 37]),
             act,
         }
     }
 }
 
 impl FoldIteration {
-    /// One iteration. `affine` is in internal units (nanometres); returns the new activations,
-    /// the updated frames in internal units, the same frames scaled to Å, and the side chains.
+    /// One iteration on a batch of designs. `affine` holds the `B * N` frames (design-major) in
+    /// internal units (nanometres); returns the new activations, the updated frames in internal
+    /// units, the same frames scaled to Å, and the side chains of the `B * N` residues.
     ///
     /// # Shapes
-    /// - act: `[N, channels]`
-    /// - initial_act: `[N, single_channels]`
-    /// - act_2d: `[N, N, pair_channels]`
-    /// - seq_mask: `[N]`
-    /// - aatype: `[N]`
+    /// - act: `[B, N, channels]`
+    /// - initial_act: `[B, N, single_channels]`
+    /// - act_2d: `[B, N, N, pair_channels]`
+    /// - seq_mask: `[B, N]`
+    /// - aatype: `[B * N]`
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
-        act: Tensor<2>,
+        act: Tensor<3>,
         affine: &QuatAffine,
-        initial_act: Tensor<2>,
-        act_2d: Tensor<3>,
-        seq_mask: Tensor<1>,
+        initial_act: Tensor<3>,
+        act_2d: Tensor<4>,
+        seq_mask: Tensor<2>,
         aatype: Tensor<1, Int>,
         position_scale: f32,
-    ) -> (Tensor<2>, QuatAffine, QuatAffine, SidechainOutput) {
+    ) -> (Tensor<3>, QuatAffine, QuatAffine, SidechainOutput) {
+        let [b, n, c] = act.dims();
         let attn = self
             .invariant_point_attention
             .forward(act.clone(), act_2d, seq_mask, affine);
@@ -270,11 +317,16 @@ impl FoldIteration {
             .transition_layer_norm
             .forward(act + self.transition_2.forward(hidden));
 
-        let affine = affine.pre_compose(self.affine_update.forward(act.clone()));
+        let affine =
+            affine.pre_compose(self.affine_update.forward(act.clone()).reshape([b * n, 6]));
         let scaled = affine.scale_translation(position_scale);
-        let sc = self
-            .rigid_sidechain
-            .forward(&scaled, act.clone(), initial_act, aatype);
+        let c_s = initial_act.dims()[2];
+        let sc = self.rigid_sidechain.forward(
+            &scaled,
+            act.clone().reshape([b * n, c]),
+            initial_act.reshape([b * n, c_s]),
+            aatype,
+        );
         (act, affine, scaled, sc)
     }
 }

@@ -111,30 +111,31 @@ impl TemplateEmbeddingConfig {
     }
 }
 
-/// The features of one template.
+/// The features of one template slot, for each design of a batch.
 #[derive(Clone, Debug)]
 pub struct TemplateInputs {
-    /// `[N, 22]` one-hot of the template aatype.
-    pub aatype_one_hot: Tensor<2>,
-    /// `[N, 3]`
-    pub pseudo_beta: Tensor<2>,
-    /// `[N]`
-    pub pseudo_beta_mask: Tensor<1>,
-    /// `[N]` product of the N, CA and C atom masks.
-    pub backbone_mask: Tensor<1>,
+    /// `[B, N, 22]` one-hot of the template aatype.
+    pub aatype_one_hot: Tensor<3>,
+    /// `[B, N, 3]`
+    pub pseudo_beta: Tensor<3>,
+    /// `[B, N]`
+    pub pseudo_beta_mask: Tensor<2>,
+    /// `[B, N]` product of the N, CA and C atom masks.
+    pub backbone_mask: Tensor<2>,
 }
 
-fn outer(mask: Tensor<1>) -> Tensor<2> {
-    mask.clone().unsqueeze_dim::<2>(1) * mask.unsqueeze_dim::<2>(0)
+/// `mask_i * mask_j`: `[B, N]` -> `[B, N, N]`.
+fn outer(mask: Tensor<2>) -> Tensor<3> {
+    mask.clone().unsqueeze_dim::<3>(2) * mask.unsqueeze_dim::<3>(1)
 }
 
 /// The 88 pair features of one template (AlphaFold's `SingleTemplateEmbedding`), masked by
 /// the backbone mask.
 ///
 /// # Shapes
-/// - output: `[N, N, 88]`
-pub fn template_pair_features(t: &TemplateInputs) -> Tensor<3> {
-    let [n, c] = t.aatype_one_hot.dims();
+/// - output: `[B, N, N, 88]`
+pub fn template_pair_features(t: &TemplateInputs) -> Tensor<4> {
+    let [b, n, c] = t.aatype_one_hot.dims();
     let device = t.pseudo_beta.device();
     let dgram = dgram_from_positions(
         t.pseudo_beta.clone(),
@@ -142,19 +143,19 @@ pub fn template_pair_features(t: &TemplateInputs) -> Tensor<3> {
         TEMPLATE_MIN_BIN,
         TEMPLATE_MAX_BIN,
     );
-    let pb_mask = outer(t.pseudo_beta_mask.clone()).unsqueeze_dim::<3>(2);
+    let pb_mask = outer(t.pseudo_beta_mask.clone()).unsqueeze_dim::<4>(3);
     let aatype_j = t
         .aatype_one_hot
         .clone()
-        .unsqueeze_dim::<3>(0)
-        .expand([n, n, c]);
+        .unsqueeze_dim::<4>(1)
+        .expand([b, n, n, c]);
     let aatype_i = t
         .aatype_one_hot
         .clone()
-        .unsqueeze_dim::<3>(1)
-        .expand([n, n, c]);
-    let unit_vector = Tensor::<3>::zeros([n, n, 3], &device);
-    let bb_mask = outer(t.backbone_mask.clone()).unsqueeze_dim::<3>(2);
+        .unsqueeze_dim::<4>(2)
+        .expand([b, n, n, c]);
+    let unit_vector = Tensor::<4>::zeros([b, n, n, 3], &device);
+    let bb_mask = outer(t.backbone_mask.clone()).unsqueeze_dim::<4>(3);
     let act = Tensor::cat(
         vec![
             dgram,
@@ -164,30 +165,30 @@ pub fn template_pair_features(t: &TemplateInputs) -> Tensor<3> {
             unit_vector,
             bb_mask.clone(),
         ],
-        2,
+        3,
     );
     act * bb_mask
 }
 
 impl TemplateEmbedding {
-    /// Embeds one template into `[N, N, c_t]`.
-    pub fn embed_single(&self, template: &TemplateInputs, pair_mask: Tensor<2>) -> Tensor<3> {
+    /// Embeds one template slot of each design into `[B, N, N, c_t]`.
+    pub fn embed_single(&self, template: &TemplateInputs, pair_mask: Tensor<3>) -> Tensor<4> {
         self.embed_single_masked(template, pair_mask, None)
     }
 
     /// [`TemplateEmbedding::embed_single`], with the 88 template pair features multiplied by
-    /// `template_pair_mask` `[N, N]` when given: ColabDesign's `rm_template_ic` passes the
+    /// `template_pair_mask` `[B, N, N]` when given: ColabDesign's `rm_template_ic` passes the
     /// same-chain mask (`asym_i == asym_j`), which zeroes every inter-chain template feature, as
     /// its `SingleTemplateEmbedding` does through `multichain_mask_2d`.
     pub fn embed_single_masked(
         &self,
         template: &TemplateInputs,
-        pair_mask: Tensor<2>,
-        template_pair_mask: Option<&Tensor<2>>,
-    ) -> Tensor<3> {
+        pair_mask: Tensor<3>,
+        template_pair_mask: Option<&Tensor<3>>,
+    ) -> Tensor<4> {
         let mut features = template_pair_features(template);
         if let Some(mask) = template_pair_mask {
-            features = features * mask.clone().unsqueeze_dim::<3>(2);
+            features = features * mask.clone().unsqueeze_dim::<4>(3);
         }
         let mut act = self.embedding2d.forward(features);
         for block in &self.template_pair_stack.blocks {
@@ -196,46 +197,63 @@ impl TemplateEmbedding {
         self.output_layer_norm.forward(act)
     }
 
-    /// Returns the template update to the pair representation.
+    /// Returns the template update to the pair representation of each design of a batch.
+    /// Template slots are embedded one at a time, each for the whole batch.
     ///
     /// # Shapes
-    /// - pair: `[N, N, c_z]`, pair_mask: `[N, N]`, template_mask: `[T]`
-    /// - output: `[N, N, c_z]`
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - templates: `T` slots, each for all `B` designs
+    /// - template_mask: `[B, T]`
+    /// - output: `[B, N, N, c_z]`
     pub fn forward(
         &self,
-        pair: Tensor<3>,
-        pair_mask: Tensor<2>,
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
         templates: &[TemplateInputs],
-        template_mask: Tensor<1>,
-    ) -> Tensor<3> {
+        template_mask: Tensor<2>,
+    ) -> Tensor<4> {
         self.forward_masked(pair, pair_mask, templates, template_mask, None)
     }
 
-    /// [`TemplateEmbedding::forward`] with an optional `[N, N]` mask on the template pair
+    /// [`TemplateEmbedding::forward`] with an optional `[B, N, N]` mask on the template pair
     /// features (see [`TemplateEmbedding::embed_single_masked`]).
     pub fn forward_masked(
         &self,
-        pair: Tensor<3>,
-        pair_mask: Tensor<2>,
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
         templates: &[TemplateInputs],
-        template_mask: Tensor<1>,
-        template_pair_mask: Option<&Tensor<2>>,
-    ) -> Tensor<3> {
-        let [n, _, c_z] = pair.dims();
+        template_mask: Tensor<2>,
+        template_pair_mask: Option<&Tensor<3>>,
+    ) -> Tensor<4> {
+        let [b, n, _, c_z] = pair.dims();
         let t = templates.len();
-        let embedded: Vec<Tensor<3>> = templates
+        let embedded: Vec<Tensor<4>> = templates
             .iter()
             .map(|tpl| self.embed_single_masked(tpl, pair_mask.clone(), template_pair_mask))
             .collect();
-        let c_t = embedded[0].dims()[2];
-        // [T, N, N, c_t] -> [N*N, T, c_t]
-        let memory = Tensor::stack::<4>(embedded, 2).reshape([n * n, t, c_t]);
-        let query = pair.reshape([n * n, 1, c_z]);
-        let any_template = template_mask.clone().sum().greater_elem(0.0).float();
+        let c_t = embedded[0].dims()[3];
+        // T x [B, N, N, c_t] -> [B*N*N, T, c_t]
+        let memory = Tensor::stack::<5>(embedded, 3).reshape([b * n * n, t, c_t]);
+        let query = pair.reshape([b * n * n, 1, c_z]);
+        let any_template = template_mask
+            .clone()
+            .sum_dim(1)
+            .greater_elem(0.0)
+            .float()
+            .reshape([b, 1, 1, 1]);
+        // One key mask per query row: each design's template mask over its N * N pairs.
+        let key_mask = if b == 1 {
+            template_mask
+        } else {
+            template_mask
+                .reshape([b, 1, t])
+                .expand([b, n * n, t])
+                .reshape([b * n * n, t])
+        };
         let embedding = self
             .attention
-            .forward(query, memory, template_mask.reshape([1, t]), None)
-            .reshape([n, n, c_z]);
-        embedding * any_template.reshape([1, 1, 1])
+            .forward(query, memory, key_mask, None)
+            .reshape([b, n, n, c_z]);
+        embedding * any_template
     }
 }

@@ -39,8 +39,8 @@ impl TemplateTorsionEmbeddingConfig {
 
 impl TemplateTorsionEmbedding {
     /// # Shapes
-    /// - features: `[T, N, 57]` -> `[T, N, c_m]`
-    pub fn forward(&self, features: Tensor<3>) -> Tensor<3> {
+    /// - features: `[B, T, N, 57]` -> `[B, T, N, c_m]`
+    pub fn forward(&self, features: Tensor<4>) -> Tensor<4> {
         let act = relu(self.template_single_embedding.forward(features));
         self.template_projection.forward(act)
     }

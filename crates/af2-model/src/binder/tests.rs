@@ -214,24 +214,25 @@ fn same_chain_mask_hides_inter_chain_template_features() {
             .map(|m| m[0] * m[1] * m[2])
             .collect();
         crate::template_embedding::TemplateInputs {
-            aatype_one_hot: Tensor::from_data(TensorData::new(one_hot, [n, 22]), &device),
-            pseudo_beta: Tensor::from_data(TensorData::new(pseudo_beta, [n, 3]), &device),
+            aatype_one_hot: Tensor::from_data(TensorData::new(one_hot, [1, n, 22]), &device),
+            pseudo_beta: Tensor::from_data(TensorData::new(pseudo_beta, [1, n, 3]), &device),
             pseudo_beta_mask: Tensor::from_data(
-                TensorData::new(t.pseudo_beta_mask.data.clone(), [n]),
+                TensorData::new(t.pseudo_beta_mask.data.clone(), [1, n]),
                 &device,
             ),
-            backbone_mask: Tensor::from_data(TensorData::new(backbone, [n]), &device),
+            backbone_mask: Tensor::from_data(TensorData::new(backbone, [1, n]), &device),
         }
     };
     let embedding = model.template_embedding.as_ref().unwrap();
-    let embed = |shift: f32, mask: Option<&Tensor<2>>| {
-        let pair = Tensor::<3>::zeros([n, n, c_z], &device);
-        let pair_mask = Tensor::<2>::ones([n, n], &device);
-        let template_mask = Tensor::<1>::ones([1], &device);
+    let embed = |shift: f32, mask: Option<&Tensor<3>>| {
+        let pair = Tensor::<4>::zeros([1, n, n, c_z], &device);
+        let pair_mask = Tensor::<3>::ones([1, n, n], &device);
+        let template_mask = Tensor::<2>::ones([1, 1], &device);
         let out =
             embedding.forward_masked(pair, pair_mask, &[template(shift)], template_mask, mask);
         to_host(out).data
     };
+    let same_chain = same_chain.unsqueeze::<3>();
     let masked = embed(0.0, Some(&same_chain));
     let masked_moved = embed(40.0, Some(&same_chain));
     assert!(

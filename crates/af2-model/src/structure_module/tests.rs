@@ -131,12 +131,14 @@ fn matches_alphafold_on_fixtures() {
     for case in CASES {
         let module = load_structure_module(case);
         let fx = Fixture::load(case);
-        let out = module.forward(
-            float(fx.out("repr_single")),
-            float(fx.out("repr_pair")),
-            float(&fx.feat("seq_mask")),
-            int(&fx.feat("aatype")),
-        );
+        let out = module
+            .forward(
+                float::<2>(fx.out("repr_single")).unsqueeze(),
+                float::<3>(fx.out("repr_pair")).unsqueeze(),
+                float::<1>(&fx.feat("seq_mask")).unsqueeze(),
+                int::<1>(&fx.feat("aatype")).unsqueeze(),
+            )
+            .design(0);
 
         // Trajectory: quaternion columns 0..4, translation (Å) 4..7.
         let traj = values(out.affines.clone());
@@ -278,6 +280,22 @@ fn random_affine(n: usize, seed: u64) -> QuatAffine {
     )
 }
 
+/// IPA on one design: a batch of one.
+fn ipa_one(
+    ipa: &InvariantPointAttention,
+    act: Tensor<2>,
+    act_2d: Tensor<3>,
+    mask: Tensor<1>,
+    affine: &QuatAffine,
+) -> Vec<f32> {
+    values(ipa.forward(
+        act.unsqueeze(),
+        act_2d.unsqueeze(),
+        mask.unsqueeze(),
+        affine,
+    ))
+}
+
 /// IPA is invariant to a global rigid motion of all frames (Suppl. 1.8.2).
 #[test]
 fn ipa_is_invariant_to_global_rigid_motion() {
@@ -300,8 +318,8 @@ fn ipa_is_invariant_to_global_rigid_motion() {
         translation: moved_rigid.trans,
         rotation: moved_rigid.rot,
     };
-    let a = values(ipa.forward(act.clone(), act_2d.clone(), mask.clone(), &frames));
-    let b = values(ipa.forward(act, act_2d, mask, &moved));
+    let a = ipa_one(&ipa, act.clone(), act_2d.clone(), mask.clone(), &frames);
+    let b = ipa_one(&ipa, act, act_2d, mask, &moved);
     // f32 rounding of coordinates of magnitude ~5 through a few ops.
     assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
 }
@@ -315,20 +333,21 @@ fn ipa_masked_residue_is_ignored() {
     let act_2d = random_tensor([n, n, 4], 32, 1.0);
     let mask = Tensor::<1>::from_data([1.0f32, 0.0, 1.0, 1.0], &device());
     let frames = random_affine(n, 33);
-    let base = values(ipa.forward(act.clone(), act_2d.clone(), mask.clone(), &frames));
+    let base = ipa_one(&ipa, act.clone(), act_2d.clone(), mask.clone(), &frames);
     // Change everything about residue 1.
     let act2 = act.slice_assign([1..2, 0..8], random_tensor([1, 8], 34, 5.0));
     let act_2d2 = act_2d
         .slice_assign([1..2, 0..n, 0..4], random_tensor([1, n, 4], 35, 5.0))
         .slice_assign([0..n, 1..2, 0..4], random_tensor([n, 1, 4], 36, 5.0));
-    let changed = values(ipa.forward(act2, act_2d2, mask, &frames));
+    let changed = ipa_one(&ipa, act2, act_2d2, mask, &frames);
     for i in [0usize, 2, 3] {
         let row = i * 8..(i + 1) * 8;
         assert!(max_abs_diff(&base[row.clone()], &changed[row]) < 1e-5);
     }
 }
 
-/// With all-zero weights every update vanishes: the frames stay at the identity.
+/// With all-zero weights every update vanishes: the frames stay at the identity (a batch of two
+/// designs, with the batch's shapes).
 #[test]
 fn zero_weights_keep_identity_frames() {
     let n = 3;
@@ -336,17 +355,19 @@ fn zero_weights_keep_identity_frames() {
         .with_num_layer(2)
         .init(&device());
     let out = module.forward(
-        random_tensor([n, 8], 41, 1.0),
-        random_tensor([n, n, 4], 42, 1.0),
-        Tensor::ones([n], &device()),
-        Tensor::<1, Int>::from_data([0i64, 7, 19], &device()),
+        random_tensor([2, n, 8], 41, 1.0),
+        random_tensor([2, n, n, 4], 42, 1.0),
+        Tensor::ones([2, n], &device()),
+        Tensor::<2, Int>::from_data([[0i64, 7, 19], [3, 3, 7]], &device()),
     );
-    assert_eq!(out.affines.dims(), [2, n, 7]);
-    assert_eq!(out.angles_sin_cos.dims(), [2, n, 7, 2]);
-    assert_eq!(out.sidechain_frames.dims(), [2, n, 8, 12]);
-    assert_eq!(out.atom14.dims(), [2, n, 14, 3]);
-    assert_eq!(out.final_atom37.dims(), [n, 37, 3]);
-    assert_eq!(out.act.dims(), [n, 8]);
+    assert_eq!(out.affines.dims(), [2, 2, n, 7]);
+    assert_eq!(out.angles_sin_cos.dims(), [2, 2, n, 7, 2]);
+    assert_eq!(out.sidechain_frames.dims(), [2, 2, n, 8, 12]);
+    assert_eq!(out.atom14.dims(), [2, 2, n, 14, 3]);
+    assert_eq!(out.final_atom37.dims(), [2, n, 37, 3]);
+    assert_eq!(out.final_atom37_mask.dims(), [2, n, 37]);
+    assert_eq!(out.act.dims(), [2, n, 8]);
+    assert_eq!(out.design(1).affines.dims(), [2, n, 7]);
     let identity = [1.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
     for row in values(out.affines).chunks(7) {
         assert_eq!(row, identity);

@@ -1,0 +1,160 @@
+//! `af2 bench-kernels`: the fused attention kernel against the reference attention core.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::tensor::{DType, Device, Distribution, Tensor};
+
+use af2_layers::MAX_LOGITS_PER_CHUNK;
+use af2_layers::attention::{attention_core, attention_core_reference, attention_core_uses_kernel};
+
+use crate::device::parse_device;
+
+/// Arguments of `af2 bench-kernels`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Sequence lengths L.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
+    lengths: Vec<usize>,
+    /// Timed repetitions per row (after one warm-up call).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Run in half precision (inputs and output f16; the kernel accumulates in f32).
+    #[arg(long)]
+    f16: bool,
+}
+
+/// Inputs of one attention core call.
+struct Problem {
+    name: &'static str,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<2>,
+    bias: Tensor<4>,
+}
+
+impl Problem {
+    /// `b` rows of `h` heads attending over `l` keys (C = 32), one `[1, H, L, L]` bias.
+    fn new(
+        name: &'static str,
+        b: usize,
+        h: usize,
+        l: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        let c = 32;
+        let normal = |shape: [usize; 4], std: f64| {
+            Tensor::<4>::random(shape, Distribution::Normal(0.0, std), device).cast(dtype)
+        };
+        // Every 7th key of every row masked.
+        let mask = Tensor::<1, burn::tensor::Int>::arange(0..(b * l) as i64, device)
+            .remainder_scalar(7)
+            .not_equal_elem(3)
+            .float()
+            .reshape([b, l])
+            .cast(dtype);
+        Self {
+            name,
+            q: normal([b, h, l, c], (c as f64).powf(-0.5)),
+            k: normal([b, h, l, c], 1.0),
+            v: normal([b, h, l, c], 1.0),
+            mask,
+            bias: normal([1, h, l, l], 1.0),
+        }
+    }
+
+    fn kernel(&self) -> Tensor<4> {
+        attention_core(
+            self.q.clone(),
+            self.k.clone(),
+            self.v.clone(),
+            self.mask.clone(),
+            Some(self.bias.clone()),
+        )
+    }
+
+    /// The reference in chunks of batch rows, so that no logits buffer exceeds
+    /// [`MAX_LOGITS_PER_CHUNK`] elements (at L = 512 the triangle logits are 2 GiB whole).
+    fn reference(&self) -> Tensor<4> {
+        let [b, h, q_len, _] = self.q.dims();
+        let k_len = self.k.dims()[2];
+        let rows = (MAX_LOGITS_PER_CHUNK / (h * q_len * k_len)).clamp(1, b);
+        let chunks: Vec<Tensor<4>> = (0..b)
+            .step_by(rows)
+            .map(|start| {
+                let len = rows.min(b - start);
+                attention_core_reference(
+                    self.q.clone().narrow(0, start, len),
+                    self.k.clone().narrow(0, start, len),
+                    self.v.clone().narrow(0, start, len),
+                    self.mask.clone().narrow(0, start, len),
+                    Some(self.bias.clone()),
+                )
+            })
+            .collect();
+        Tensor::cat(chunks, 0)
+    }
+}
+
+/// Mean milliseconds per call of `f`, after one warm-up call, with the device synchronised
+/// before the clock starts and after the last call.
+fn time_ms(device: &Device, repeats: usize, f: impl Fn() -> Tensor<4>) -> Result<f64> {
+    drop(f());
+    device.sync()?;
+    let start = Instant::now();
+    // Outputs stay alive until the device is synchronised, so none is skipped as unused.
+    let outputs: Vec<Tensor<4>> = (0..repeats).map(|_| f()).collect();
+    device.sync()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3 / repeats as f64;
+    drop(outputs);
+    Ok(ms)
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    if args.lengths.contains(&0) || args.repeats == 0 {
+        bail!("--lengths and --repeats must be positive");
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = if args.f16 { DType::F16 } else { DType::F32 };
+    println!(
+        "af2 bench-kernels: attention core, device {}, {dtype:?}, C = 32, bias [1, H, L, L], {} repeats",
+        args.device, args.repeats
+    );
+    println!(
+        "{:<18} {:>5} {:>16} {:>11} {:>11} {:>8} {:>11} {:>10}",
+        "shape", "L", "[B, H, Q=K, C]", "kernel ms", "ref ms", "speedup", "max|diff|", "max|ref|"
+    );
+    for &l in &args.lengths {
+        let problems = [
+            Problem::new("triangle attention", l, 4, l, dtype, &device),
+            Problem::new("MSA row attention", 1, 8, l, dtype, &device),
+        ];
+        for problem in &problems {
+            let [b, h, _, c] = problem.q.dims();
+            let kernel_ms = time_ms(&device, args.repeats, || problem.kernel())?;
+            let reference_ms = time_ms(&device, args.repeats, || problem.reference())?;
+            let kernel = problem.kernel().cast(DType::F32);
+            let reference = problem.reference().cast(DType::F32);
+            let diff: f32 = (kernel - reference.clone()).abs().max().into_scalar();
+            let peak: f32 = reference.abs().max().into_scalar();
+            let path = if attention_core_uses_kernel(&problem.q, &problem.k, &problem.v) {
+                ""
+            } else {
+                " (no kernel: reference twice)"
+            };
+            println!(
+                "{:<18} {l:>5} {:>16} {kernel_ms:>11.3} {reference_ms:>11.3} {:>7.2}x {diff:>11.2e} {peak:>10.3}{path}",
+                problem.name,
+                format!("[{b}, {h}, {l}, {c}]"),
+                reference_ms / kernel_ms,
+            );
+        }
+    }
+    Ok(())
+}

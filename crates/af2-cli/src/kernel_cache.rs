@@ -1,0 +1,72 @@
+//! A persistent cache of compiled GPU kernels and autotune results, so that only the first run
+//! on a machine pays for shader compilation.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The directory [`configure`] set up, and whether it already held files then.
+static CONFIGURED: OnceLock<Option<(PathBuf, bool)>> = OnceLock::new();
+
+/// The cache directory in use (after [`configure`]) and whether it was warm at start.
+pub fn configured_dir() -> Option<(PathBuf, bool)> {
+    CONFIGURED.get().cloned().flatten()
+}
+
+/// Where compiled kernels are kept: `$AF2_KERNEL_CACHE`, else `$XDG_CACHE_HOME/af2/kernels`,
+/// else `~/.cache/af2/kernels`. `AF2_KERNEL_CACHE=off` disables the cache.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("AF2_KERNEL_CACHE") {
+        Some(value) if value == "off" || value == "0" => None,
+        Some(value) if !value.is_empty() => Some(PathBuf::from(value)),
+        _ => crate::weights::af2_cache_dir().map(|dir| dir.join("kernels")),
+    }
+}
+
+/// Points CubeCL's compilation and autotune caches at [`cache_dir`]. Must run before the first
+/// GPU device is created; a no-op in builds without a GPU backend. CubeCL's own environment
+/// variables (`CUBECL_AUTOTUNE_LEVEL`, ...) still apply.
+pub fn configure() {
+    let _ = CONFIGURED.set(set_up());
+}
+
+fn set_up() -> Option<(PathBuf, bool)> {
+    #[cfg(feature = "wgpu")]
+    {
+        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+        let dir = cache_dir()?;
+        if let Err(err) = std::fs::create_dir_all(&dir) {
+            eprintln!(
+                "warning: kernel cache {} unusable ({err}); kernels will be compiled every run",
+                dir.display()
+            );
+            return None;
+        }
+        let warm = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
+        let mut config = CubeClRuntimeConfig::default();
+        config.compilation.cache = true;
+        config.environment.path = CacheConfig::Directory(dir.clone());
+        CubeClRuntimeConfig::try_set(config.override_from_env()).then_some((dir, warm))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_follows_environment() {
+        // Environment variables are process-wide: this is the only test that sets them.
+        unsafe { std::env::set_var("AF2_KERNEL_CACHE", "/tmp/af2-kernels-test") };
+        assert_eq!(cache_dir(), Some(PathBuf::from("/tmp/af2-kernels-test")));
+        unsafe { std::env::set_var("AF2_KERNEL_CACHE", "off") };
+        assert_eq!(cache_dir(), None);
+        unsafe { std::env::remove_var("AF2_KERNEL_CACHE") };
+        let expected = crate::weights::af2_cache_dir().map(|dir| dir.join("kernels"));
+        assert_eq!(cache_dir(), expected);
+    }
+}

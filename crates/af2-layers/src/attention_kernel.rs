@@ -1,0 +1,576 @@
+//! A CubeCL kernel for [`attention_core`](crate::attention::attention_core) (feature `cube`).
+//!
+//! Flash-attention style: one cube computes up to 128 query rows of one `(batch row, head)`; it
+//! walks the keys in tiles of [`KEY_TILE`] staged in shared memory (K, V and, with a bias, the
+//! `[rows, KEY_TILE]` bias tile, all converted to f32) and keeps an online softmax (running max,
+//! running sum, f32 accumulators) per query row, so the `[B, H, Q, K]` logits never exist.
+//!
+//! Each unit owns `rows` query rows (`rows * threads` rows a cube), kept in registers with their
+//! `Cv` accumulators; every shared-memory read of a key or value vector serves all of them. Keys
+//! are scored [`SUB`] at a time: a running-max rescale per [`SUB`] keys, not per key.
+//!
+//! Reached from the `Tensor` API through Burn's backend extension: [`AttentionCoreOps`] is
+//! implemented for [`CubeBackend`], and `#[backend_extension(Cube, Fusion)]` generates the lazy
+//! `Fusion<CubeBackend>` implementation (an opaque custom operation in the fusion stream) and the
+//! `Dispatch` routing.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+use burn::tensor::{DType, Device, Shape, Tensor};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::untile;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::{Const, CubeCount, CubeDim, Vector};
+use kernel::attention_kernel;
+
+/// Keys staged in shared memory at a time.
+const KEY_TILE: usize = 32;
+/// Keys scored between two rescales of the running softmax.
+const SUB: usize = 8;
+/// The largest `C` and `Cv` the kernel takes; larger heads use the reference.
+pub const MAX_HEAD_DIM: usize = 64;
+
+type F4 = Vector<f32, Const<4>>;
+
+/// The attention core as a backend operation (see [`attention_core_kernel`]).
+#[backend_extension(Cube, Fusion)]
+pub trait AttentionCoreOps: Backend {
+    /// `softmax(q kᵀ + bias, masked) v` with a `[G, H, Q, K]` bias.
+    #[fusion(dtype = q, shape = output_shape(q, v))]
+    fn attention_core_biased(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_mask: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `softmax(q kᵀ, masked) v`.
+    #[fusion(dtype = q, shape = output_shape(q, v))]
+    fn attention_core_unbiased(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// `[B, H, Q, Cv]` from q `[B, H, Q, C]` and v `[B, H, K, Cv]`.
+fn output_shape(q: &Shape, v: &Shape) -> Shape {
+    Shape::new([q[0], q[1], q[2], v[3]])
+}
+
+impl AttentionCoreOps for CubeBackend {
+    fn attention_core_biased(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_mask: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        launch(q, k, v, key_mask, Some(bias))
+    }
+
+    fn attention_core_unbiased(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        key_mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        launch(q, k, v, key_mask, None)
+    }
+}
+
+/// Whether [`attention_core_kernel`] takes these inputs: tensors on a cubecl device (not
+/// autodiff), float dtypes the kernel reads, and `C`, `Cv` of at most [`MAX_HEAD_DIM`].
+/// `AF2_ATTENTION_KERNEL=0` turns the kernel off.
+pub fn kernel_supports(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
+    let [_, _, q_len, c] = q.dims();
+    let [_, _, k_len, cv] = v.dims();
+    k.dims()[3] == c
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype()
+        && kernel_supports_problem(&q.device(), q.dtype(), q_len, k_len, c, cv)
+}
+
+/// [`kernel_supports`] from the device, dtype and sizes alone.
+pub fn kernel_supports_problem(
+    device: &Device,
+    dtype: DType,
+    q_len: usize,
+    k_len: usize,
+    c: usize,
+    cv: usize,
+) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| {
+        std::env::var("AF2_ATTENTION_KERNEL").map_or(true, |value| value.trim() != "0")
+    });
+    enabled
+        && matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        && q_len > 0
+        && k_len > 0
+        && (1..=MAX_HEAD_DIM).contains(&c)
+        && (1..=MAX_HEAD_DIM).contains(&cv)
+}
+
+/// The attention core on the CubeCL kernel; same contract as
+/// [`attention_core`](crate::attention::attention_core). Callers check [`kernel_supports`]
+/// first: other backends panic in the dispatch.
+///
+/// # Panics
+/// On inconsistent shapes, or a bias whose group count does not divide `B`.
+pub fn attention_core_kernel(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_mask: Tensor<2>,
+    bias: Option<Tensor<4>>,
+) -> Tensor<4> {
+    check_shapes(
+        &q.shape(),
+        &k.shape(),
+        &v.shape(),
+        &key_mask.shape(),
+        bias.as_ref().map(|t| t.shape()).as_ref(),
+    );
+    let (q, k, v, key_mask) = (
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        key_mask.into_dispatch(),
+    );
+    let out = match bias {
+        Some(bias) => Dispatch::attention_core_biased(q, k, v, key_mask, bias.into_dispatch()),
+        None => Dispatch::attention_core_unbiased(q, k, v, key_mask),
+    };
+    Tensor::from_dispatch(out)
+}
+
+fn check_shapes(q: &Shape, k: &Shape, v: &Shape, mask: &Shape, bias: Option<&Shape>) {
+    assert!(
+        q.num_dims() == 4 && k.num_dims() == 4 && v.num_dims() == 4 && mask.num_dims() == 2,
+        "attention core: q, k, v must be rank 4 and key_mask rank 2"
+    );
+    let (b, h, q_len, c) = (q[0], q[1], q[2], q[3]);
+    let k_len = k[2];
+    assert!(
+        k[0] == b && k[1] == h && k[3] == c,
+        "attention core: k {k:?} does not match q {q:?}"
+    );
+    assert!(
+        v[0] == b && v[1] == h && v[2] == k_len,
+        "attention core: v {v:?} does not match k {k:?}"
+    );
+    assert!(
+        (mask[0] == b || mask[0] == 1) && mask[1] == k_len,
+        "attention core: key_mask {mask:?} is not [{b} or 1, {k_len}]"
+    );
+    if let Some(bias) = bias {
+        let groups = bias[0];
+        assert!(
+            bias.num_dims() == 4 && bias[1] == h && bias[2] == q_len && bias[3] == k_len,
+            "attention core: bias {bias:?} is not [G, {h}, {q_len}, {k_len}]"
+        );
+        assert!(
+            groups > 0 && b % groups == 0,
+            "attention bias has {groups} groups, which does not divide {b} batch rows"
+        );
+    }
+}
+
+/// Units per cube and query rows per unit for the larger of `C` and `Cv`: more rows per unit
+/// (more reuse of each shared-memory read) where the registers allow it. A cube takes 128 query
+/// rows (64 above C = 32, to keep its shared memory under Metal's 32 KiB).
+///
+/// `AF2_ATTENTION_ROWS=1|2|4` overrides the rows per unit (a tuning knob; 4 only up to C = 32).
+fn launch_shape(head_dim: usize) -> (usize, usize) {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *ROWS.get_or_init(|| {
+        std::env::var("AF2_ATTENTION_ROWS")
+            .ok()
+            .and_then(|value| value.trim().parse().ok())
+            .filter(|rows| [1, 2, 4].contains(rows))
+    });
+    let block_rows = if head_dim <= 32 { 128 } else { 64 };
+    let rows = match (forced, head_dim) {
+        (Some(rows), 0..=32) => rows,
+        (Some(rows), _) => rows.min(2),
+        (None, 0..=16) => 4,
+        (None, 17..=32) => 2,
+        (None, _) => 1,
+    };
+    (block_rows / rows, rows)
+}
+
+fn launch(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    key_mask: CubeTensor,
+    bias: Option<CubeTensor>,
+) -> CubeTensor {
+    // The kernel reads every input through its strides (swap_dims views and broadcasts need no
+    // copy); only a storage-tiled layout has to be laid out as rows first.
+    let (q, k, v, key_mask) = (untile(q), untile(k), untile(v), untile(key_mask));
+    let bias = bias.map(untile);
+    check_shapes(
+        q.meta.shape(),
+        k.meta.shape(),
+        v.meta.shape(),
+        key_mask.meta.shape(),
+        bias.as_ref().map(|t| t.meta.shape()),
+    );
+    q.assert_is_on_same_device(&k);
+    q.assert_is_on_same_device(&v);
+    q.assert_is_on_same_device(&key_mask);
+    let shape = q.meta.shape();
+    let (b, h, q_len, c) = (shape[0], shape[1], shape[2], shape[3]);
+    let cv = v.meta.shape()[3];
+    assert!(
+        c <= MAX_HEAD_DIM && cv <= MAX_HEAD_DIM,
+        "attention kernel: head dims C={c}, Cv={cv} exceed {MAX_HEAD_DIM}"
+    );
+    assert!(
+        k.dtype == q.dtype && v.dtype == q.dtype,
+        "attention kernel: q, k, v dtypes differ ({:?}, {:?}, {:?})",
+        q.dtype,
+        k.dtype,
+        v.dtype
+    );
+
+    let client = q.client.clone();
+    let out = empty_device_contiguous_dtype(
+        client.clone(),
+        q.device.clone(),
+        Shape::new([b, h, q_len, cv]),
+        q.dtype,
+    );
+
+    let (threads, rows) = launch_shape(c.max(cv));
+    let q_tiles = q_len.div_ceil(threads * rows);
+    let cubes = q_tiles * h * b;
+    let cubes_x = cubes.min(u16::MAX as usize);
+    let cubes_y = cubes.div_ceil(cubes_x);
+    let cube_count = CubeCount::Static(cubes_x as u32, cubes_y as u32, 1);
+    let cube_dim = CubeDim::new_1d(threads as u32);
+
+    let address_type = [&q, &k, &v, &key_mask, &out]
+        .into_iter()
+        .chain(bias.as_ref())
+        .map(CubeTensor::required_address_type)
+        .max()
+        .unwrap_or_default();
+    let dtypes = [
+        dtype_to_storage_type(q.dtype),
+        dtype_to_storage_type(key_mask.dtype),
+        dtype_to_storage_type(bias.as_ref().map_or(q.dtype, |t| t.dtype)),
+    ];
+    let has_bias = bias.is_some();
+
+    // SAFETY: every index is bounded by the shapes checked above: query rows past Q are clamped
+    // on read and skipped on write; keys past K are never read (their tile slots are zeroed).
+    unsafe {
+        attention_kernel::launch_unchecked(
+            &client,
+            cube_count,
+            cube_dim,
+            address_type,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            key_mask.into_tensor_arg(),
+            bias.map(CubeTensor::into_tensor_arg).into(),
+            out.clone().into_tensor_arg(),
+            q_tiles,
+            c,
+            cv,
+            threads,
+            rows,
+            has_bias,
+            dtypes,
+        );
+    }
+    out
+}
+
+mod kernel {
+    use super::{F4, KEY_TILE, SUB};
+    use cubecl::prelude::*;
+
+    /// The kernel; see the module documentation. Cube `CUBE_POS` computes query rows
+    /// `tile * threads * rows ..` of head `h`, batch row `b`, with
+    /// `CUBE_POS = (b * H + h) * q_tiles + tile`. Unit `t` owns rows `r * threads + t` of the tile.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked, address_type = "dynamic")]
+    pub(super) fn attention_kernel<F: Float, M: Float, Bt: Float>(
+        q: &Tensor<F>,
+        k: &Tensor<F>,
+        v: &Tensor<F>,
+        key_mask: &Tensor<M>,
+        bias: ComptimeOption<&Tensor<Bt>>,
+        out: &mut Tensor<F>,
+        q_tiles: usize,
+        #[comptime] c_dim: usize,
+        #[comptime] cv_dim: usize,
+        #[comptime] threads: usize,
+        #[comptime] rows: usize,
+        #[comptime] has_bias: bool,
+        #[define(F, M, Bt)] _dtypes: [ElemType; 3],
+    ) {
+        let c4 = comptime!(c_dim.div_ceil(4));
+        let cv4 = comptime!(cv_dim.div_ceil(4));
+        let block_rows = comptime!(threads * rows);
+        // Odd pitch: units of a warp read one column of the bias tile without bank conflicts.
+        let bias_pitch = comptime!(KEY_TILE + 1);
+        let bias_smem = comptime!(if has_bias { block_rows * bias_pitch } else { 1 });
+
+        let batch = q.shape(0);
+        let heads = q.shape(1);
+        let q_len = q.shape(2);
+        let k_len = k.shape(2);
+        let cube = CUBE_POS;
+        if cube >= q_tiles * heads * batch {
+            terminate!();
+        }
+        let q_tile = cube % q_tiles;
+        let bh = cube / q_tiles;
+        let h = bh % heads;
+        let b = bh / heads;
+        let t = UNIT_POS_X as usize;
+        let row0 = q_tile * block_rows;
+
+        // This unit's query rows (zero-padded to whole vectors) and accumulators, in f32.
+        let mut q_reg = Array::<F4>::new(comptime!(rows * c4));
+        let mut acc = Array::<F4>::new(comptime!(rows * cv4));
+        let mut m_run = Array::<f32>::new(rows);
+        let mut l_run = Array::<f32>::new(rows);
+        let q_base = b * q.stride(0) + h * q.stride(1);
+        #[unroll]
+        for r in 0..rows {
+            let mut row = row0 + r * threads + t;
+            if row >= q_len {
+                row = q_len - 1;
+            }
+            let base = q_base + row * q.stride(2);
+            #[unroll]
+            for i in 0..c4 {
+                let mut vec = F4::new(0.0f32);
+                #[unroll]
+                for x in 0..4 {
+                    if comptime!(i * 4 + x < c_dim) {
+                        vec.insert(x, f32::cast_from(q[base + (i * 4 + x) * q.stride(3)]));
+                    }
+                }
+                q_reg[r * c4 + i] = vec;
+            }
+            #[unroll]
+            for i in 0..cv4 {
+                acc[r * cv4 + i] = F4::new(0.0f32);
+            }
+            // Below any logit (masked ones are -1e9), so the first rescale factor is exp(-huge) = 0.
+            m_run[r] = -3.0e38f32;
+            l_run[r] = 0.0f32;
+        }
+
+        let mut k_tile = Shared::<[F4]>::new_slice(comptime!(KEY_TILE * c4));
+        let mut v_tile = Shared::<[F4]>::new_slice(comptime!(KEY_TILE * cv4));
+        // Per key of the tile: 0 for a valid key, else the logit it takes: -1e9 for a masked key
+        // (AlphaFold's value, so a fully masked row gets uniform weights), -3e38 past K (weight 0).
+        let mut key_fill = Shared::<[f32]>::new_slice(KEY_TILE);
+        let mut bias_tile = Shared::<[f32]>::new_slice(bias_smem);
+        let mut scores = Array::<f32>::new(comptime!(rows * SUB));
+        let mut dots = Array::<F4>::new(rows);
+
+        let k_base = b * k.stride(0) + h * k.stride(1);
+        let v_base = b * v.stride(0) + h * v.stride(1);
+        let mut mask_row = b;
+        if key_mask.shape(0) == 1 {
+            mask_row = 0;
+        }
+        let mask_base = mask_row * key_mask.stride(0);
+
+        let num_tiles = k_len.div_ceil(KEY_TILE);
+        for tile in 0..num_tiles {
+            let key0 = tile * KEY_TILE;
+
+            // Stage K and V (zeros past K and past C / Cv), the key mask and the bias tile.
+            let mut e = t;
+            while e < comptime!(KEY_TILE * c4) {
+                let j = e / c4;
+                let i = e % c4;
+                let key = key0 + j;
+                let mut vec = F4::new(0.0f32);
+                if key < k_len {
+                    let base = k_base + key * k.stride(2);
+                    #[unroll]
+                    for x in 0..4 {
+                        let ch = i * 4 + x;
+                        if ch < c_dim {
+                            vec.insert(x, f32::cast_from(k[base + ch * k.stride(3)]));
+                        }
+                    }
+                }
+                k_tile[e] = vec;
+                e += threads;
+            }
+            let mut e = t;
+            while e < comptime!(KEY_TILE * cv4) {
+                let j = e / cv4;
+                let i = e % cv4;
+                let key = key0 + j;
+                let mut vec = F4::new(0.0f32);
+                if key < k_len {
+                    let base = v_base + key * v.stride(2);
+                    #[unroll]
+                    for x in 0..4 {
+                        let ch = i * 4 + x;
+                        if ch < cv_dim {
+                            vec.insert(x, f32::cast_from(v[base + ch * v.stride(3)]));
+                        }
+                    }
+                }
+                v_tile[e] = vec;
+                e += threads;
+            }
+            let mut e = t;
+            while e < KEY_TILE {
+                let key = key0 + e;
+                let mut fill = f32::new(-3.0e38);
+                if key < k_len {
+                    fill = 0.0f32;
+                    if key_mask[mask_base + key * key_mask.stride(1)] == M::new(0.0f32) {
+                        fill = -1.0e9f32;
+                    }
+                }
+                key_fill[e] = fill;
+                e += threads;
+            }
+            #[comptime]
+            if let ComptimeOption::Some(bias) = &bias {
+                let groups = bias.shape(0);
+                let group = b / (batch / groups);
+                let bias_base = group * bias.stride(0) + h * bias.stride(1);
+                let mut e = t;
+                while e < comptime!(block_rows * KEY_TILE) {
+                    let row_local = e / KEY_TILE;
+                    let j = e % KEY_TILE;
+                    let row = row0 + row_local;
+                    let key = key0 + j;
+                    let mut value = f32::new(0.0);
+                    if row < q_len && key < k_len {
+                        value = f32::cast_from(
+                            bias[bias_base + row * bias.stride(2) + key * bias.stride(3)],
+                        );
+                    }
+                    bias_tile[row_local * bias_pitch + j] = value;
+                    e += threads;
+                }
+            }
+            sync_cube();
+
+            let mut tile_keys = k_len - key0;
+            if tile_keys > KEY_TILE {
+                tile_keys = KEY_TILE;
+            }
+            let subs = tile_keys.div_ceil(SUB);
+            for sub in 0..subs {
+                let j0 = sub * SUB;
+                // Logits of SUB keys for every row.
+                #[unroll]
+                for jj in 0..SUB {
+                    let j = j0 + jj;
+                    #[unroll]
+                    for r in 0..rows {
+                        dots[r] = F4::new(0.0f32);
+                    }
+                    #[unroll]
+                    for i in 0..c4 {
+                        let kv = k_tile[j * c4 + i];
+                        #[unroll]
+                        for r in 0..rows {
+                            dots[r] += q_reg[r * c4 + i] * kv;
+                        }
+                    }
+                    let fill = key_fill[j];
+                    #[unroll]
+                    for r in 0..rows {
+                        let d = dots[r];
+                        let mut logit = d.extract(0usize)
+                            + d.extract(1usize)
+                            + d.extract(2usize)
+                            + d.extract(3usize);
+                        if comptime!(has_bias) {
+                            logit += bias_tile[(r * threads + t) * bias_pitch + j];
+                        }
+                        scores[r * SUB + jj] = select(fill == 0.0f32, logit, fill);
+                    }
+                }
+                // Online softmax: new running max, rescale, weights.
+                #[unroll]
+                for r in 0..rows {
+                    let m_old = m_run[r];
+                    let mut m_new = m_old;
+                    #[unroll]
+                    for jj in 0..SUB {
+                        m_new = m_new.max(scores[r * SUB + jj]);
+                    }
+                    let scale = (m_old - m_new).exp();
+                    m_run[r] = m_new;
+                    let mut l = l_run[r] * scale;
+                    let scale4 = F4::new(scale);
+                    #[unroll]
+                    for i in 0..cv4 {
+                        acc[r * cv4 + i] = acc[r * cv4 + i] * scale4;
+                    }
+                    #[unroll]
+                    for jj in 0..SUB {
+                        let p = (scores[r * SUB + jj] - m_new).exp();
+                        scores[r * SUB + jj] = p;
+                        l += p;
+                    }
+                    l_run[r] = l;
+                }
+                // acc += p v.
+                #[unroll]
+                for jj in 0..SUB {
+                    let j = j0 + jj;
+                    #[unroll]
+                    for i in 0..cv4 {
+                        let vv = v_tile[j * cv4 + i];
+                        #[unroll]
+                        for r in 0..rows {
+                            acc[r * cv4 + i] += vv * F4::new(scores[r * SUB + jj]);
+                        }
+                    }
+                }
+            }
+            sync_cube();
+        }
+
+        let out_base = b * out.stride(0) + h * out.stride(1);
+        #[unroll]
+        for r in 0..rows {
+            let row = row0 + r * threads + t;
+            if row < q_len {
+                // l >= 1: the running max itself contributes exp(0).
+                let inv = 1.0f32 / l_run[r];
+                let base = out_base + row * out.stride(2);
+                let out_stride = out.stride(3);
+                #[unroll]
+                for i in 0..cv4 {
+                    let a = acc[r * cv4 + i];
+                    #[unroll]
+                    for x in 0..4 {
+                        if comptime!(i * 4 + x < cv_dim) {
+                            out[base + (i * 4 + x) * out_stride] = F::cast_from(a.extract(x) * inv);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The CubeCL attention kernel against the reference attention core, on a GPU.
+//!
+//! Compiled only with the `cube` feature (`vulkan` pins the Vulkan adapter). The tests run only
+//! when `AF2_GPU_TESTS` is set; without it they print that they were skipped and pass, so a CPU
+//! machine can build them. With it, a missing adapter fails them.
+//!
+//! The reference runs on the CPU (ndarray, exact f32) from the same inputs: it is the definition
+//! of the result, and it keeps the GPU's own matmul precision out of the comparison.
+#![cfg(feature = "cube")]
+
+use af2_layers::attention::{attention_core, attention_core_reference};
+use af2_layers::attention_kernel::{attention_core_kernel, kernel_supports};
+use af2_layers::{GatedAttention, GatedAttentionConfig};
+use burn::module::Param;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// The GPU device, or `None` (after saying so) when `AF2_GPU_TESTS` is unset.
+fn gpu() -> Option<Device> {
+    if std::env::var_os("AF2_GPU_TESTS").is_none() {
+        eprintln!("skipped: set AF2_GPU_TESTS=1 to run the attention kernel GPU tests");
+        return None;
+    }
+    #[cfg(feature = "vulkan")]
+    let device = Device::vulkan(Default::default());
+    #[cfg(not(feature = "vulkan"))]
+    let device = Device::wgpu(Default::default());
+    Some(device)
+}
+
+fn cpu() -> Device {
+    #[allow(deprecated)] // ndarray is the CPU reference backend.
+    Device::ndarray()
+}
+
+/// Deterministic values in [-scale, scale) (a 64-bit LCG).
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    b: usize,
+    h: usize,
+    q: usize,
+    k: usize,
+    c: usize,
+    cv: usize,
+    /// Bias groups `G`, or no bias.
+    groups: Option<usize>,
+    /// A key mask `[1, K]` shared by all rows instead of `[B, K]`.
+    shared_mask: bool,
+    /// q, k, v as `swap_dims(1, 2)` views of `[B, Q, H, C]` tensors, as GatedAttention passes them.
+    swapped: bool,
+}
+
+impl Case {
+    fn new(b: usize, h: usize, q: usize, k: usize, c: usize, groups: Option<usize>) -> Self {
+        Self {
+            b,
+            h,
+            q,
+            k,
+            c,
+            cv: c,
+            groups,
+            shared_mask: false,
+            swapped: false,
+        }
+    }
+}
+
+/// The inputs of a case as data: q (scaled), k, v, key_mask, bias.
+struct Inputs {
+    q: TensorData,
+    k: TensorData,
+    v: TensorData,
+    mask: TensorData,
+    bias: Option<TensorData>,
+}
+
+fn inputs(case: &Case, seed: u64) -> Inputs {
+    let Case {
+        b, h, q, k, c, cv, ..
+    } = *case;
+    let scale = (c as f32).powf(-0.5);
+    // Logits of a few units: softmax rows far from uniform and far from one-hot.
+    let qv = values(b * h * q * c, seed, 2.0 * scale);
+    let kv = values(b * h * k * c, seed + 1, 2.0);
+    let vv = values(b * h * k * cv, seed + 2, 1.0);
+    let mask_rows = if case.shared_mask { 1 } else { b };
+    let mut mask = values(mask_rows * k, seed + 3, 1.0)
+        .into_iter()
+        .map(|x| if x < -0.6 { 0.0 } else { 1.0 })
+        .collect::<Vec<f32>>();
+    // Row 0 keeps key 0; the last row (when separate) is fully masked.
+    mask[0] = 1.0;
+    if mask_rows > 1 {
+        mask[(mask_rows - 1) * k..].fill(0.0);
+    }
+    let bias = case
+        .groups
+        .map(|g| TensorData::new(values(g * h * q * k, seed + 4, 2.0), [g, h, q, k]));
+    let (qs, ks, vs) = if case.swapped {
+        ([b, q, h, c], [b, k, h, c], [b, k, h, cv])
+    } else {
+        ([b, h, q, c], [b, h, k, c], [b, h, k, cv])
+    };
+    Inputs {
+        q: TensorData::new(qv, qs),
+        k: TensorData::new(kv, ks),
+        v: TensorData::new(vv, vs),
+        mask: TensorData::new(mask, [mask_rows, k]),
+        bias,
+    }
+}
+
+type Core = fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<2>, Option<Tensor<4>>) -> Tensor<4>;
+
+fn run(core: Core, inputs: &Inputs, swapped: bool, device: &Device, dtype: DType) -> Vec<f32> {
+    let load4 = |data: &TensorData| {
+        let t = Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype);
+        if swapped { t.swap_dims(1, 2) } else { t }
+    };
+    let mask = Tensor::<2>::from_data(inputs.mask.clone(), (device, DType::F32)).cast(dtype);
+    let bias = inputs
+        .bias
+        .as_ref()
+        .map(|data| Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype));
+    let out = core(
+        load4(&inputs.q),
+        load4(&inputs.k),
+        load4(&inputs.v),
+        mask,
+        bias,
+    );
+    out.cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// Rounds data through f16 (on `device`: the CPU reference backend has no f16), so that the f32
+/// reference sees the kernel's f16 inputs.
+fn through_f16(data: &TensorData, device: &Device) -> TensorData {
+    let shape = data.shape().clone();
+    let rounded = Tensor::<1>::from_data(
+        TensorData::new(data.try_to_vec::<f32>().unwrap(), [data.num_elements()]),
+        (device, DType::F32),
+    )
+    .cast(DType::F16)
+    .cast(DType::F32)
+    .into_data()
+    .try_to_vec::<f32>()
+    .unwrap();
+    TensorData::new(rounded, shape)
+}
+
+/// `max |kernel - reference| / max |reference|`.
+fn relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(kernel.len(), reference.len());
+    let peak = reference
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-30);
+    let diff = kernel.iter().zip(reference).fold(0f32, |m, (a, b)| {
+        if a.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max((a - b).abs())
+        }
+    });
+    diff / peak
+}
+
+fn check(case: &Case, device: &Device) {
+    let data = inputs(case, 17 + case.q as u64 * 31 + case.k as u64);
+    let kernel = run(
+        attention_core_kernel,
+        &data,
+        case.swapped,
+        device,
+        DType::F32,
+    );
+    let reference = run(
+        attention_core_reference,
+        &data,
+        case.swapped,
+        &cpu(),
+        DType::F32,
+    );
+    // f32 on both sides; the kernel sums in another order (online softmax over key tiles,
+    // 4-wide partial dot products) and the GPU's exp differs by a few ulp, so the outputs agree
+    // to a few f32 ulp of their scale (~1e-6), not bit for bit.
+    let error = relative_error(&kernel, &reference);
+    println!("{case:?}: relative error {error:.2e}");
+    assert!(error <= 1e-5, "{case:?}: relative error {error:.3e}");
+}
+
+#[test]
+fn kernel_matches_reference_f32() {
+    let Some(device) = gpu() else { return };
+    let mut cases = vec![
+        // Triangle attention: one bias for all rows; odd Q and K.
+        Case::new(3, 4, 37, 37, 32, Some(1)),
+        Case::new(2, 4, 129, 129, 32, Some(1)),
+        // MSA row attention with pair bias, per-row bias (G = B), groups (1 < G < B).
+        Case::new(4, 8, 33, 65, 16, Some(4)),
+        Case::new(6, 2, 40, 71, 8, Some(3)),
+        // No bias: MSA column attention; C = 8, Q != K.
+        Case::new(5, 8, 129, 37, 8, None),
+        // Largest head, multi-tile queries and keys.
+        Case::new(2, 2, 300, 257, 64, Some(2)),
+        // Odd head dims and one query / one key.
+        Case::new(2, 3, 1, 1, 5, Some(1)),
+        Case::new(2, 3, 19, 3, 3, None),
+    ];
+    let mut mixed = Case::new(3, 2, 50, 45, 8, Some(1));
+    mixed.cv = 16;
+    cases.push(mixed);
+    let mut shared = Case::new(4, 4, 37, 129, 32, Some(2));
+    shared.shared_mask = true;
+    cases.push(shared);
+    let mut swapped = Case::new(3, 4, 129, 129, 32, Some(1));
+    swapped.swapped = true;
+    cases.push(swapped);
+    let mut swapped = Case::new(4, 8, 37, 61, 8, None);
+    swapped.swapped = true;
+    cases.push(swapped);
+    for case in &cases {
+        check(case, &device);
+    }
+}
+
+#[test]
+fn kernel_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    if !device.supports_dtype(DType::F16) {
+        panic!("the GPU adapter has no f16 support");
+    }
+    for case in [
+        Case::new(3, 4, 37, 129, 32, Some(1)),
+        Case::new(4, 8, 65, 33, 8, None),
+    ] {
+        let data = inputs(&case, 5);
+        let rounded = Inputs {
+            q: through_f16(&data.q, &device),
+            k: through_f16(&data.k, &device),
+            v: through_f16(&data.v, &device),
+            mask: data.mask.clone(),
+            bias: data.bias.as_ref().map(|b| through_f16(b, &device)),
+        };
+        let kernel = run(attention_core_kernel, &data, false, &device, DType::F16);
+        let reference = run(
+            attention_core_reference,
+            &rounded,
+            false,
+            &cpu(),
+            DType::F32,
+        );
+        // Same f16 inputs on both sides; the kernel accumulates in f32 and rounds its output to
+        // f16 (relative step 2^-11 ~ 4.9e-4).
+        let error = relative_error(&kernel, &reference);
+        println!("f16 {case:?}: relative error {error:.2e}");
+        assert!(error <= 2e-3, "f16 {case:?}: relative error {error:.3e}");
+    }
+}
+
+/// Large logits: the online softmax must not overflow where the reference's max-shift doesn't.
+#[test]
+fn kernel_handles_large_logits() {
+    let Some(device) = gpu() else { return };
+    let case = Case::new(2, 2, 40, 100, 16, Some(1));
+    let mut data = inputs(&case, 9);
+    let bias: Vec<f32> = data.bias.as_ref().unwrap().try_to_vec::<f32>().unwrap();
+    data.bias = Some(TensorData::new(
+        bias.into_iter().map(|x| x * 200.0).collect::<Vec<f32>>(),
+        [1, 2, 40, 100],
+    ));
+    let kernel = run(attention_core_kernel, &data, false, &device, DType::F32);
+    let reference = run(attention_core_reference, &data, false, &cpu(), DType::F32);
+    let error = relative_error(&kernel, &reference);
+    assert!(error <= 1e-5, "relative error {error:.3e}");
+}
+
+/// The public entry point takes the kernel on the GPU and the reference on the CPU.
+#[test]
+fn attention_core_dispatches_to_the_kernel() {
+    let Some(device) = gpu() else { return };
+    let q = Tensor::<4>::zeros([1, 1, 4, 8], &device);
+    assert!(kernel_supports(&q, &q, &q));
+    assert!(!kernel_supports(
+        &Tensor::<4>::zeros([1, 1, 4, 8], &cpu()),
+        &Tensor::<4>::zeros([1, 1, 4, 8], &cpu()),
+        &Tensor::<4>::zeros([1, 1, 4, 8], &cpu()),
+    ));
+    let wide = Tensor::<4>::zeros([1, 1, 4, 65], &device);
+    assert!(!kernel_supports(&wide, &wide, &wide));
+
+    let case = Case::new(3, 4, 37, 37, 16, Some(3));
+    let data = inputs(&case, 3);
+    let via_entry = run(attention_core, &data, false, &device, DType::F32);
+    let kernel = run(attention_core_kernel, &data, false, &device, DType::F32);
+    assert_eq!(via_entry, kernel);
+}
+
+/// GatedAttention (projections, swap_dims views, gating, grouped bias, chunking) on the GPU
+/// against the CPU.
+#[test]
+fn gated_attention_matches_cpu() {
+    let Some(device) = gpu() else { return };
+    let (b, n, channels, heads, head_dim) = (6, 45, 24, 4, 8);
+    let cpu = cpu();
+    let build = |device: &Device| {
+        let mut attention =
+            GatedAttentionConfig::new(channels, channels, heads, head_dim, head_dim, channels)
+                .init(device);
+        let param3 = |shape: [usize; 3], seed| {
+            let data = TensorData::new(values(shape.iter().product(), seed, 0.3), shape);
+            Param::from_tensor(Tensor::<3>::from_data(data, device))
+        };
+        attention.query_w = param3([channels, heads, head_dim], 1);
+        attention.key_w = param3([channels, heads, head_dim], 2);
+        attention.value_w = param3([channels, heads, head_dim], 3);
+        attention.gating_w = Some(param3([channels, heads, head_dim], 4));
+        attention.output_w = param3([heads, head_dim, channels], 5);
+        attention
+    };
+    let forward = |attention: &GatedAttention, device: &Device, max_logits: usize| {
+        let x = Tensor::<3>::from_data(
+            TensorData::new(values(b * n * channels, 6, 1.0), [b, n, channels]),
+            device,
+        );
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(
+                values(b * n, 7, 1.0)
+                    .into_iter()
+                    .map(|x| if x < -0.5 { 0.0 } else { 1.0 })
+                    .collect::<Vec<f32>>(),
+                [b, n],
+            ),
+            device,
+        );
+        let bias = Tensor::<4>::from_data(
+            TensorData::new(values(3 * heads * n * n, 8, 1.0), [3, heads, n, n]),
+            device,
+        );
+        attention
+            .forward_chunked(x.clone(), x, mask, Some(bias), max_logits)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let reference = forward(&build(&cpu), &cpu, usize::MAX);
+    for max_logits in [usize::MAX, heads * n * n] {
+        let gpu_out = forward(&build(&device), &device, max_logits);
+        let error = relative_error(&gpu_out, &reference);
+        println!("gated attention (max_logits {max_logits}): relative error {error:.2e}");
+        // The projections run on the GPU's matmul, which may round differently from ndarray.
+        assert!(error <= 1e-4, "relative error {error:.3e}");
+    }
+}
