@@ -16,7 +16,7 @@ pub struct Args {
     /// Sequence lengths L.
     #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
     lengths: Vec<usize>,
-    /// Timed repetitions per row (after one warm-up call).
+    /// Timed repetitions per row (after two warm-up calls).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
@@ -101,11 +101,13 @@ impl Problem {
     }
 }
 
-/// Mean milliseconds per call of `f`, after one warm-up call, with the device synchronised
-/// before the clock starts and after the last call.
+/// Mean milliseconds per call of `f`, after two warm-up calls (shader compilation, autotune),
+/// with the device synchronised before the clock starts and after the last call.
 fn time_ms(device: &Device, repeats: usize, f: impl Fn() -> Tensor<4>) -> Result<f64> {
-    drop(f());
-    device.sync()?;
+    for _ in 0..2 {
+        drop(f());
+        device.sync()?;
+    }
     let start = Instant::now();
     // Outputs stay alive until the device is synchronised, so none is skipped as unused.
     let outputs: Vec<Tensor<4>> = (0..repeats).map(|_| f()).collect();

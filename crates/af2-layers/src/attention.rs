@@ -402,4 +402,71 @@ mod tests {
         assert_eq!(chunk_ranges(6, 1, 4), vec![(0, 4), (4, 2)]);
         assert_eq!(chunk_ranges(6, 2, 2), vec![(0, 2), (2, 1), (3, 2), (5, 1)]);
     }
+
+    /// On the CPU the entry point is the reference; a fully masked row averages the values
+    /// uniformly (AlphaFold's -1e9 fill), a partly masked one ignores its masked keys.
+    #[test]
+    fn attention_core_is_the_reference_on_cpu_and_masks_like_alphafold() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let normal =
+            |shape: [usize; 4]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (
+            normal([2, 3, 5, 4]),
+            normal([2, 3, 6, 4]),
+            normal([2, 3, 6, 4]),
+        );
+        let bias = normal([1, 3, 5, 6]);
+        let mask = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(
+                vec![
+                    1.0f32, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                ],
+                [2, 6],
+            ),
+            &device,
+        );
+        assert!(!attention_core_uses_kernel(&q, &k, &v));
+        let out = attention_core(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+            Some(bias.clone()),
+        );
+        let reference = attention_core_reference(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+            Some(bias.clone()),
+        );
+        let diff: f32 = (out.clone() - reference).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+
+        let uniform = v.clone().narrow(0, 1, 1).mean_dim(2).expand([1, 3, 5, 4]);
+        let diff: f32 = (out.clone().narrow(0, 1, 1) - uniform)
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(diff < 1e-6, "fully masked row: {diff}");
+
+        // Row 0 without its masked keys 2 and 5.
+        let keep = |t: Tensor<4>| {
+            Tensor::cat(
+                vec![t.clone().narrow(2, 0, 2), t.clone().narrow(2, 3, 2)],
+                2,
+            )
+        };
+        let bias_kept = Tensor::cat(vec![bias.clone().narrow(3, 0, 2), bias.narrow(3, 3, 2)], 3);
+        let unmasked = attention_core_reference(
+            q.narrow(0, 0, 1),
+            keep(k.narrow(0, 0, 1)),
+            keep(v.narrow(0, 0, 1)),
+            Tensor::ones([1, 4], &device),
+            Some(bias_kept),
+        );
+        let diff: f32 = (out.narrow(0, 0, 1) - unmasked).abs().max().into_scalar();
+        assert!(diff < 1e-6, "partly masked row: {diff}");
+    }
 }

@@ -1,13 +1,17 @@
 //! A CubeCL kernel for [`attention_core`](crate::attention::attention_core) (feature `cube`).
 //!
 //! Flash-attention style: one cube computes up to 128 query rows of one `(batch row, head)`; it
-//! walks the keys in tiles of [`KEY_TILE`] staged in shared memory (K, V and, with a bias, the
-//! `[rows, KEY_TILE]` bias tile, all converted to f32) and keeps an online softmax (running max,
+//! walks the keys in tiles of 32 staged in shared memory (K, V and, with a bias, the
+//! `[rows, 32]` bias tile, all converted to f32) and keeps an online softmax (running max,
 //! running sum, f32 accumulators) per query row, so the `[B, H, Q, K]` logits never exist.
 //!
 //! Each unit owns `rows` query rows (`rows * threads` rows a cube), kept in registers with their
 //! `Cv` accumulators; every shared-memory read of a key or value vector serves all of them. Keys
-//! are scored [`SUB`] at a time: a running-max rescale per [`SUB`] keys, not per key.
+//! are scored 8 at a time: one running-max rescale per 8 keys, not per key.
+//!
+//! Where the query rows give too few cubes to fill the GPU (MSA row attention of one sequence:
+//! `B = 1`), the keys are also split over cubes, each writing an unnormalised partial with its
+//! running max and sum, and a second kernel combines them (flash-decoding).
 //!
 //! Reached from the `Tensor` API through Burn's backend extension: [`AttentionCoreOps`] is
 //! implemented for [`CubeBackend`], and `#[backend_extension(Cube, Fusion)]` generates the lazy
@@ -23,7 +27,7 @@ use burn_cubecl::kernel::untile;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{Const, CubeCount, CubeDim, Vector};
-use kernel::attention_kernel;
+use kernel::{attention_kernel, combine_kernel};
 
 /// Keys staged in shared memory at a time.
 const KEY_TILE: usize = 32;
@@ -118,11 +122,12 @@ pub fn kernel_supports_problem(
 }
 
 /// The attention core on the CubeCL kernel; same contract as
-/// [`attention_core`](crate::attention::attention_core). Callers check [`kernel_supports`]
-/// first: other backends panic in the dispatch.
+/// [`attention_core`](crate::attention::attention_core), which calls it where
+/// [`kernel_supports`] says so.
 ///
 /// # Panics
-/// On inconsistent shapes, or a bias whose group count does not divide `B`.
+/// On inputs [`kernel_supports`] refuses (including `AF2_ATTENTION_KERNEL=0`), inconsistent
+/// shapes, or a bias whose group count does not divide `B`.
 pub fn attention_core_kernel(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -136,6 +141,18 @@ pub fn attention_core_kernel(
         &v.shape(),
         &key_mask.shape(),
         bias.as_ref().map(|t| t.shape()).as_ref(),
+    );
+    assert!(
+        kernel_supports(&q, &k, &v),
+        "attention kernel: unsupported inputs (device {:?}, dtypes {:?}/{:?}/{:?}, C = {}, \
+         Cv = {}; the kernel takes float tensors of one dtype on a cubecl device, heads of at \
+         most {MAX_HEAD_DIM} channels); use attention_core, which falls back to the reference",
+        q.device(),
+        q.dtype(),
+        k.dtype(),
+        v.dtype(),
+        q.dims()[3],
+        v.dims()[3],
     );
     let (q, k, v, key_mask) = (
         q.into_dispatch(),
@@ -230,6 +247,7 @@ fn launch(
     let shape = q.meta.shape();
     let (b, h, q_len, c) = (shape[0], shape[1], shape[2], shape[3]);
     let cv = v.meta.shape()[3];
+    let k_len = k.meta.shape()[2];
     assert!(
         c <= MAX_HEAD_DIM && cv <= MAX_HEAD_DIM,
         "attention kernel: head dims C={c}, Cv={cv} exceed {MAX_HEAD_DIM}"
@@ -243,40 +261,66 @@ fn launch(
     );
 
     let client = q.client.clone();
+    let device = q.device.clone();
+    let dtype = q.dtype;
     let out = empty_device_contiguous_dtype(
         client.clone(),
-        q.device.clone(),
+        device.clone(),
         Shape::new([b, h, q_len, cv]),
-        q.dtype,
+        dtype,
     );
 
     let (threads, rows) = launch_shape(c.max(cv));
     let q_tiles = q_len.div_ceil(threads * rows);
-    let cubes = q_tiles * h * b;
-    let cubes_x = cubes.min(u16::MAX as usize);
-    let cubes_y = cubes.div_ceil(cubes_x);
-    let cube_count = CubeCount::Static(cubes_x as u32, cubes_y as u32, 1);
+    let (splits, tiles_per_split) = key_splits(q_tiles * h * b, k_len.div_ceil(KEY_TILE));
     let cube_dim = CubeDim::new_1d(threads as u32);
+    let grid = cube_count(q_tiles * h * b * splits);
 
-    let address_type = [&q, &k, &v, &key_mask, &out]
+    // With split keys the cubes write unnormalised f32 partials and their running max and sum;
+    // a second kernel combines them.
+    let partials = (splits > 1).then(|| {
+        let f32_tensor = |shape: [usize; 2]| {
+            empty_device_contiguous_dtype(
+                client.clone(),
+                device.clone(),
+                Shape::new(shape),
+                DType::F32,
+            )
+        };
+        let rows_total = splits * b * h * q_len;
+        (f32_tensor([rows_total, cv]), f32_tensor([rows_total, 2]))
+    });
+
+    let mut address_type = [&q, &k, &v, &key_mask, &out]
         .into_iter()
         .chain(bias.as_ref())
         .map(CubeTensor::required_address_type)
         .max()
         .unwrap_or_default();
+    if let Some((acc, stats)) = &partials {
+        address_type = address_type
+            .max(acc.required_address_type())
+            .max(stats.required_address_type());
+    }
+    let (target, target_dtype) = match &partials {
+        Some((acc, _)) => (acc.clone(), DType::F32),
+        None => (out.clone(), dtype),
+    };
     let dtypes = [
-        dtype_to_storage_type(q.dtype),
+        dtype_to_storage_type(dtype),
         dtype_to_storage_type(key_mask.dtype),
-        dtype_to_storage_type(bias.as_ref().map_or(q.dtype, |t| t.dtype)),
+        dtype_to_storage_type(bias.as_ref().map_or(dtype, |t| t.dtype)),
+        dtype_to_storage_type(target_dtype),
     ];
     let has_bias = bias.is_some();
 
     // SAFETY: every index is bounded by the shapes checked above: query rows past Q are clamped
-    // on read and skipped on write; keys past K are never read (their tile slots are zeroed).
+    // on read and skipped on write; keys past K are never read (their tile slots are zeroed);
+    // each split's tiles lie inside the key range.
     unsafe {
         attention_kernel::launch_unchecked(
             &client,
-            cube_count,
+            grid,
             cube_dim,
             address_type,
             q.into_tensor_arg(),
@@ -284,8 +328,14 @@ fn launch(
             v.into_tensor_arg(),
             key_mask.into_tensor_arg(),
             bias.map(CubeTensor::into_tensor_arg).into(),
-            out.clone().into_tensor_arg(),
+            target.into_tensor_arg(),
+            partials
+                .as_ref()
+                .map(|(_, stats)| stats.clone().into_tensor_arg())
+                .into(),
             q_tiles,
+            splits,
+            tiles_per_split,
             c,
             cv,
             threads,
@@ -294,7 +344,45 @@ fn launch(
             dtypes,
         );
     }
+
+    if let Some((acc, stats)) = partials {
+        let units = b * h * q_len;
+        let threads = 256;
+        // SAFETY: one unit per output row, bounded by `units` inside the kernel.
+        unsafe {
+            combine_kernel::launch_unchecked(
+                &client,
+                cube_count(units.div_ceil(threads)),
+                CubeDim::new_1d(threads as u32),
+                address_type,
+                acc.into_tensor_arg(),
+                stats.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                splits,
+                dtype_to_storage_type(dtype),
+            );
+        }
+    }
     out
+}
+
+/// Cubes the key loop aims for: enough to fill a large GPU (an H100 has 132 SMs) several times.
+const TARGET_CUBES: usize = 512;
+
+/// Key splits and key tiles per split for `cubes` cubes over `key_tiles` tiles: one split (no
+/// combine pass) when the query rows alone give [`TARGET_CUBES`], else enough splits to reach it,
+/// each at least two tiles long. Every split gets at least one tile.
+fn key_splits(cubes: usize, key_tiles: usize) -> (usize, usize) {
+    let wanted = TARGET_CUBES.div_ceil(cubes.max(1));
+    let splits = wanted.min(key_tiles / 2).max(1);
+    let tiles_per_split = key_tiles.div_ceil(splits);
+    (key_tiles.div_ceil(tiles_per_split), tiles_per_split)
+}
+
+/// `cubes` cubes as a grid whose sides stay within wgpu's default 65535 per dimension.
+fn cube_count(cubes: usize) -> CubeCount {
+    let x = cubes.clamp(1, u16::MAX as usize);
+    CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
 }
 
 mod kernel {
@@ -302,24 +390,32 @@ mod kernel {
     use cubecl::prelude::*;
 
     /// The kernel; see the module documentation. Cube `CUBE_POS` computes query rows
-    /// `tile * threads * rows ..` of head `h`, batch row `b`, with
-    /// `CUBE_POS = (b * H + h) * q_tiles + tile`. Unit `t` owns rows `r * threads + t` of the tile.
+    /// `q_tile * threads * rows ..` of head `h`, batch row `b`, over key tiles
+    /// `split * tiles_per_split ..`, with `CUBE_POS = ((b * H + h) * q_tiles + q_tile) * splits +
+    /// split`. Unit `t` owns rows `r * threads + t` of the query tile.
+    ///
+    /// Without `stats`, `out` is the `[B, H, Q, Cv]` result. With it (split keys), `out` is the
+    /// unnormalised `[splits * B * H * Q, Cv]` accumulator and `stats` the `[.., 2]` running max
+    /// and sum of each row and split, for [`combine_kernel`].
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked, address_type = "dynamic")]
-    pub(super) fn attention_kernel<F: Float, M: Float, Bt: Float>(
+    pub(super) fn attention_kernel<F: Float, M: Float, Bt: Float, O: Float>(
         q: &Tensor<F>,
         k: &Tensor<F>,
         v: &Tensor<F>,
         key_mask: &Tensor<M>,
         bias: ComptimeOption<&Tensor<Bt>>,
-        out: &mut Tensor<F>,
+        out: &mut Tensor<O>,
+        stats: ComptimeOption<&mut Tensor<O>>,
         q_tiles: usize,
+        splits: usize,
+        tiles_per_split: usize,
         #[comptime] c_dim: usize,
         #[comptime] cv_dim: usize,
         #[comptime] threads: usize,
         #[comptime] rows: usize,
         #[comptime] has_bias: bool,
-        #[define(F, M, Bt)] _dtypes: [ElemType; 3],
+        #[define(F, M, Bt, O)] _dtypes: [ElemType; 4],
     ) {
         let c4 = comptime!(c_dim.div_ceil(4));
         let cv4 = comptime!(cv_dim.div_ceil(4));
@@ -333,11 +429,13 @@ mod kernel {
         let q_len = q.shape(2);
         let k_len = k.shape(2);
         let cube = CUBE_POS;
-        if cube >= q_tiles * heads * batch {
+        if cube >= q_tiles * heads * batch * splits {
             terminate!();
         }
-        let q_tile = cube % q_tiles;
-        let bh = cube / q_tiles;
+        let split = cube % splits;
+        let rest = cube / splits;
+        let q_tile = rest % q_tiles;
+        let bh = rest / q_tiles;
         let h = bh % heads;
         let b = bh / heads;
         let t = UNIT_POS_X as usize;
@@ -371,7 +469,7 @@ mod kernel {
             for i in 0..cv4 {
                 acc[r * cv4 + i] = F4::new(0.0f32);
             }
-            // Below any logit (masked ones are -1e9), so the first rescale factor is exp(-huge) = 0.
+            // Below any logit (masked ones are -1e9): the first rescale factor is exp(-huge) = 0.
             m_run[r] = -3.0e38f32;
             l_run[r] = 0.0f32;
         }
@@ -393,8 +491,13 @@ mod kernel {
         }
         let mask_base = mask_row * key_mask.stride(0);
 
+        let tile_begin = split * tiles_per_split;
+        let mut tile_end = tile_begin + tiles_per_split;
         let num_tiles = k_len.div_ceil(KEY_TILE);
-        for tile in 0..num_tiles {
+        if tile_end > num_tiles {
+            tile_end = num_tiles;
+        }
+        for tile in tile_begin..tile_end {
             let key0 = tile * KEY_TILE;
 
             // Stage K and V (zeros past K and past C / Cv), the key mask and the bias tile.
@@ -524,7 +627,7 @@ mod kernel {
                     let scale4 = F4::new(scale);
                     #[unroll]
                     for i in 0..cv4 {
-                        acc[r * cv4 + i] = acc[r * cv4 + i] * scale4;
+                        acc[r * cv4 + i] *= scale4;
                     }
                     #[unroll]
                     for jj in 0..SUB {
@@ -551,26 +654,104 @@ mod kernel {
             sync_cube();
         }
 
-        let out_base = b * out.stride(0) + h * out.stride(1);
-        #[unroll]
-        for r in 0..rows {
-            let row = row0 + r * threads + t;
-            if row < q_len {
-                // l >= 1: the running max itself contributes exp(0).
-                let inv = 1.0f32 / l_run[r];
-                let base = out_base + row * out.stride(2);
+        #[comptime]
+        match stats {
+            ComptimeOption::None => {
+                let out_base = b * out.stride(0) + h * out.stride(1);
                 let out_stride = out.stride(3);
                 #[unroll]
-                for i in 0..cv4 {
-                    let a = acc[r * cv4 + i];
-                    #[unroll]
-                    for x in 0..4 {
-                        if comptime!(i * 4 + x < cv_dim) {
-                            out[base + (i * 4 + x) * out_stride] = F::cast_from(a.extract(x) * inv);
+                for r in 0..rows {
+                    let row = row0 + r * threads + t;
+                    if row < q_len {
+                        // l >= 1: the running max itself contributes exp(0).
+                        let inv = 1.0f32 / l_run[r];
+                        let base = out_base + row * out.stride(2);
+                        #[unroll]
+                        for i in 0..cv4 {
+                            let a = acc[r * cv4 + i];
+                            #[unroll]
+                            for x in 0..4 {
+                                if comptime!(i * 4 + x < cv_dim) {
+                                    out[base + (i * 4 + x) * out_stride] =
+                                        O::cast_from(a.extract(x) * inv);
+                                }
+                            }
                         }
                     }
                 }
             }
+            ComptimeOption::Some(stats) => {
+                let out_stride = out.stride(1);
+                let stats_stride = stats.stride(1);
+                #[unroll]
+                for r in 0..rows {
+                    let row = row0 + r * threads + t;
+                    if row < q_len {
+                        let id = ((split * batch + b) * heads + h) * q_len + row;
+                        let base = id * out.stride(0);
+                        #[unroll]
+                        for i in 0..cv4 {
+                            let a = acc[r * cv4 + i];
+                            #[unroll]
+                            for x in 0..4 {
+                                if comptime!(i * 4 + x < cv_dim) {
+                                    out[base + (i * 4 + x) * out_stride] =
+                                        O::cast_from(a.extract(x));
+                                }
+                            }
+                        }
+                        let stats_base = id * stats.stride(0);
+                        stats[stats_base] = O::cast_from(m_run[r]);
+                        stats[stats_base + stats_stride] = O::cast_from(l_run[r]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Combines the split-key partials of [`attention_kernel`]: one unit per output row,
+    /// `out = Σ_s e^(m_s - m) acc_s / Σ_s e^(m_s - m) l_s` with `m = max_s m_s`.
+    #[cube(launch_unchecked, address_type = "dynamic")]
+    pub(super) fn combine_kernel<F: Float>(
+        acc: &Tensor<f32>,
+        stats: &Tensor<f32>,
+        out: &mut Tensor<F>,
+        splits: usize,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let heads = out.shape(1);
+        let q_len = out.shape(2);
+        let cv = out.shape(3);
+        let rows_total = out.shape(0) * heads * q_len;
+        let id = CUBE_POS * (CUBE_DIM_X as usize) + UNIT_POS_X as usize;
+        if id >= rows_total {
+            terminate!();
+        }
+        let row = id % q_len;
+        let bh = id / q_len;
+        let h = bh % heads;
+        let b = bh / heads;
+
+        let mut m = f32::new(-3.0e38);
+        for s in 0..splits {
+            m = m.max(stats[(s * rows_total + id) * stats.stride(0)]);
+        }
+        let mut l = f32::new(0.0);
+        for s in 0..splits {
+            let base = (s * rows_total + id) * stats.stride(0);
+            l += (stats[base] - m).exp() * stats[base + stats.stride(1)];
+        }
+        let inv = 1.0f32 / l;
+        let out_base = b * out.stride(0) + h * out.stride(1) + row * out.stride(2);
+        let out_stride = out.stride(3);
+        for c in 0..cv {
+            let mut sum = f32::new(0.0);
+            for s in 0..splits {
+                let part = s * rows_total + id;
+                let weight = (stats[part * stats.stride(0)] - m).exp();
+                sum += weight * acc[part * acc.stride(0) + c * acc.stride(1)];
+            }
+            out[out_base + c * out_stride] = F::cast_from(sum * inv);
         }
     }
 }

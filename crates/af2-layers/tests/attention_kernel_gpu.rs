@@ -61,6 +61,8 @@ struct Case {
     shared_mask: bool,
     /// q, k, v as `swap_dims(1, 2)` views of `[B, Q, H, C]` tensors, as GatedAttention passes them.
     swapped: bool,
+    /// Every input a view at an offset into a larger buffer (`narrow` on the first axis).
+    offset: bool,
 }
 
 impl Case {
@@ -75,6 +77,7 @@ impl Case {
             groups,
             shared_mask: false,
             swapped: false,
+            offset: false,
         }
     }
 }
@@ -126,16 +129,22 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
 
 type Core = fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<2>, Option<Tensor<4>>) -> Tensor<4>;
 
-fn run(core: Core, inputs: &Inputs, swapped: bool, device: &Device, dtype: DType) -> Vec<f32> {
+fn run(core: Core, inputs: &Inputs, case: &Case, device: &Device, dtype: DType) -> Vec<f32> {
+    let at_offset = |t: Tensor<4>| {
+        if !case.offset {
+            return t;
+        }
+        let [a, b, c, d] = t.dims();
+        Tensor::cat(vec![Tensor::zeros([1, b, c, d], (device, dtype)), t], 0).narrow(0, 1, a)
+    };
     let load4 = |data: &TensorData| {
         let t = Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype);
-        if swapped { t.swap_dims(1, 2) } else { t }
+        at_offset(if case.swapped { t.swap_dims(1, 2) } else { t })
     };
     let mask = Tensor::<2>::from_data(inputs.mask.clone(), (device, DType::F32)).cast(dtype);
-    let bias = inputs
-        .bias
-        .as_ref()
-        .map(|data| Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype));
+    let bias = inputs.bias.as_ref().map(|data| {
+        at_offset(Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype))
+    });
     let out = core(
         load4(&inputs.q),
         load4(&inputs.k),
@@ -185,20 +194,8 @@ fn relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
 
 fn check(case: &Case, device: &Device) {
     let data = inputs(case, 17 + case.q as u64 * 31 + case.k as u64);
-    let kernel = run(
-        attention_core_kernel,
-        &data,
-        case.swapped,
-        device,
-        DType::F32,
-    );
-    let reference = run(
-        attention_core_reference,
-        &data,
-        case.swapped,
-        &cpu(),
-        DType::F32,
-    );
+    let kernel = run(attention_core_kernel, &data, case, device, DType::F32);
+    let reference = run(attention_core_reference, &data, case, &cpu(), DType::F32);
     // f32 on both sides; the kernel sums in another order (online softmax over key tiles,
     // 4-wide partial dot products) and the GPU's exp differs by a few ulp, so the outputs agree
     // to a few f32 ulp of their scale (~1e-6), not bit for bit.
@@ -224,6 +221,11 @@ fn kernel_matches_reference_f32() {
         // Odd head dims and one query / one key.
         Case::new(2, 3, 1, 1, 5, Some(1)),
         Case::new(2, 3, 19, 3, 3, None),
+        // Few query rows, many keys: the keys split over cubes and a combine pass (with the
+        // fully masked row, and with K not a multiple of the split).
+        Case::new(1, 1, 5, 1000, 32, Some(1)),
+        Case::new(2, 2, 20, 300, 16, Some(2)),
+        Case::new(2, 8, 64, 517, 8, None),
     ];
     let mut mixed = Case::new(3, 2, 50, 45, 8, Some(1));
     mixed.cv = 16;
@@ -237,6 +239,11 @@ fn kernel_matches_reference_f32() {
     let mut swapped = Case::new(4, 8, 37, 61, 8, None);
     swapped.swapped = true;
     cases.push(swapped);
+    let mut offset = Case::new(4, 4, 37, 45, 16, Some(2));
+    offset.offset = true;
+    cases.push(offset.clone());
+    offset.swapped = true;
+    cases.push(offset);
     for case in &cases {
         check(case, &device);
     }
@@ -260,11 +267,11 @@ fn kernel_matches_reference_f16() {
             mask: data.mask.clone(),
             bias: data.bias.as_ref().map(|b| through_f16(b, &device)),
         };
-        let kernel = run(attention_core_kernel, &data, false, &device, DType::F16);
+        let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
         let reference = run(
             attention_core_reference,
             &rounded,
-            false,
+            &case,
             &cpu(),
             DType::F32,
         );
@@ -287,8 +294,8 @@ fn kernel_handles_large_logits() {
         bias.into_iter().map(|x| x * 200.0).collect::<Vec<f32>>(),
         [1, 2, 40, 100],
     ));
-    let kernel = run(attention_core_kernel, &data, false, &device, DType::F32);
-    let reference = run(attention_core_reference, &data, false, &cpu(), DType::F32);
+    let kernel = run(attention_core_kernel, &data, &case, &device, DType::F32);
+    let reference = run(attention_core_reference, &data, &case, &cpu(), DType::F32);
     let error = relative_error(&kernel, &reference);
     assert!(error <= 1e-5, "relative error {error:.3e}");
 }
@@ -309,8 +316,8 @@ fn attention_core_dispatches_to_the_kernel() {
 
     let case = Case::new(3, 4, 37, 37, 16, Some(3));
     let data = inputs(&case, 3);
-    let via_entry = run(attention_core, &data, false, &device, DType::F32);
-    let kernel = run(attention_core_kernel, &data, false, &device, DType::F32);
+    let via_entry = run(attention_core, &data, &case, &device, DType::F32);
+    let kernel = run(attention_core_kernel, &data, &case, &device, DType::F32);
     assert_eq!(via_entry, kernel);
 }
 
