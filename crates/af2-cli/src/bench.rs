@@ -87,18 +87,26 @@ fn stage_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) ->
     times
 }
 
-/// The first prediction of the process, as `af2 predict` makes it, written as a PDB.
-fn first_pdb(model: &AlphaFold, n: usize, recycles: usize, device: &Device) -> Result<()> {
+/// The first prediction of the process, as `af2 predict` makes it, written as a PDB. Returns
+/// the seconds since `process_start` at which each pass ended (its CA read back).
+fn first_pdb(
+    model: &AlphaFold,
+    n: usize,
+    recycles: usize,
+    device: &Device,
+    process_start: Instant,
+) -> Result<Vec<f64>> {
     let features = [benchmark_features(n)];
     let asym_id = vec![0i64; n];
     let inputs = PredictionInputs::new(&features, &asym_id);
+    let mut pass_ends = Vec::new();
     let prediction = predict(
         model,
         &inputs,
         recycles,
         &RecycleOptions::default(),
         device,
-        |_| {},
+        |_| pass_ends.push(process_start.elapsed().as_secs_f64()),
     );
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("first.pdb");
@@ -109,7 +117,8 @@ fn first_pdb(model: &AlphaFold, n: usize, recycles: usize, device: &Device) -> R
         &PdbLabels::sequential(&[n]),
         &["af2 bench timing run: zero parameters, not a structure"],
     )
-    .with_context(|| format!("writing {}", path.display()))
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(pass_ends)
 }
 
 /// One row of the table.
@@ -166,10 +175,15 @@ pub fn run(args: &Args) -> Result<()> {
         None => println!("kernel cache: none"),
     }
 
+    let model_ready_s = process_start.elapsed().as_secs_f64();
     let first_n = args.lengths[0];
-    first_pdb(&model, first_n, args.recycles, &device)?;
+    let pass_ends = first_pdb(&model, first_n, args.recycles, &device, process_start)?;
     let first_pdb_s = process_start.elapsed().as_secs_f64();
-    println!("process start to first PDB (L={first_n}, B=1): {first_pdb_s:.1} s");
+    let pass_ends: Vec<String> = pass_ends.iter().map(|s| format!("{s:.1}")).collect();
+    println!(
+        "process start to first PDB (L={first_n}, B=1): {first_pdb_s:.1} s (model on the device at {model_ready_s:.1} s; passes ended at {} s)",
+        pass_ends.join(", ")
+    );
 
     let mut lengths = args.lengths.clone();
     if args.complex_length > 0 && !lengths.contains(&args.complex_length) {

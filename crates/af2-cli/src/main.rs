@@ -1,6 +1,7 @@
 //! `af2`: AlphaFold2 inference in Rust.
 
 mod bench;
+mod bench_block;
 mod bench_kernels;
 mod device;
 mod kernel_cache;
@@ -44,6 +45,8 @@ enum Command {
     Bench(bench::Args),
     /// Time the fused attention kernel against the reference attention core.
     BenchKernels(bench_kernels::Args),
+    /// Time one Evoformer block layer by layer, and the primitives the layers use.
+    BenchBlock(bench_block::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::RunFeatures(args) => run_features::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchKernels(args) => bench_kernels::run(&args),
+        Command::BenchBlock(args) => bench_block::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

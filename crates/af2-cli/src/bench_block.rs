@@ -1,0 +1,236 @@
+//! `af2 bench-block`: where the time of one Evoformer block goes, layer by layer, plus the
+//! primitives those layers are made of, each timed alone on the device.
+
+use anyhow::{Result, bail};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+
+use af2_model::evoformer::{EvoformerBlock, EvoformerBlockConfig};
+use af2_model::precision::cast_module;
+
+use crate::bench_kernels::{Timing, time};
+use crate::device::parse_device;
+
+/// Arguments of `af2 bench-block`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Sequence lengths L.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
+    lengths: Vec<usize>,
+    /// MSA rows (single sequence plus one template row: 2).
+    #[arg(long, default_value_t = 2)]
+    msa_rows: usize,
+    /// Designs per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed repetitions per row (after two warm-up calls).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Run the block in half precision.
+    #[arg(long)]
+    f16: bool,
+}
+
+/// The released model_1_ptm block widths.
+fn model_block() -> EvoformerBlockConfig {
+    EvoformerBlockConfig::new(256, 128, 8, 32, 8, 32, 1024, 32, 128, 4, 32, 512)
+}
+
+/// Inputs of one block at one length.
+struct Inputs {
+    msa: Tensor<4>,
+    msa_mask: Tensor<3>,
+    pair: Tensor<4>,
+    pair_mask: Tensor<3>,
+}
+
+impl Inputs {
+    fn new(args: &Args, l: usize, dtype: FloatDType, device: &Device) -> Self {
+        let b = args.batch;
+        let normal = |shape: [usize; 4]| {
+            Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
+        };
+        Self {
+            msa: normal([b, args.msa_rows, l, 256]),
+            msa_mask: Tensor::<3>::ones([b, args.msa_rows, l], device).cast(dtype),
+            pair: normal([b, l, l, 128]),
+            pair_mask: Tensor::<3>::ones([b, l, l], device).cast(dtype),
+        }
+    }
+}
+
+/// One timed row: a name and what it runs.
+type Row<'a> = (&'static str, Box<dyn Fn() -> Tensor<4> + 'a>);
+
+/// The block's layers, each alone, then the whole block.
+fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
+    let pair = || x.pair.clone();
+    let msa = || x.msa.clone();
+    vec![
+        (
+            "msa row attention",
+            Box::new(move || {
+                block
+                    .msa_row_attention_with_pair_bias
+                    .forward(msa(), x.msa_mask.clone(), pair())
+            }),
+        ),
+        (
+            "msa column attention",
+            Box::new(move || {
+                block
+                    .msa_column_attention
+                    .forward(msa(), x.msa_mask.clone())
+            }),
+        ),
+        (
+            "msa transition",
+            Box::new(move || block.msa_transition.forward(msa())),
+        ),
+        (
+            "outer product mean",
+            Box::new(move || block.outer_product_mean.forward(msa(), x.msa_mask.clone())),
+        ),
+        (
+            "tri mult outgoing",
+            Box::new(move || {
+                block
+                    .triangle_multiplication_outgoing
+                    .forward(pair(), x.pair_mask.clone())
+            }),
+        ),
+        (
+            "tri mult incoming",
+            Box::new(move || {
+                block
+                    .triangle_multiplication_incoming
+                    .forward(pair(), x.pair_mask.clone())
+            }),
+        ),
+        (
+            "tri att starting",
+            Box::new(move || {
+                block
+                    .triangle_attention_starting_node
+                    .forward(pair(), x.pair_mask.clone())
+            }),
+        ),
+        (
+            "tri att ending",
+            Box::new(move || {
+                block
+                    .triangle_attention_ending_node
+                    .forward(pair(), x.pair_mask.clone())
+            }),
+        ),
+        (
+            "pair transition",
+            Box::new(move || block.pair_transition.forward(pair())),
+        ),
+        (
+            "whole block",
+            Box::new(move || {
+                let (msa, pair) =
+                    block.forward(msa(), x.msa_mask.clone(), pair(), x.pair_mask.clone());
+                pair + msa.sum().reshape([1, 1, 1, 1])
+            }),
+        ),
+    ]
+}
+
+/// Primitives of the pair layers, in the forms the layers use and in alternatives.
+fn primitive_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
+    let tri = &block.triangle_multiplication_outgoing;
+    let pair = || x.pair.clone();
+    let [b, l, _, c] = x.pair.dims();
+    vec![
+        (
+            "layer norm [B,L,L,128]",
+            Box::new(move || tri.layer_norm_input.forward(pair())),
+        ),
+        (
+            "linear 128x128 rank 4",
+            Box::new(move || tri.left_projection.forward(pair())),
+        ),
+        (
+            "linear 128x128 rank 2",
+            Box::new(move || {
+                tri.left_projection
+                    .forward(pair().reshape([b * l * l, c]))
+                    .reshape([b, l, l, c])
+            }),
+        ),
+        (
+            "sigmoid gate a*sig(b)*m",
+            Box::new(move || {
+                pair() * sigmoid(pair() * 0.5) * x.pair_mask.clone().unsqueeze_dim::<4>(3)
+            }),
+        ),
+        (
+            "tri core permuted",
+            Box::new(move || {
+                let a = pair().permute([0, 3, 1, 2]);
+                let bt = (pair() * 0.5).permute([0, 3, 1, 2]).swap_dims(2, 3);
+                a.matmul(bt).permute([0, 2, 3, 1])
+            }),
+        ),
+        (
+            "tri core rank 3",
+            Box::new(move || {
+                let a = pair().permute([0, 3, 1, 2]).reshape([b * c, l, l]);
+                let bm = (pair() * 0.5).permute([0, 3, 1, 2]).reshape([b * c, l, l]);
+                a.matmul(bm.swap_dims(1, 2))
+                    .reshape([b, c, l, l])
+                    .permute([0, 2, 3, 1])
+            }),
+        ),
+        (
+            "pair transition whole",
+            Box::new(move || block.pair_transition.forward_chunked(pair(), usize::MAX)),
+        ),
+        ("copy (x + 1)", Box::new(move || pair() + 1.0)),
+    ]
+}
+
+fn print_rows(device: &Device, repeats: usize, l: usize, rows: Vec<Row<'_>>) -> Result<()> {
+    for (name, f) in rows {
+        let Timing {
+            total_ms,
+            submit_ms,
+        } = time(device, repeats, f)?;
+        println!("{name:<26} {l:>5} {total_ms:>10.3} {submit_ms:>10.3}");
+    }
+    Ok(())
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    if args.lengths.contains(&0) || args.repeats == 0 || args.batch == 0 || args.msa_rows == 0 {
+        bail!("--lengths, --repeats, --batch and --msa-rows must be positive");
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = if args.f16 {
+        FloatDType::F16
+    } else {
+        FloatDType::F32
+    };
+    let block = cast_module(model_block().init(&device), dtype);
+    println!(
+        "af2 bench-block: one model_1_ptm Evoformer block, device {}, {dtype:?}, B = {}, S = {}, {} repeats",
+        args.device, args.batch, args.msa_rows, args.repeats
+    );
+    println!("(ms per call, device synchronised; `submit` is the host time to enqueue the calls)");
+    println!(
+        "{:<26} {:>5} {:>10} {:>10}",
+        "layer", "L", "ms", "submit ms"
+    );
+    for &l in &args.lengths {
+        let inputs = Inputs::new(args, l, dtype, &device);
+        print_rows(&device, args.repeats, l, layer_rows(&block, &inputs))?;
+        print_rows(&device, args.repeats, l, primitive_rows(&block, &inputs))?;
+    }
+    Ok(())
+}
