@@ -14,24 +14,14 @@ use crate::device::parse_device;
 /// Arguments of `af2 bench-block`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Sequence lengths L.
-    #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
-    lengths: Vec<usize>,
+    #[command(flatten)]
+    common: crate::bench_kernels::Args,
     /// MSA rows (single sequence plus one template row: 2).
     #[arg(long, default_value_t = 2)]
     msa_rows: usize,
     /// Designs per batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Timed repetitions per row (after two warm-up calls).
-    #[arg(long, default_value_t = 5)]
-    repeats: usize,
-    /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Run the block in half precision.
-    #[arg(long)]
-    f16: bool,
 }
 
 /// The released model_1_ptm block widths.
@@ -208,11 +198,15 @@ fn print_rows(device: &Device, repeats: usize, l: usize, rows: Vec<Row<'_>>) -> 
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
-    if args.lengths.contains(&0) || args.repeats == 0 || args.batch == 0 || args.msa_rows == 0 {
+    if args.common.lengths.contains(&0)
+        || args.common.repeats == 0
+        || args.batch == 0
+        || args.msa_rows == 0
+    {
         bail!("--lengths, --repeats, --batch and --msa-rows must be positive");
     }
-    let device = parse_device(&args.device)?;
-    let dtype = if args.f16 {
+    let device = parse_device(&args.common.device)?;
+    let dtype = if args.common.f16 {
         FloatDType::F16
     } else {
         FloatDType::F32
@@ -220,17 +214,22 @@ pub fn run(args: &Args) -> Result<()> {
     let block = cast_module(model_block().init(&device), dtype);
     println!(
         "af2 bench-block: one model_1_ptm Evoformer block, device {}, {dtype:?}, B = {}, S = {}, {} repeats",
-        args.device, args.batch, args.msa_rows, args.repeats
+        args.common.device, args.batch, args.msa_rows, args.common.repeats
     );
     println!("(ms per call, device synchronised; `submit` is the host time to enqueue the calls)");
     println!(
         "{:<26} {:>5} {:>10} {:>10}",
         "layer", "L", "ms", "submit ms"
     );
-    for &l in &args.lengths {
+    for &l in &args.common.lengths {
         let inputs = Inputs::new(args, l, dtype, &device);
-        print_rows(&device, args.repeats, l, layer_rows(&block, &inputs))?;
-        print_rows(&device, args.repeats, l, primitive_rows(&block, &inputs))?;
+        print_rows(&device, args.common.repeats, l, layer_rows(&block, &inputs))?;
+        print_rows(
+            &device,
+            args.common.repeats,
+            l,
+            primitive_rows(&block, &inputs),
+        )?;
     }
     Ok(())
 }

@@ -10,21 +10,22 @@ use af2_layers::attention::{attention_core, attention_core_reference, attention_
 
 use crate::device::parse_device;
 
-/// Arguments of `af2 bench-kernels`.
+/// Arguments of `af2 bench-kernels`, shared with `af2 bench-block`.
 #[derive(clap::Args, Debug)]
+#[group(id = "bench_common")]
 pub struct Args {
     /// Sequence lengths L.
     #[arg(long, value_delimiter = ',', default_value = "128,256,512")]
-    lengths: Vec<usize>,
-    /// Timed repetitions per row (after two warm-up calls).
+    pub lengths: Vec<usize>,
+    /// Timed repetitions per row (after the warm-up calls).
     #[arg(long, default_value_t = 5)]
-    repeats: usize,
+    pub repeats: usize,
     /// Backend: auto, cpu, ndarray, flex, wgpu, vulkan, metal.
     #[arg(long, default_value = "auto")]
-    device: String,
-    /// Run in half precision (inputs and output f16; the kernel accumulates in f32).
+    pub device: String,
+    /// Run in half precision (the attention kernel accumulates in f32).
     #[arg(long)]
-    f16: bool,
+    pub f16: bool,
 }
 
 /// Inputs of one attention core call.
