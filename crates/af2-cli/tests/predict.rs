@@ -11,6 +11,18 @@ use serde_json::Value;
 
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
+/// `af2 predict INPUT -o OUT --weights WEIGHTS`, isolated from the user's cache.
+fn predict(cache: &Path, weights: &Path, input: &Path, out: &Path) -> std::process::Command {
+    let mut c = af2(cache);
+    c.arg("predict")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .arg("--weights")
+        .arg(weights);
+    c
+}
+
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
@@ -86,13 +98,7 @@ fn fasta_jobs_are_predicted_ranked_and_resumed() {
     )
     .unwrap();
     let out = work.path().join("out");
-    let output = run(af2(cache.path())
-        .arg("predict")
-        .arg(&fasta)
-        .arg("-o")
-        .arg(&out)
-        .arg("--weights")
-        .arg(weights.path())
+    let output = run(predict(cache.path(), weights.path(), &fasta, &out)
         .args(["--num-recycle", "2", "--num-seeds", "2", "--msa-sampling"])
         .args(["--device", "cpu"]));
     assert!(output.status.success());
@@ -142,14 +148,7 @@ fn fasta_jobs_are_predicted_ranked_and_resumed() {
                 std::fs::read(out.join("mono_scores_rank_001_alphafold2_ptm_model_1_seed_001.json"))
             })
             .unwrap();
-    let again = run(af2(cache.path())
-        .arg("predict")
-        .arg(&fasta)
-        .arg("-o")
-        .arg(&out)
-        .arg("--weights")
-        .arg(weights.path())
-        .args(["--device", "cpu"]));
+    let again = run(predict(cache.path(), weights.path(), &fasta, &out).args(["--device", "cpu"]));
     assert!(again.status.success());
     let log = stderr(&again);
     assert_eq!(log.matches("skipped").count(), 2, "{log}");
@@ -176,13 +175,7 @@ fn a3m_with_template_and_early_stop() {
     )
     .unwrap();
     let out = work.path().join("out");
-    let output = run(af2(cache.path())
-        .arg("predict")
-        .arg(&a3m)
-        .arg("-o")
-        .arg(&out)
-        .arg("--weights")
-        .arg(weights.path())
+    let output = run(predict(cache.path(), weights.path(), &a3m, &out)
         .arg("--template-pdb")
         .arg(fixture("binder/complex.pdb"))
         .args(["--template-chain", "A"])
@@ -224,13 +217,7 @@ fn initial_guess_must_fit_the_query() {
 
     // Chains A + B of the fixture: 16 residues, as the query.
     std::fs::write(&fasta, ">ig\nMKELLEKAIE:SWGYLR\n").unwrap();
-    let ok = run(af2(cache.path())
-        .arg("predict")
-        .arg(&fasta)
-        .arg("-o")
-        .arg(&out)
-        .arg("--weights")
-        .arg(weights.path())
+    let ok = run(predict(cache.path(), weights.path(), &fasta, &out)
         .arg("--initial-guess")
         .arg(fixture("binder/complex.pdb"))
         .args(["--num-recycle", "0", "--device", "cpu"]));
@@ -240,13 +227,7 @@ fn initial_guess_must_fit_the_query() {
     // 12 residues: refused before anything runs or is written.
     std::fs::write(&fasta, ">short\nMKELLEKAIESW\n").unwrap();
     let out2 = work.path().join("out2");
-    let bad = run(af2(cache.path())
-        .arg("predict")
-        .arg(&fasta)
-        .arg("-o")
-        .arg(&out2)
-        .arg("--weights")
-        .arg(weights.path())
+    let bad = run(predict(cache.path(), weights.path(), &fasta, &out2)
         .arg("--initial-guess")
         .arg(fixture("binder/complex.pdb"))
         .args(["--device", "cpu"]));
@@ -267,13 +248,7 @@ fn bad_input_is_located_and_nothing_is_written() {
     let fasta = work.path().join("bad.fasta");
     std::fs::write(&fasta, ">ok\nMKV\n>broken\nMK1V\n").unwrap();
     let out = work.path().join("out");
-    let output = run(af2(cache.path())
-        .arg("predict")
-        .arg(&fasta)
-        .arg("-o")
-        .arg(&out)
-        .arg("--weights")
-        .arg(weights.path()));
+    let output = run(&mut predict(cache.path(), weights.path(), &fasta, &out));
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(err.contains("bad.fasta:4"), "{err}");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use af2_io::structure::read_structure;
 use common::{af2, fixture, run, stderr, weights_dir};
@@ -26,38 +26,55 @@ fn column(header: &[String], name: &str) -> usize {
         .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
 }
 
-fn screen(cache: &Path, weights: &Path, designs: &Path, out: &Path) -> std::process::Command {
-    let mut c = af2(cache);
-    c.arg("screen")
-        .arg(designs)
-        .arg("--target")
-        .arg(fixture("binder/complex.pdb"))
-        .arg("-o")
-        .arg(out)
-        .arg("--weights")
-        .arg(weights)
-        .args(["--num-recycle", "1", "--device", "cpu"]);
-    c
+/// Tiny weights, an isolated cache and a work folder holding `designs.csv`: one test's setup.
+struct Setup {
+    weights: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    work: tempfile::TempDir,
+    designs: PathBuf,
+}
+
+impl Setup {
+    fn new(designs_csv: &str) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let designs = work.path().join("designs.csv");
+        std::fs::write(&designs, designs_csv).unwrap();
+        Self {
+            weights: weights_dir(),
+            cache: tempfile::tempdir().unwrap(),
+            work,
+            designs,
+        }
+    }
+
+    /// A path in the work folder.
+    fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// `af2 screen designs.csv` against the binder fixture, writing to `out`, on the CPU.
+    fn screen(&self, out: &Path) -> std::process::Command {
+        let mut c = af2(self.cache.path());
+        c.arg("screen")
+            .arg(&self.designs)
+            .arg("--target")
+            .arg(fixture("binder/complex.pdb"))
+            .arg("-o")
+            .arg(out)
+            .arg("--weights")
+            .arg(self.weights.path())
+            .args(["--num-recycle", "1", "--device", "cpu"]);
+        c
+    }
 }
 
 #[test]
 fn redesign_screen_scores_reports_bad_rows_and_resumes() {
-    let weights = weights_dir();
-    let cache = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let designs = work.path().join("designs.csv");
-    std::fs::write(
-        &designs,
-        "id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,aklleA\nbad,SWG1LR\n",
-    )
-    .unwrap();
-    let out = work.path().join("out");
-    let output = run(screen(cache.path(), weights.path(), &designs, &out).args([
-        "--target-chain",
-        "A",
-        "--binder-chain",
-        "B",
-    ]));
+    let setup = Setup::new("id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,aklleA\nbad,SWG1LR\n");
+    let out = setup.path("out");
+    let output = run(setup
+        .screen(&out)
+        .args(["--target-chain", "A", "--binder-chain", "B"]));
     assert!(output.status.success());
     let log = stderr(&output);
     assert!(log.contains("redesign mode"), "{log}");
@@ -118,16 +135,13 @@ fn redesign_screen_scores_reports_bad_rows_and_resumes() {
     // Resume: a new design is scored, nothing else is run or written again.
     let first_run = std::fs::read_to_string(out.join("scores.csv")).unwrap();
     std::fs::write(
-        &designs,
+        &setup.designs,
         "id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,aklleA\nbad,SWG1LR\nd3,LLLLLL\n",
     )
     .unwrap();
-    let again = run(screen(cache.path(), weights.path(), &designs, &out).args([
-        "--target-chain",
-        "A",
-        "--binder-chain",
-        "B",
-    ]));
+    let again = run(setup
+        .screen(&out)
+        .args(["--target-chain", "A", "--binder-chain", "B"]));
     assert!(again.status.success());
     let log = stderr(&again);
     assert!(log.contains("1 to score, 3 already in"), "{log}");
@@ -142,8 +156,7 @@ fn redesign_screen_scores_reports_bad_rows_and_resumes() {
     assert_eq!(table.iter().filter(|r| r[0] == "d1").count(), 1);
 
     // A third run has nothing to do and loads no model.
-    let third =
-        run(screen(cache.path(), weights.path(), &designs, &out).args(["--binder-chain", "B"]));
+    let third = run(setup.screen(&out).args(["--binder-chain", "B"]));
     assert!(third.status.success());
     assert!(String::from_utf8_lossy(&third.stdout).contains("nothing to do"));
     assert_eq!(
@@ -158,24 +171,13 @@ fn redesign_screen_scores_reports_bad_rows_and_resumes() {
 /// 1e-5 of max(1, |value|) (on the CPU reference they are equal).
 #[test]
 fn batched_screen_equals_one_design_at_a_time() {
-    let weights = weights_dir();
-    let cache = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let designs = work.path().join("designs.csv");
     // Batches of 2: [d1, short] (a design that fails beside one that scores), [d2, d3].
-    std::fs::write(
-        &designs,
-        "id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,AKLLEA\nd3,LLKAEW\n",
-    )
-    .unwrap();
+    let setup = Setup::new("id,sequence\nd1,SWGYLR\nshort,SWGY\nd2,AKLLEA\nd3,LLKAEW\n");
     let screen_with = |batch: &str| {
-        let out = work.path().join(format!("batch{batch}"));
-        let output = run(screen(cache.path(), weights.path(), &designs, &out).args([
-            "--binder-chain",
-            "B",
-            "--batch-size",
-            batch,
-        ]));
+        let out = setup.path(&format!("batch{batch}"));
+        let output = run(setup
+            .screen(&out)
+            .args(["--binder-chain", "B", "--batch-size", batch]));
         assert!(output.status.success(), "--batch-size {batch}");
         out
     };
@@ -229,11 +231,7 @@ fn batched_screen_equals_one_design_at_a_time() {
 
 #[test]
 fn hallucination_mode_jsonl_and_hotspot() {
-    let weights = weights_dir();
-    let cache = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let designs = work.path().join("designs.csv");
-    std::fs::write(&designs, "sequence,id\nSWGYLRKE,h1\n").unwrap();
+    let setup = Setup::new("sequence,id\nSWGYLRKE,h1\n");
     let read = |out: &Path| -> serde_json::Value {
         let text = std::fs::read_to_string(out.join("scores.jsonl")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -241,8 +239,9 @@ fn hallucination_mode_jsonl_and_hotspot() {
         serde_json::from_str(lines[0]).unwrap()
     };
 
-    let plain = work.path().join("plain");
-    let output = run(screen(cache.path(), weights.path(), &designs, &plain)
+    let plain = setup.path("plain");
+    let output = run(setup
+        .screen(&plain)
         .args([
             "--binder-len",
             "8",
@@ -268,8 +267,9 @@ fn hallucination_mode_jsonl_and_hotspot() {
     assert_eq!(pdb.chains[1].residues.len(), 8);
 
     // The same design with a hotspot: only i_pae (its columns) changes.
-    let hot = work.path().join("hot");
-    let output = run(screen(cache.path(), weights.path(), &designs, &hot)
+    let hot = setup.path("hot");
+    let output = run(setup
+        .screen(&hot)
         .args([
             "--binder-len",
             "8",
@@ -288,11 +288,7 @@ fn hallucination_mode_jsonl_and_hotspot() {
 
 #[test]
 fn setup_errors_are_clear() {
-    let weights = weights_dir();
-    let cache = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let designs = work.path().join("designs.csv");
-    std::fs::write(&designs, "id,sequence\nd1,SWGYLR\n").unwrap();
+    let setup = Setup::new("id,sequence\nd1,SWGYLR\n");
     let cases: [(&[&str], &str); 3] = [
         (&["--binder-chain", "C"], "no chain 'C'"),
         (
@@ -305,20 +301,15 @@ fn setup_errors_are_clear() {
         ),
     ];
     for (args, needle) in cases {
-        let out = work.path().join("out");
-        let output = run(screen(cache.path(), weights.path(), &designs, &out).args(args));
+        let out = setup.path("out");
+        let output = run(setup.screen(&out).args(args));
         assert!(!output.status.success(), "{args:?}");
         let err = stderr(&output);
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!out.exists(), "nothing written for {args:?}");
     }
     // Neither --binder-chain nor --binder-len.
-    let output = run(&mut screen(
-        cache.path(),
-        weights.path(),
-        &designs,
-        &work.path().join("o"),
-    ));
+    let output = run(&mut setup.screen(&setup.path("o")));
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--binder-chain"));
 }
