@@ -22,6 +22,9 @@ pub struct Args {
     /// Designs per batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Time only the rows whose name contains this text (e.g. "layer norm").
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// The released model_1_ptm block widths.
@@ -185,8 +188,10 @@ fn primitive_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> 
     ]
 }
 
-fn print_rows(device: &Device, repeats: usize, l: usize, rows: Vec<Row<'_>>) -> Result<()> {
-    for (name, f) in rows {
+fn print_rows(args: &Args, device: &Device, l: usize, rows: Vec<Row<'_>>) -> Result<()> {
+    let repeats = args.common.repeats;
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    for (name, f) in rows.into_iter().filter(|(name, _)| wanted(name)) {
         let Timing {
             total_ms,
             submit_ms,
@@ -223,13 +228,8 @@ pub fn run(args: &Args) -> Result<()> {
     );
     for &l in &args.common.lengths {
         let inputs = Inputs::new(args, l, dtype, &device);
-        print_rows(&device, args.common.repeats, l, layer_rows(&block, &inputs))?;
-        print_rows(
-            &device,
-            args.common.repeats,
-            l,
-            primitive_rows(&block, &inputs),
-        )?;
+        print_rows(args, &device, l, layer_rows(&block, &inputs))?;
+        print_rows(args, &device, l, primitive_rows(&block, &inputs))?;
     }
     Ok(())
 }

@@ -380,7 +380,7 @@ fn key_splits(cubes: usize, key_tiles: usize) -> (usize, usize) {
 }
 
 /// `cubes` cubes as a grid whose sides stay within wgpu's default 65535 per dimension.
-fn cube_count(cubes: usize) -> CubeCount {
+pub(crate) fn cube_count(cubes: usize) -> CubeCount {
     let x = cubes.clamp(1, u16::MAX as usize);
     CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
 }

@@ -36,12 +36,34 @@ impl LayerNormConfig {
 }
 
 impl LayerNorm {
-    /// Normalises the last axis.
+    /// Normalises the last axis: [`LayerNorm::forward_reference`], or on a cubecl device (wgpu)
+    /// with `AF2_LAYER_NORM_KERNEL=1`, one CubeCL kernel ([`crate::layer_norm_kernel`]).
     ///
     /// # Shapes
     /// - input: `[..., d_model]`
     /// - output: `[..., d_model]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        #[cfg(feature = "cube")]
+        if crate::layer_norm_kernel::kernel_enabled()
+            && crate::layer_norm_kernel::kernel_supports(&x)
+        {
+            return crate::layer_norm_kernel::layer_norm_kernel(
+                x,
+                self.gamma.val(),
+                self.beta.val(),
+                self.epsilon as f32,
+            );
+        }
+        self.forward_reference(x)
+    }
+
+    /// The LayerNorm in Burn tensor operations: the reference for the kernel, and the path on
+    /// the CPU backends.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_model]`
+    /// - output: `[..., d_model]`
+    pub fn forward_reference<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         if dtype == DType::F32 {
             return self.forward_f32(x);

@@ -13,6 +13,8 @@ pub mod attention;
 pub mod attention_kernel;
 pub mod global_attention;
 pub mod layer_norm;
+#[cfg(feature = "cube")]
+pub mod layer_norm_kernel;
 pub mod linear;
 pub mod msa_column_attention;
 pub mod msa_column_global_attention;

@@ -1,0 +1,70 @@
+//! Helpers shared by the GPU kernel tests: the devices, deterministic inputs, error measures.
+#![allow(dead_code)]
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// The GPU device, or `None` (after saying so) when `AF2_GPU_TESTS` is unset.
+pub fn gpu() -> Option<Device> {
+    if std::env::var_os("AF2_GPU_TESTS").is_none() {
+        eprintln!("skipped: set AF2_GPU_TESTS=1 to run the kernel GPU tests");
+        return None;
+    }
+    #[cfg(feature = "vulkan")]
+    let device = Device::vulkan(Default::default());
+    #[cfg(not(feature = "vulkan"))]
+    let device = Device::wgpu(Default::default());
+    Some(device)
+}
+
+pub fn cpu() -> Device {
+    #[allow(deprecated)] // ndarray is the CPU reference backend.
+    Device::ndarray()
+}
+
+/// Deterministic values in [-scale, scale) (a 64-bit LCG).
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Rounds data through f16 (on `device`: the CPU reference backend has no f16), so that the f32
+/// reference sees the kernel's f16 inputs.
+pub fn through_f16(data: &TensorData, device: &Device) -> TensorData {
+    let shape = data.shape().clone();
+    let rounded = Tensor::<1>::from_data(
+        TensorData::new(data.try_to_vec::<f32>().unwrap(), [data.num_elements()]),
+        (device, DType::F32),
+    )
+    .cast(DType::F16)
+    .cast(DType::F32)
+    .into_data()
+    .try_to_vec::<f32>()
+    .unwrap();
+    TensorData::new(rounded, shape)
+}
+
+/// `max |kernel - reference| / max |reference|`.
+pub fn relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(kernel.len(), reference.len());
+    let peak = reference
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-30);
+    let diff = kernel.iter().zip(reference).fold(0f32, |m, (a, b)| {
+        if a.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max((a - b).abs())
+        }
+    });
+    diff / peak
+}

@@ -1,0 +1,158 @@
+//! The CubeCL LayerNorm kernel against the reference LayerNorm, on a GPU (`AF2_GPU_TESTS=1`;
+//! without it the tests say they were skipped and pass). The reference runs on the CPU
+//! (ndarray, exact f32) from the same inputs.
+#![cfg(feature = "cube")]
+
+mod common;
+
+use af2_layers::layer_norm_kernel::{kernel_enabled, kernel_supports, layer_norm_kernel};
+use af2_layers::{LayerNorm, LayerNormConfig};
+use burn::module::Param;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use common::{cpu, gpu, relative_error, values};
+
+/// A LayerNorm of width `d` with non-trivial scale and offset, on `device` in `dtype`.
+fn layer_norm(d: usize, device: &Device, dtype: DType) -> LayerNorm {
+    let mut norm = LayerNormConfig::new(d).init(device);
+    let load = |data: Vec<f32>| {
+        Param::from_tensor(
+            Tensor::<1>::from_data(TensorData::new(data, [d]), (device, DType::F32)).cast(dtype),
+        )
+    };
+    norm.gamma = load(values(d, 5, 1.0).into_iter().map(|x| 1.0 + x).collect());
+    norm.beta = load(values(d, 6, 0.5));
+    norm
+}
+
+/// `[a, b, c, d]` inputs whose rows have means far from zero (as residual streams do), so that a
+/// one-pass variance would lose digits.
+fn input(shape: [usize; 4], seed: u64) -> TensorData {
+    let n = shape.iter().product();
+    let offsets = values(n / shape[3], seed + 1, 50.0);
+    let data = values(n, seed, 3.0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| x + offsets[i / shape[3]])
+        .collect();
+    TensorData::new(data, shape)
+}
+
+/// The LayerNorm of `rows` (`[R, d]` flattened, the last axis normalised) in f64: the exact
+/// result of the f32 (or f16-rounded) inputs.
+fn exact(rows: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
+    let d = gamma.len();
+    rows.chunks(d)
+        .flat_map(|row| {
+            let mean = row.iter().map(|&x| f64::from(x)).sum::<f64>() / d as f64;
+            let var = row
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>()
+                / d as f64;
+            let inv_std = 1.0 / (var + 1e-5).sqrt();
+            row.iter()
+                .zip(gamma.iter().zip(beta))
+                .map(move |(&x, (&g, &b))| {
+                    ((f64::from(x) - mean) * inv_std * f64::from(g) + f64::from(b)) as f32
+                })
+        })
+        .collect()
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// Relative errors (to the peak output) of the kernel on the GPU in `dtype` (from a
+/// `swap_dims(1, 2)` view when `swapped`) and of the Burn reference on the CPU in f32, both
+/// against [`exact`] from the same (rounded) inputs.
+fn errors(data: &TensorData, dtype: DType, swapped: bool, gpu: &Device) -> (f32, f32) {
+    let d = data.shape()[3];
+    let view = |t: Tensor<4>| if swapped { t.swap_dims(1, 2) } else { t };
+    let x = view(Tensor::<4>::from_data(data.clone(), (gpu, DType::F32)).cast(dtype));
+    let norm = layer_norm(d, gpu, dtype);
+    assert!(kernel_supports(&x));
+    // What the kernel sees, in f32 and in the order of the (possibly swapped) view.
+    let seen = to_vec(x.clone());
+    let (gamma, beta) = (to_vec(norm.gamma.val()), to_vec(norm.beta.val()));
+    let kernel = to_vec(layer_norm_kernel(
+        x,
+        norm.gamma.val(),
+        norm.beta.val(),
+        1e-5,
+    ));
+    let cpu = cpu();
+    let mut reference = layer_norm(d, &cpu, DType::F32);
+    let load = |v: &[f32]| {
+        Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(v.to_vec(), [d]),
+            &cpu,
+        ))
+    };
+    reference.gamma = load(&gamma);
+    reference.beta = load(&beta);
+    let rows = seen.len() / d;
+    let burn = to_vec(reference.forward_reference(Tensor::<2>::from_data(
+        TensorData::new(seen.clone(), [rows, d]),
+        &cpu,
+    )));
+    let exact = exact(&seen, &gamma, &beta);
+    (
+        relative_error(&kernel, &exact),
+        relative_error(&burn, &exact),
+    )
+}
+
+#[test]
+fn kernel_matches_reference_f32() {
+    let Some(device) = gpu() else { return };
+    for (shape, swapped) in [
+        ([2, 5, 7, 128], false),
+        ([1, 3, 33, 256], false),
+        ([1, 9, 11, 64], true),
+        ([1, 1, 5, 384], false),
+        ([1, 2, 3, 48], false),
+        ([1, 1, 1, 1], false),
+    ] {
+        let (kernel, burn) = errors(&input(shape, 3), DType::F32, swapped, &device);
+        eprintln!("{shape:?} swapped {swapped}: kernel {kernel:.2e}, Burn reference {burn:.2e}");
+        // f32 outputs of order 1-4 from rows with offsets of up to 50: a few f32 ulp of the
+        // output, and never worse than the f32 reference the model used before the kernel.
+        assert!(
+            kernel <= 1e-6_f32.max(burn),
+            "{shape:?} swapped {swapped}: kernel {kernel}, Burn reference {burn}"
+        );
+    }
+}
+
+#[test]
+fn kernel_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    let (kernel, _) = errors(&input([2, 4, 9, 128], 11), DType::F16, false, &device);
+    // Statistics in f32; the output is rounded to f16 (2^-11 relative).
+    assert!(kernel < 1e-3, "relative error {kernel}");
+}
+
+#[test]
+fn layer_norm_module_uses_the_kernel_when_enabled() {
+    let Some(device) = gpu() else { return };
+    let data = input([1, 6, 6, 32], 21);
+    let norm = layer_norm(32, &device, DType::F32);
+    let x = Tensor::<4>::from_data(data, &device);
+    let through_module = to_vec(norm.forward(x.clone()));
+    let expected = if kernel_enabled() {
+        to_vec(layer_norm_kernel(
+            x,
+            norm.gamma.val(),
+            norm.beta.val(),
+            1e-5,
+        ))
+    } else {
+        to_vec(norm.forward_reference(x))
+    };
+    assert_eq!(through_module, expected);
+}
