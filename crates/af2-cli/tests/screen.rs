@@ -313,3 +313,28 @@ fn setup_errors_are_clear() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--binder-chain"));
 }
+
+#[test]
+fn a_table_another_screen_is_writing_is_refused() {
+    let setup = Setup::new("id,sequence\nd1,SWGYLR\n");
+    let out = setup.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let table = out.join("scores.csv");
+    std::fs::write(&table, "").unwrap();
+    // This test process plays the other screen: it holds the table's lock.
+    let held = std::fs::File::open(&table).unwrap();
+    held.try_lock().unwrap();
+    let output = run(setup.screen(&out).args(["--binder-chain", "B"]));
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("another process is writing"), "{err}");
+    assert!(err.contains("scores.csv"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&table).unwrap(),
+        "",
+        "the table is untouched"
+    );
+    drop(held);
+    let output = run(setup.screen(&out).args(["--binder-chain", "B"]));
+    assert!(output.status.success(), "runs once the lock is released");
+}

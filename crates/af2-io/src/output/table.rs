@@ -117,6 +117,25 @@ fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
 }
 
+/// Takes an exclusive advisory lock on the open table for as long as `file` lives, so that two
+/// screens writing one table (which would score designs twice and interleave rows) fail fast
+/// instead. Where the file system cannot lock, the table is used unlocked.
+fn lock_exclusively(file: &File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IoError::invalid(
+            "screening table",
+            "another process is writing this table (a second `af2 screen` with the same \
+             output?); wait for it to finish or choose another output",
+        )
+        .in_file(path)),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(IoError::io(path, "lock", e)),
+    }
+}
+
 /// An append-only, resumable screening table.
 #[derive(Debug)]
 pub struct ScreenTable {
@@ -142,6 +161,7 @@ impl ScreenTable {
             .create(true)
             .open(path)
             .map_err(|e| IoError::io(path, "open", e))?;
+        lock_exclusively(&file, path)?;
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|e| IoError::io(path, "read", e))?;
@@ -444,6 +464,21 @@ mod tests {
     }
 
     #[test]
+    fn a_table_in_use_is_refused_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("screen.csv");
+        let mut first = ScreenTable::open(&path, TableFormat::Csv, schema()).unwrap();
+        first.append(&row("d1", 0.91)).unwrap();
+        let err = ScreenTable::open(&path, TableFormat::Csv, schema()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("another process is writing"), "{message}");
+        assert!(message.contains("screen.csv"), "{message}");
+        drop(first);
+        let again = ScreenTable::open(&path, TableFormat::Csv, schema()).unwrap();
+        assert_eq!(again.rows(), 1, "the refused open changed nothing");
+    }
+
+    #[test]
     fn csv_rows_parse_back_and_resume() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("screen.csv");
@@ -573,6 +608,7 @@ mod tests {
         assert!(t.is_scored("d1") && t.is_scored("d2") && !t.is_scored("d3"));
         // Re-scoring a failed design: its last row wins.
         t.append(&row("d3", 0.7)).unwrap();
+        drop(t);
         let t = ScreenTable::open(&path, TableFormat::Jsonl, schema()).unwrap();
         assert!(t.is_scored("d3"));
         assert_eq!(t.rows(), 4);
