@@ -5,7 +5,9 @@ use anyhow::{Result, bail};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 
+use af2_io::weights::ModelDims;
 use af2_model::evoformer::{EvoformerBlock, EvoformerBlockConfig};
+use af2_model::model::AlphaFoldConfig;
 use af2_model::precision::cast_module;
 
 use crate::bench_kernels::{Timing, time};
@@ -29,7 +31,9 @@ pub struct Args {
 
 /// The released model_1_ptm block widths.
 fn model_block() -> EvoformerBlockConfig {
-    EvoformerBlockConfig::new(256, 128, 8, 32, 8, 32, 1024, 32, 128, 4, 32, 512)
+    AlphaFoldConfig::from_dims(&ModelDims::model_1_ptm())
+        .evoformer
+        .block
 }
 
 /// Inputs of one block at one length.
@@ -41,15 +45,21 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(args: &Args, l: usize, dtype: FloatDType, device: &Device) -> Self {
+    fn new(
+        args: &Args,
+        widths: &EvoformerBlockConfig,
+        l: usize,
+        dtype: FloatDType,
+        device: &Device,
+    ) -> Self {
         let b = args.batch;
         let normal = |shape: [usize; 4]| {
             Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
         };
         Self {
-            msa: normal([b, args.msa_rows, l, 256]),
+            msa: normal([b, args.msa_rows, l, widths.msa_channels]),
             msa_mask: Tensor::<3>::ones([b, args.msa_rows, l], device).cast(dtype),
-            pair: normal([b, l, l, 128]),
+            pair: normal([b, l, l, widths.pair_channels]),
             pair_mask: Tensor::<3>::ones([b, l, l], device).cast(dtype),
         }
     }
@@ -216,7 +226,8 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         FloatDType::F32
     };
-    let block = cast_module(model_block().init(&device), dtype);
+    let widths = model_block();
+    let block = cast_module(widths.init(&device), dtype);
     println!(
         "af2 bench-block: one model_1_ptm Evoformer block, device {}, {dtype:?}, B = {}, S = {}, {} repeats",
         args.common.device, args.batch, args.msa_rows, args.common.repeats
@@ -227,7 +238,7 @@ pub fn run(args: &Args) -> Result<()> {
         "layer", "L", "ms", "submit ms"
     );
     for &l in &args.common.lengths {
-        let inputs = Inputs::new(args, l, dtype, &device);
+        let inputs = Inputs::new(args, &widths, l, dtype, &device);
         print_rows(args, &device, l, layer_rows(&block, &inputs))?;
         print_rows(args, &device, l, primitive_rows(&block, &inputs))?;
     }
