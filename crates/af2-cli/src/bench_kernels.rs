@@ -6,7 +6,9 @@ use anyhow::{Result, bail};
 use burn::tensor::{DType, Device, Distribution, Tensor};
 
 use af2_layers::MAX_LOGITS_PER_CHUNK;
-use af2_layers::attention::{attention_core, attention_core_reference, attention_core_uses_kernel};
+use af2_layers::attention::{
+    attention_core, attention_core_reference, attention_core_uses_kernel, tensor_core_launches,
+};
 
 use crate::device::parse_device;
 
@@ -164,13 +166,17 @@ pub fn run(args: &Args) -> Result<()> {
         ];
         for problem in &problems {
             let [b, h, _, c] = problem.q.dims();
+            let launches = tensor_core_launches();
             let kernel_ms = time(&device, args.repeats, || problem.kernel())?.total_ms;
+            let tensor_cores = tensor_core_launches() > launches;
             let reference_ms = time(&device, args.repeats, || problem.reference())?.total_ms;
             let kernel = problem.kernel().cast(DType::F32);
             let reference = problem.reference().cast(DType::F32);
             let diff: f32 = (kernel - reference.clone()).abs().max().into_scalar();
             let peak: f32 = reference.abs().max().into_scalar();
-            let path = if attention_core_uses_kernel(&problem.q, &problem.k, &problem.v) {
+            let path = if tensor_cores {
+                " (tensor cores)"
+            } else if attention_core_uses_kernel(&problem.q, &problem.k, &problem.v) {
                 ""
             } else {
                 " (no kernel: reference twice)"

@@ -276,6 +276,15 @@ pub fn attention_core_uses_kernel(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -
     }
 }
 
+/// How many attention cores have run on the tensor-core kernel in this process (always 0
+/// without the `cube` feature).
+pub fn tensor_core_launches() -> usize {
+    #[cfg(feature = "cube")]
+    return crate::attention_kernel_mma::mma_launches();
+    #[cfg(not(feature = "cube"))]
+    0
+}
+
 /// [`attention_core`] in plain Burn tensor operations, materialising the `[B, H, Q, K]` logits:
 /// the reference of the kernel, and the path of every backend without it.
 pub fn attention_core_reference(

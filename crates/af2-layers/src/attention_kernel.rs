@@ -31,6 +31,8 @@ use kernel::{attention_kernel, combine_kernel};
 
 /// Keys staged in shared memory at a time.
 const KEY_TILE: usize = 32;
+/// Bias loads a unit issues together when staging a bias tile.
+const BIAS_GROUP: usize = 8;
 /// Keys scored between two rescales of the running softmax.
 const SUB: usize = 8;
 /// The largest `C` and `Cv` the kernel takes; larger heads use the reference.
@@ -260,6 +262,11 @@ fn launch(
         v.dtype
     );
 
+    if let Some(out) = crate::attention_kernel_mma::try_launch(&q, &k, &v, &key_mask, bias.as_ref())
+    {
+        return out;
+    }
+
     let client = q.client.clone();
     let device = q.device.clone();
     let dtype = q.dtype;
@@ -386,7 +393,7 @@ pub(crate) fn cube_count(cubes: usize) -> CubeCount {
 }
 
 mod kernel {
-    use super::{F4, KEY_TILE, SUB};
+    use super::{BIAS_GROUP, F4, KEY_TILE, SUB};
     use cubecl::prelude::*;
 
     /// The kernel; see the module documentation. Cube `CUBE_POS` computes query rows
@@ -500,9 +507,12 @@ mod kernel {
         for tile in tile_begin..tile_end {
             let key0 = tile * KEY_TILE;
 
-            // Stage K and V (zeros past K and past C / Cv), the key mask and the bias tile.
-            let mut e = t;
-            while e < comptime!(KEY_TILE * c4) {
+            // Stage K and V (zeros past K and past C / Cv), the key mask and the bias tile. The
+            // loops are unrolled so that their loads are in flight together (a `while` loop
+            // waits for each load in turn).
+            #[unroll]
+            for i in 0..comptime!((KEY_TILE * c4).div_ceil(threads)) {
+                let e = t + i * threads;
                 let j = e / c4;
                 let i = e % c4;
                 let key = key0 + j;
@@ -517,11 +527,13 @@ mod kernel {
                         }
                     }
                 }
-                k_tile[e] = vec;
-                e += threads;
+                if e < comptime!(KEY_TILE * c4) {
+                    k_tile[e] = vec;
+                }
             }
-            let mut e = t;
-            while e < comptime!(KEY_TILE * cv4) {
+            #[unroll]
+            for i in 0..comptime!((KEY_TILE * cv4).div_ceil(threads)) {
+                let e = t + i * threads;
                 let j = e / cv4;
                 let i = e % cv4;
                 let key = key0 + j;
@@ -536,8 +548,9 @@ mod kernel {
                         }
                     }
                 }
-                v_tile[e] = vec;
-                e += threads;
+                if e < comptime!(KEY_TILE * cv4) {
+                    v_tile[e] = vec;
+                }
             }
             let mut e = t;
             while e < KEY_TILE {
@@ -557,20 +570,24 @@ mod kernel {
                 let groups = bias.shape(0);
                 let group = b / (batch / groups);
                 let bias_base = group * bias.stride(0) + h * bias.stride(1);
-                let mut e = t;
-                while e < comptime!(block_rows * KEY_TILE) {
-                    let row_local = e / KEY_TILE;
-                    let j = e % KEY_TILE;
-                    let row = row0 + row_local;
-                    let key = key0 + j;
-                    let mut value = f32::new(0.0);
-                    if row < q_len && key < k_len {
-                        value = f32::cast_from(
-                            bias[bias_base + row * bias.stride(2) + key * bias.stride(3)],
-                        );
+                // block_rows * KEY_TILE = threads * rows * KEY_TILE: rows * KEY_TILE per unit,
+                // in unrolled groups of BIAS_GROUP.
+                for group_start in 0..comptime!(rows * KEY_TILE / BIAS_GROUP) {
+                    #[unroll]
+                    for u in 0..BIAS_GROUP {
+                        let e = t + (group_start * BIAS_GROUP + u) * threads;
+                        let row_local = e / KEY_TILE;
+                        let j = e % KEY_TILE;
+                        let row = row0 + row_local;
+                        let key = key0 + j;
+                        let mut value = f32::new(0.0);
+                        if row < q_len && key < k_len {
+                            value = f32::cast_from(
+                                bias[bias_base + row * bias.stride(2) + key * bias.stride(3)],
+                            );
+                        }
+                        bias_tile[row_local * bias_pitch + j] = value;
                     }
-                    bias_tile[row_local * bias_pitch + j] = value;
-                    e += threads;
                 }
             }
             sync_cube();

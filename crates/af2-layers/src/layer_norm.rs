@@ -36,8 +36,9 @@ impl LayerNormConfig {
 }
 
 impl LayerNorm {
-    /// Normalises the last axis: [`LayerNorm::forward_reference`], or on a cubecl device (wgpu)
-    /// with `AF2_LAYER_NORM_KERNEL=1`, one CubeCL kernel ([`crate::layer_norm_kernel`]).
+    /// Normalises the last axis: on a cubecl device (wgpu) one CubeCL kernel
+    /// ([`crate::layer_norm_kernel`]; `AF2_LAYER_NORM_KERNEL=0` turns it off), elsewhere
+    /// [`LayerNorm::forward_reference`].
     ///
     /// # Shapes
     /// - input: `[..., d_model]`

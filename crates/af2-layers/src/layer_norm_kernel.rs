@@ -50,13 +50,13 @@ impl LayerNormOps for CubeBackend {
     }
 }
 
-/// Whether [`LayerNorm::forward`](crate::LayerNorm::forward) uses the kernel: only with
-/// `AF2_LAYER_NORM_KERNEL=1` for now. The kernel has passed its tests on Mesa's lavapipe (WGSL)
-/// but has not yet run on a GPU, so the default stays the measured Burn path.
+/// Whether [`LayerNorm::forward`](crate::LayerNorm::forward) uses the kernel on cubecl devices:
+/// yes unless `AF2_LAYER_NORM_KERNEL=0` (on an H200 it took 0.095 / 0.275 ms for a
+/// `[1, L, L, 128]` pair at L = 256 / 512 against Burn's 0.279 / 0.534 ms).
 pub fn kernel_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| {
-        std::env::var("AF2_LAYER_NORM_KERNEL").is_ok_and(|value| value.trim() == "1")
+        std::env::var("AF2_LAYER_NORM_KERNEL").map_or(true, |value| value.trim() != "0")
     })
 }
 

@@ -11,6 +11,8 @@
 pub mod attention;
 #[cfg(feature = "cube")]
 pub mod attention_kernel;
+#[cfg(feature = "cube")]
+pub mod attention_kernel_mma;
 pub mod global_attention;
 pub mod layer_norm;
 #[cfg(feature = "cube")]

@@ -12,6 +12,7 @@ mod common;
 
 use af2_layers::attention::{attention_core, attention_core_reference};
 use af2_layers::attention_kernel::{attention_core_kernel, kernel_supports};
+use af2_layers::attention_kernel_mma::mma_launches;
 use af2_layers::{GatedAttention, GatedAttentionConfig};
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -59,6 +60,19 @@ struct Inputs {
     v: TensorData,
     mask: TensorData,
     bias: Option<TensorData>,
+}
+
+impl Inputs {
+    /// The inputs as the kernel sees them in f16, for the f32 reference.
+    fn through_f16(&self) -> Self {
+        Self {
+            q: through_f16(&self.q),
+            k: through_f16(&self.k),
+            v: through_f16(&self.v),
+            mask: self.mask.clone(),
+            bias: self.bias.as_ref().map(through_f16),
+        }
+    }
 }
 
 fn inputs(case: &Case, seed: u64) -> Inputs {
@@ -197,13 +211,7 @@ fn kernel_matches_reference_f16() {
         Case::new(4, 8, 65, 33, 8, None),
     ] {
         let data = inputs(&case, 5);
-        let rounded = Inputs {
-            q: through_f16(&data.q, &device),
-            k: through_f16(&data.k, &device),
-            v: through_f16(&data.v, &device),
-            mask: data.mask.clone(),
-            bias: data.bias.as_ref().map(|b| through_f16(b, &device)),
-        };
+        let rounded = data.through_f16();
         let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
         let reference = run(
             attention_core_reference,
@@ -217,6 +225,57 @@ fn kernel_matches_reference_f16() {
         let error = relative_error(&kernel, &reference);
         println!("f16 {case:?}: relative error {error:.2e}");
         assert!(error <= 2e-3, "f16 {case:?}: relative error {error:.3e}");
+    }
+}
+
+/// The tensor-core path (f16, 32-channel heads, enough query rows) against the f32 reference
+/// from the same f16-rounded inputs. It runs where the device has f16 matrix instructions;
+/// `AF2_EXPECT_MMA=1` makes its absence a failure (set on the H100).
+#[test]
+fn tensor_core_kernel_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    let mut cases = vec![
+        // Triangle attention: partial query and key tiles, one bias for all rows.
+        Case::new(64, 4, 70, 70, 32, Some(1)),
+        // Per-design bias groups, fully masked last row, K a multiple of the key tile.
+        Case::new(128, 4, 33, 64, 32, Some(4)),
+        // No bias (MSA column attention), Q != K.
+        Case::new(96, 8, 21, 100, 32, None),
+    ];
+    let mut views = Case::new(64, 4, 45, 45, 32, Some(2));
+    views.swapped = true;
+    views.offset = true;
+    views.shared_mask = true;
+    cases.push(views);
+    for case in cases {
+        let data = inputs(&case, 9);
+        let rounded = data.through_f16();
+        let before = mma_launches();
+        let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
+        let on_tensor_cores = mma_launches() > before;
+        if !on_tensor_cores {
+            assert!(
+                std::env::var_os("AF2_EXPECT_MMA").is_none(),
+                "{case:?}: the tensor-core path did not run"
+            );
+            println!("no f16 matrix instructions on this device: tensor-core path not tested");
+            return;
+        }
+        let reference = run(
+            attention_core_reference,
+            &rounded,
+            &case,
+            &cpu(),
+            DType::F32,
+        );
+        // Same f16 inputs on both sides; the weights are rounded to f16 before they multiply V
+        // and the output is rounded to f16 (each a relative step of 2^-11 ~ 4.9e-4).
+        let error = relative_error(&kernel, &reference);
+        println!("tensor cores {case:?}: relative error {error:.2e}");
+        assert!(
+            error <= 2e-3,
+            "tensor cores {case:?}: relative error {error:.3e}"
+        );
     }
 }
 

@@ -9,16 +9,13 @@ use af2_layers::layer_norm_kernel::{kernel_enabled, kernel_supports, layer_norm_
 use af2_layers::{LayerNorm, LayerNormConfig};
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use common::{cpu, gpu, relative_error, values};
+use common::{cpu, gpu, relative_error, tensor_in, values};
 
 /// A LayerNorm of width `d` with non-trivial scale and offset, on `device` in `dtype`.
 fn layer_norm(d: usize, device: &Device, dtype: DType) -> LayerNorm {
     let mut norm = LayerNormConfig::new(d).init(device);
-    let load = |data: Vec<f32>| {
-        Param::from_tensor(
-            Tensor::<1>::from_data(TensorData::new(data, [d]), (device, DType::F32)).cast(dtype),
-        )
-    };
+    let load =
+        |data: Vec<f32>| Param::from_tensor(tensor_in(&TensorData::new(data, [d]), device, dtype));
     norm.gamma = load(values(d, 5, 1.0).into_iter().map(|x| 1.0 + x).collect());
     norm.beta = load(values(d, 6, 0.5));
     norm
@@ -73,7 +70,7 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn errors(data: &TensorData, dtype: DType, swapped: bool, gpu: &Device) -> (f32, f32) {
     let d = data.shape()[3];
     let view = |t: Tensor<4>| if swapped { t.swap_dims(1, 2) } else { t };
-    let x = view(Tensor::<4>::from_data(data.clone(), (gpu, DType::F32)).cast(dtype));
+    let x = view(tensor_in(data, gpu, dtype));
     let norm = layer_norm(d, gpu, dtype);
     assert!(kernel_supports(&x));
     // What the kernel sees, in f32 and in the order of the (possibly swapped) view.
@@ -101,10 +98,30 @@ fn errors(data: &TensorData, dtype: DType, swapped: bool, gpu: &Device) -> (f32,
         &cpu,
     )));
     let exact = exact(&seen, &gamma, &beta);
-    (
-        relative_error(&kernel, &exact),
-        relative_error(&burn, &exact),
-    )
+    let error = relative_error(&kernel, &exact);
+    if error > 1e-6 {
+        let worst = (0..exact.len())
+            .max_by(|&i, &j| {
+                (kernel[i] - exact[i])
+                    .abs()
+                    .total_cmp(&(kernel[j] - exact[j]).abs())
+            })
+            .unwrap_or(0);
+        let row = &seen[worst / d * d..][..d];
+        eprintln!(
+            "worst element {worst} (row {}, column {}): kernel {}, exact {}, gamma {}, beta {}, \
+             row mean {}, row starts {:?}",
+            worst / d,
+            worst % d,
+            kernel[worst],
+            exact[worst],
+            gamma[worst % d],
+            beta[worst % d],
+            row.iter().sum::<f32>() / d as f32,
+            &row[..4.min(d)]
+        );
+    }
+    (error, relative_error(&burn, &exact))
 }
 
 #[test]
@@ -144,15 +161,25 @@ fn layer_norm_module_uses_the_kernel_when_enabled() {
     let norm = layer_norm(32, &device, DType::F32);
     let x = Tensor::<4>::from_data(data, &device);
     let through_module = to_vec(norm.forward(x.clone()));
-    let expected = if kernel_enabled() {
-        to_vec(layer_norm_kernel(
-            x,
-            norm.gamma.val(),
-            norm.beta.val(),
-            1e-5,
-        ))
+    let kernel = to_vec(layer_norm_kernel(
+        x.clone(),
+        norm.gamma.val(),
+        norm.beta.val(),
+        1e-5,
+    ));
+    let reference = to_vec(norm.forward_reference(x));
+    if kernel_enabled() {
+        // The kernel is deterministic: through the module it gives the same bits.
+        assert!(
+            through_module == kernel,
+            "the kernel is enabled but the module's LayerNorm is not the kernel's"
+        );
     } else {
-        to_vec(norm.forward_reference(x))
-    };
-    assert_eq!(through_module, expected);
+        // Burn's ops may fuse differently inside another graph: equal to f32 rounding.
+        let error = relative_error(&through_module, &reference);
+        assert!(
+            error <= 1e-6,
+            "module vs reference: relative error {error:.2e}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the GPU kernel tests: the devices, deterministic inputs, error measures.
 #![allow(dead_code)]
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData, f16};
 
 /// The GPU device, or `None` (after saying so) when `AF2_GPU_TESTS` is unset.
 pub fn gpu() -> Option<Device> {
@@ -36,20 +36,16 @@ pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Rounds data through f16 (on `device`: the CPU reference backend has no f16), so that the f32
-/// reference sees the kernel's f16 inputs.
-pub fn through_f16(data: &TensorData, device: &Device) -> TensorData {
-    let shape = data.shape().clone();
-    let rounded = Tensor::<1>::from_data(
-        TensorData::new(data.try_to_vec::<f32>().unwrap(), [data.num_elements()]),
-        (device, DType::F32),
-    )
-    .cast(DType::F16)
-    .cast(DType::F32)
-    .into_data()
-    .try_to_vec::<f32>()
-    .unwrap();
-    TensorData::new(rounded, shape)
+/// Rounds data to f16 and back on the host (IEEE round to nearest), so that the f32 reference
+/// sees the kernel's f16 inputs. Not on the GPU: a fused `cast(f16).cast(f32)` may keep the
+/// values in f32 registers and never round them.
+pub fn through_f16(data: &TensorData) -> TensorData {
+    data.clone().convert::<f16>().convert::<f32>()
+}
+
+/// `data` as a tensor of `dtype` on `device`, converted on the host (see [`through_f16`]).
+pub fn tensor_in<const D: usize>(data: &TensorData, device: &Device, dtype: DType) -> Tensor<D> {
+    Tensor::from_data(data.clone().convert_dtype(dtype), (device, dtype))
 }
 
 /// `max |kernel - reference| / max |reference|`.

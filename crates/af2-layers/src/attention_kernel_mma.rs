@@ -1,0 +1,460 @@
+//! A tensor-core (cooperative-matrix) variant of the attention kernel for f16 heads of 32
+//! channels: the triangle and MSA attentions of the Evoformer in half precision.
+//!
+//! One cube of 4 planes computes 64 query rows of one `(batch row, head)`, 16 rows a plane. For
+//! each tile of 32 keys the cube stages K and V in shared memory as f16; every plane multiplies
+//! its `16 × 32` query stripe by Kᵀ with 16×16×16 f16 matrix instructions (f32 accumulators),
+//! stores the scores to shared memory, adds the bias and the key mask with one lane per key,
+//! updates an online softmax per row (plane-wide max and sum, f32), writes the weights as f16 and
+//! multiplies them by V with matrix instructions again. The `16 × 32` product is added into f32
+//! accumulators held one column a lane, after rescaling by the row's running-max step.
+//!
+//! Numerics against the f32 scalar kernel: scores and sums are f32 as there; the weights are
+//! rounded to f16 (relative 2^-11) before they multiply V, as an f16 model's matmuls would.
+//! Used only for f16 inputs, where the output is rounded to f16 anyway.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::features::MmaConfig;
+use cubecl::ir::{ElemType, FloatKind};
+use cubecl::prelude::CubeDim;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::attention_kernel::cube_count;
+use kernel::attention_mma_kernel;
+
+/// Rows and columns of one matrix instruction (`16 × 16 × 16`).
+const MMA: usize = 16;
+/// Query and value channels the kernel takes (`C = Cv`).
+pub const MMA_HEAD_DIM: usize = 32;
+/// Units of a plane the kernel is written for (NVIDIA's warp, Apple's SIMD group).
+const PLANE: usize = 32;
+/// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows), keys per
+/// shared-memory tile, and the fewest cubes worth the kernel.
+#[derive(Clone, Copy)]
+struct Tuning {
+    planes: usize,
+    keys: usize,
+    min_cubes: usize,
+}
+
+/// [`Tuning`] from `AF2_MMA_PLANES=2|4|8`, `AF2_MMA_KEYS=32|64` (64 only up to 4 planes: 8
+/// planes of 64 keys exceed the shared memory) and `AF2_MMA_MIN_CUBES`; defaults 4, 32 and
+/// [`MIN_CUBES`]. On an H200, 4 planes of 32 keys were within 8% of the fastest combination
+/// and use 20 KiB of shared memory (docs/PERFORMANCE.md).
+fn tuning() -> &'static Tuning {
+    static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+    TUNING.get_or_init(|| {
+        let knob = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|value| value.trim().parse::<usize>().ok())
+        };
+        let planes = knob("AF2_MMA_PLANES")
+            .filter(|planes| [2, 4, 8].contains(planes))
+            .unwrap_or(4);
+        let keys = knob("AF2_MMA_KEYS")
+            .filter(|&keys| keys == 32 || (keys == 64 && planes <= 4))
+            .unwrap_or(32);
+        Tuning {
+            planes,
+            keys,
+            min_cubes: knob("AF2_MMA_MIN_CUBES").unwrap_or(MIN_CUBES),
+        }
+    })
+}
+/// Below this many cubes the scalar kernel, which can split the keys over cubes, fills the GPU
+/// better (an H100 has 132 multiprocessors).
+const MIN_CUBES: usize = 256;
+
+static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times the tensor-core kernel has been launched in this process (for tests and
+/// benchmarks that need to know which path ran).
+pub fn mma_launches() -> usize {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// Whether `AF2_ATTENTION_MMA=0` turned the tensor-core path off.
+fn disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED
+        .get_or_init(|| std::env::var("AF2_ATTENTION_MMA").is_ok_and(|value| value.trim() == "0"))
+}
+
+/// Whether the device runs 16×16×16 f16 matrix instructions with f32 accumulators in planes
+/// of [`PLANE`] units.
+fn device_supports(q: &CubeTensor) -> bool {
+    let props = q.client.properties();
+    let f16 = ElemType::Float(FloatKind::F16);
+    let f32 = ElemType::Float(FloatKind::F32);
+    let instruction = MmaConfig {
+        a_type: f16,
+        b_type: f16,
+        cd_type: f32,
+        m: MMA as u32,
+        n: MMA as u32,
+        k: MMA as u32,
+    };
+    props.hardware.plane_size_min == PLANE as u32
+        && props.hardware.plane_size_max == PLANE as u32
+        && props.features.matmul.cmma.contains(&instruction)
+}
+
+/// The attention core on tensor cores, or `None` where the scalar kernel takes the inputs:
+/// not f16, heads other than 32 channels, too few query rows to fill the GPU, no matrix
+/// instructions on the device, or `AF2_ATTENTION_MMA=0`. Shapes are checked by the caller.
+pub(crate) fn try_launch(
+    q: &CubeTensor,
+    k: &CubeTensor,
+    v: &CubeTensor,
+    key_mask: &CubeTensor,
+    bias: Option<&CubeTensor>,
+) -> Option<CubeTensor> {
+    let shape = q.meta.shape();
+    let (b, h, q_len, c) = (shape[0], shape[1], shape[2], shape[3]);
+    let cv = v.meta.shape()[3];
+    let Tuning {
+        planes,
+        keys,
+        min_cubes,
+    } = *tuning();
+    let q_tiles = q_len.div_ceil(planes * MMA);
+    let suitable = !disabled()
+        && q.dtype == DType::F16
+        && c == MMA_HEAD_DIM
+        && cv == MMA_HEAD_DIM
+        && q_tiles * h * b >= min_cubes
+        && device_supports(q);
+    if !suitable {
+        return None;
+    }
+    let out = empty_device_contiguous_dtype(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::new([b, h, q_len, cv]),
+        q.dtype,
+    );
+    let address_type = [q, k, v, key_mask, &out]
+        .into_iter()
+        .chain(bias)
+        .map(CubeTensor::required_address_type)
+        .max()
+        .unwrap_or_default();
+    let dtypes = [
+        dtype_to_storage_type(q.dtype),
+        dtype_to_storage_type(key_mask.dtype),
+        dtype_to_storage_type(bias.map_or(q.dtype, |t| t.dtype)),
+    ];
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the caller checked the shapes; query rows past Q are zero on read and skipped on
+    // write, keys past K are zero in the tiles and never read from the inputs, and the bias is
+    // read only inside [Q, K].
+    unsafe {
+        attention_mma_kernel::launch_unchecked(
+            &q.client,
+            cube_count(q_tiles * h * b),
+            CubeDim::new_2d(PLANE as u32, planes as u32),
+            address_type,
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            key_mask.clone().into_tensor_arg(),
+            bias.cloned().map(CubeTensor::into_tensor_arg).into(),
+            out.clone().into_tensor_arg(),
+            q_tiles,
+            planes,
+            keys,
+            dtypes,
+        );
+    }
+    Some(out)
+}
+
+mod kernel {
+    use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE};
+    use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
+    use cubecl::prelude::*;
+
+    /// An uninitialised 16×16×16 fragment.
+    #[cube]
+    fn fragment<T: Numeric>(
+        #[comptime] ident: MatrixIdent,
+        #[comptime] layout: MatrixLayout,
+    ) -> Matrix<T> {
+        // SAFETY: every fragment is filled or loaded before it is read.
+        unsafe { Matrix::<T>::uninitialized(ident, MMA, MMA, MMA, layout) }
+    }
+
+    /// See the module documentation. Cube `CUBE_POS = (b * H + h) * q_tiles + q_tile` computes
+    /// query rows `q_tile * rows ..` of head `h`, batch row `b`; plane `UNIT_POS_Y` takes 16 of
+    /// them. In the softmax lane `l` takes row `l % 16` of its plane and half `l / 16` of the
+    /// tile's keys; in the output it takes channel `l` of the plane's rows.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked, address_type = "dynamic")]
+    pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float>(
+        q: &Tensor<F>,
+        k: &Tensor<F>,
+        v: &Tensor<F>,
+        key_mask: &Tensor<M>,
+        bias: ComptimeOption<&Tensor<Bt>>,
+        out: &mut Tensor<F>,
+        q_tiles: usize,
+        #[comptime] planes: usize,
+        #[comptime] keys: usize,
+        #[define(F, M, Bt)] _dtypes: [ElemType; 3],
+    ) {
+        let threads = comptime!(PLANE * planes);
+        let rows = comptime!(planes * MMA);
+        let half_keys = comptime!(keys / 2);
+        let parts = comptime!(keys / MMA);
+        let batch = q.shape(0);
+        let heads = q.shape(1);
+        let q_len = q.shape(2);
+        let k_len = k.shape(2);
+        let cube = CUBE_POS;
+        if cube >= q_tiles * heads * batch {
+            terminate!();
+        }
+        let q_tile = cube % q_tiles;
+        let bh = cube / q_tiles;
+        let h = bh % heads;
+        let b = bh / heads;
+        let lane = UNIT_POS_X as usize;
+        let plane = UNIT_POS_Y as usize;
+        let t = plane * PLANE + lane;
+        let row0 = q_tile * rows;
+        // This plane's rows in the `[rows, keys]` tiles, and the softmax lane's row and half.
+        let stripe = plane * MMA * keys;
+        let my_row = lane % MMA;
+        let my_half = lane / MMA;
+
+        let mut q_s = Shared::<[F]>::new_slice(comptime!(rows * HEAD));
+        let mut k_s = Shared::<[F]>::new_slice(comptime!(keys * HEAD));
+        let mut v_s = Shared::<[F]>::new_slice(comptime!(keys * HEAD));
+        // The bias tile, then (in place, a plane stripe each) the scores, then the P·V product
+        // (keys == HEAD columns).
+        let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * keys));
+        let mut p_s = Shared::<[F]>::new_slice(comptime!(rows * keys));
+        let mut fill_s = Shared::<[f32]>::new_slice(keys);
+        let mut row_s = Shared::<[f32]>::new_slice(rows);
+
+        // The query block, zero past Q.
+        let q_base = b * q.stride(0) + h * q.stride(1);
+        // Unrolled, so that all the loads are in flight together (a `while` loop waits for
+        // each in turn).
+        #[unroll]
+        for i in 0..comptime!(rows * HEAD / threads) {
+            let e = t + i * threads;
+            let row = row0 + e / HEAD;
+            let mut value = F::new(0.0);
+            if row < q_len {
+                value = q[q_base + row * q.stride(2) + (e % HEAD) * q.stride(3)];
+            }
+            q_s[e] = value;
+        }
+        sync_cube();
+        let q_at = plane * MMA * HEAD;
+        let mut q_lo = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
+        let mut q_hi = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
+        cmma::load(&mut q_lo, &q_s[q_at..q_at + MMA * HEAD], HEAD as u32);
+        cmma::load(&mut q_hi, &q_s[q_at + MMA..q_at + MMA * HEAD], HEAD as u32);
+
+        let mut scores = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
+        let mut k_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
+        let mut p_frag = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
+        let mut v_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::RowMajor);
+        let mut pv_lo = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
+        let mut pv_hi = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
+
+        // Output channel `lane` of the plane's 16 rows; the softmax row's running max and sum.
+        let mut acc = Array::<f32>::new(MMA);
+        #[unroll]
+        for r in 0..MMA {
+            acc[r] = 0.0f32;
+        }
+        // Below any logit (masked ones are -1e9): the first rescale factor is exp(-huge) = 0.
+        let mut m_run = f32::new(-3.0e38);
+        let mut l_run = f32::new(0.0);
+        let mut logits = Array::<f32>::new(half_keys);
+
+        let k_base = b * k.stride(0) + h * k.stride(1);
+        let v_base = b * v.stride(0) + h * v.stride(1);
+        let mut mask_row = b;
+        if key_mask.shape(0) == 1 {
+            mask_row = 0;
+        }
+        let mask_base = mask_row * key_mask.stride(0);
+
+        let num_tiles = k_len.div_ceil(keys);
+        for tile in 0..num_tiles {
+            let key0 = tile * keys;
+            // K and V of the tile, zero past K.
+            #[unroll]
+            for i in 0..comptime!(keys * HEAD / threads) {
+                let e = t + i * threads;
+                let key = key0 + e / HEAD;
+                let ch = e % HEAD;
+                let mut kv = F::new(0.0);
+                let mut vv = F::new(0.0);
+                if key < k_len {
+                    kv = k[k_base + key * k.stride(2) + ch * k.stride(3)];
+                    vv = v[v_base + key * v.stride(2) + ch * v.stride(3)];
+                }
+                k_s[e] = kv;
+                v_s[e] = vv;
+            }
+            // The bias tile (zero outside [Q, K] and without a bias): the scores start from it.
+            #[unroll]
+            for i in 0..comptime!(rows * keys / threads) {
+                let e = t + i * threads;
+                let mut value = f32::new(0.0);
+                #[comptime]
+                if let ComptimeOption::Some(bias) = &bias {
+                    let row = row0 + e / keys;
+                    let key = key0 + e % keys;
+                    if row < q_len && key < k_len {
+                        let group = b / (batch / bias.shape(0));
+                        value = f32::cast_from(
+                            bias[group * bias.stride(0)
+                                + h * bias.stride(1)
+                                + row * bias.stride(2)
+                                + key * bias.stride(3)],
+                        );
+                    }
+                }
+                s_s[e] = value;
+            }
+            // 0 for a valid key, -1e9 for a masked one (AlphaFold's value: a fully masked row
+            // gets uniform weights), -3e38 past K (weight 0).
+            if t < keys {
+                let key = key0 + t;
+                let mut fill = f32::new(-3.0e38);
+                if key < k_len {
+                    fill = 0.0f32;
+                    if key_mask[mask_base + key * key_mask.stride(1)] == M::new(0.0f32) {
+                        fill = -1.0e9f32;
+                    }
+                }
+                fill_s[t] = fill;
+            }
+            sync_cube();
+
+            // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
+            // Kᵀ as the B operand: element (c, key) at k_s[key * HEAD + c], column-major.
+            #[unroll]
+            for half in 0..parts {
+                let s_at = stripe + half * MMA;
+                let k_at = half * MMA * HEAD;
+                cmma::load_with_layout(
+                    &mut scores,
+                    &s_s[s_at..stripe + MMA * keys],
+                    keys as u32,
+                    MatrixLayout::RowMajor,
+                );
+                cmma::load(&mut k_frag, &k_s[k_at..k_at + MMA * HEAD], HEAD as u32);
+                cmma::execute(&q_lo, &k_frag, &scores, &scores);
+                cmma::load(
+                    &mut k_frag,
+                    &k_s[k_at + MMA..k_at + MMA * HEAD],
+                    HEAD as u32,
+                );
+                cmma::execute(&q_hi, &k_frag, &scores, &scores);
+                cmma::store(
+                    &mut s_s[s_at..stripe + MMA * keys],
+                    &scores,
+                    keys as u32,
+                    MatrixLayout::RowMajor,
+                );
+            }
+            sync_plane();
+
+            // Softmax step: the lane's row over its 16 keys, read in a rotated order so that
+            // the 32 lanes hit 32 different banks; the partner lane (l ^ 16) has the other half.
+            let row_at = stripe + my_row * keys;
+            let mut m_tile = f32::new(-3.0e38);
+            #[unroll]
+            for j in 0..half_keys {
+                let col = my_half * half_keys + (j + my_row) % half_keys;
+                let fill = fill_s[col];
+                let logit = select(fill == 0.0f32, s_s[row_at + col], fill);
+                logits[j] = logit;
+                m_tile = m_tile.max(logit);
+            }
+            m_tile = m_tile.max(plane_shuffle_xor(m_tile, MMA as u32));
+            let m_new = m_run.max(m_tile);
+            let factor = (m_run - m_new).exp();
+            let mut sum = f32::new(0.0);
+            #[unroll]
+            for j in 0..half_keys {
+                let col = my_half * half_keys + (j + my_row) % half_keys;
+                let p = (logits[j] - m_new).exp();
+                sum += p;
+                p_s[row_at + col] = F::cast_from(p);
+            }
+            sum += plane_shuffle_xor(sum, MMA as u32);
+            l_run = l_run * factor + sum;
+            m_run = m_new;
+            if my_half == 0 {
+                row_s[plane * MMA + my_row] = factor;
+            }
+            sync_plane();
+
+            // P·V of the tile: 16 rows × 32 channels over the tile's two 16-key halves, stored
+            // over the plane's score stripe (read above).
+            cmma::fill(&mut pv_lo, 0.0f32);
+            cmma::fill(&mut pv_hi, 0.0f32);
+            #[unroll]
+            for half in 0..parts {
+                let p_at = stripe + half * MMA;
+                cmma::load(&mut p_frag, &p_s[p_at..stripe + MMA * keys], keys as u32);
+                let v_at = half * MMA * HEAD;
+                cmma::load(&mut v_frag, &v_s[v_at..v_at + MMA * HEAD], HEAD as u32);
+                cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
+                cmma::load(
+                    &mut v_frag,
+                    &v_s[v_at + MMA..v_at + MMA * HEAD],
+                    HEAD as u32,
+                );
+                cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
+            }
+            cmma::store(
+                &mut s_s[stripe..stripe + MMA * keys],
+                &pv_lo,
+                keys as u32,
+                MatrixLayout::RowMajor,
+            );
+            cmma::store(
+                &mut s_s[stripe + MMA..stripe + MMA * keys],
+                &pv_hi,
+                keys as u32,
+                MatrixLayout::RowMajor,
+            );
+            sync_plane();
+            #[unroll]
+            for r in 0..MMA {
+                acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * keys + lane];
+            }
+            // The next tile overwrites K, V, the bias and score tile and the factors.
+            sync_cube();
+        }
+
+        if my_half == 0 {
+            row_s[plane * MMA + my_row] = l_run;
+        }
+        sync_plane();
+        let out_base = b * out.stride(0) + h * out.stride(1) + lane * out.stride(3);
+        let out_row_stride = out.stride(2);
+        #[unroll]
+        for r in 0..MMA {
+            let row = row0 + plane * MMA + r;
+            if row < q_len {
+                // l >= 1: the running max itself contributes exp(0).
+                out[out_base + row * out_row_stride] =
+                    F::cast_from(acc[r] / row_s[plane * MMA + r]);
+            }
+        }
+    }
+}
