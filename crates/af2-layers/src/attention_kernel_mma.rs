@@ -1,13 +1,14 @@
 //! A tensor-core (cooperative-matrix) variant of the attention kernel for f16 heads of 32
 //! channels: the triangle and MSA attentions of the Evoformer in half precision.
 //!
-//! One cube of 4 planes computes 64 query rows of one `(batch row, head)`, 16 rows a plane. For
-//! each tile of 32 keys the cube stages K and V in shared memory as f16; every plane multiplies
-//! its `16 × 32` query stripe by Kᵀ with 16×16×16 f16 matrix instructions (f32 accumulators),
-//! stores the scores to shared memory, adds the bias and the key mask with one lane per key,
-//! updates an online softmax per row (plane-wide max and sum, f32), writes the weights as f16 and
-//! multiplies them by V with matrix instructions again. The `16 × 32` product is added into f32
-//! accumulators held one column a lane, after rescaling by the row's running-max step.
+//! One cube of 4 planes (by default) computes 64 query rows of one `(batch row, head)`, 16 rows a
+//! plane. For each tile of 32 keys the cube stages K, V (f16) and the `[rows, 32]` bias tile (f32)
+//! in shared memory; every plane loads its stripe of the bias tile as the accumulator and adds
+//! its `16 × 32` query stripe times Kᵀ with 16×16×16 f16 matrix instructions, so the scores come
+//! out with the bias added. Then each lane takes one row and 16 of the tile's keys (its partner
+//! lane `l ^ 16` the other 16): key mask, running max and sum in f32 (one shuffle per row), the
+//! weights written as f16. The weights times V (matrix instructions again) are added into f32
+//! accumulators held one output channel a lane, after rescaling by each row's running-max step.
 //!
 //! Numerics against the f32 scalar kernel: scores and sums are f32 as there; the weights are
 //! rounded to f16 (relative 2^-11) before they multiply V, as an f16 model's matmuls would.
