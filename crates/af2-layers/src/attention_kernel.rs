@@ -511,8 +511,8 @@ mod kernel {
             // loops are unrolled so that their loads are in flight together (a `while` loop
             // waits for each load in turn).
             #[unroll]
-            for i in 0..comptime!((KEY_TILE * c4).div_ceil(threads)) {
-                let e = t + i * threads;
+            for step in 0..comptime!((KEY_TILE * c4).div_ceil(threads)) {
+                let e = t + step * threads;
                 let j = e / c4;
                 let i = e % c4;
                 let key = key0 + j;
@@ -532,8 +532,8 @@ mod kernel {
                 }
             }
             #[unroll]
-            for i in 0..comptime!((KEY_TILE * cv4).div_ceil(threads)) {
-                let e = t + i * threads;
+            for step in 0..comptime!((KEY_TILE * cv4).div_ceil(threads)) {
+                let e = t + step * threads;
                 let j = e / cv4;
                 let i = e % cv4;
                 let key = key0 + j;
