@@ -200,6 +200,17 @@ fn kernel_matches_reference_f32() {
     }
 }
 
+/// The f32 reference on the CPU from the inputs the kernel sees in f16.
+fn reference_of_f16_inputs(data: &Inputs, case: &Case) -> Vec<f32> {
+    run(
+        attention_core_reference,
+        &data.through_f16(),
+        case,
+        &cpu(),
+        DType::F32,
+    )
+}
+
 #[test]
 fn kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
@@ -211,15 +222,8 @@ fn kernel_matches_reference_f16() {
         Case::new(4, 8, 65, 33, 8, None),
     ] {
         let data = inputs(&case, 5);
-        let rounded = data.through_f16();
         let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
-        let reference = run(
-            attention_core_reference,
-            &rounded,
-            &case,
-            &cpu(),
-            DType::F32,
-        );
+        let reference = reference_of_f16_inputs(&data, &case);
         // Same f16 inputs on both sides; the kernel accumulates in f32 and rounds its output to
         // f16 (relative step 2^-11 ~ 4.9e-4).
         let error = relative_error(&kernel, &reference);
@@ -230,7 +234,7 @@ fn kernel_matches_reference_f16() {
 
 /// The tensor-core path (f16, 32-channel heads, enough query rows) against the f32 reference
 /// from the same f16-rounded inputs. It runs where the device has f16 matrix instructions;
-/// `AF2_EXPECT_MMA=1` makes its absence a failure (set on the H100).
+/// `AF2_EXPECT_MMA=1` makes its absence a failure (set it on NVIDIA GPUs).
 #[test]
 fn tensor_core_kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
@@ -249,7 +253,6 @@ fn tensor_core_kernel_matches_reference_f16() {
     cases.push(views);
     for case in cases {
         let data = inputs(&case, 9);
-        let rounded = data.through_f16();
         let before = mma_launches();
         let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
         let on_tensor_cores = mma_launches() > before;
@@ -261,13 +264,7 @@ fn tensor_core_kernel_matches_reference_f16() {
             println!("no f16 matrix instructions on this device: tensor-core path not tested");
             return;
         }
-        let reference = run(
-            attention_core_reference,
-            &rounded,
-            &case,
-            &cpu(),
-            DType::F32,
-        );
+        let reference = reference_of_f16_inputs(&data, &case);
         // Same f16 inputs on both sides; the weights are rounded to f16 before they multiply V
         // and the output is rounded to f16 (each a relative step of 2^-11 ~ 4.9e-4).
         let error = relative_error(&kernel, &reference);
