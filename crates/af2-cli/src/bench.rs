@@ -12,7 +12,7 @@ use af2_model::outputs::to_host;
 use af2_model::precision::Precision;
 use af2_model::predict::{PdbLabels, PredictionInputs, predict, write_prediction_pdb};
 
-use crate::device::parse_device;
+use crate::device::{describe_device, parse_device};
 use crate::weights::build_model;
 
 /// Arguments of `af2 bench`.
@@ -164,7 +164,8 @@ pub fn run(args: &Args) -> Result<()> {
     let passes = args.recycles + 1;
     println!(
         "af2 bench: {what}; device {}; precision {}; single sequence + 1 template; {passes} passes per prediction",
-        args.device, args.precision
+        describe_device(&args.device, &device),
+        args.precision
     );
     match &cache {
         Some((dir, warm)) => println!(

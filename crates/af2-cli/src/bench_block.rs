@@ -11,7 +11,7 @@ use af2_model::model::AlphaFoldConfig;
 use af2_model::precision::cast_module;
 
 use crate::bench_kernels::{Timing, time};
-use crate::device::parse_device;
+use crate::device::{describe_device, parse_device};
 
 /// Arguments of `af2 bench-block`.
 #[derive(clap::Args, Debug)]
@@ -230,7 +230,10 @@ pub fn run(args: &Args) -> Result<()> {
     let block = cast_module(widths.init(&device), dtype);
     println!(
         "af2 bench-block: one model_1_ptm Evoformer block, device {}, {dtype:?}, B = {}, S = {}, {} repeats",
-        args.common.device, args.batch, args.msa_rows, args.common.repeats
+        describe_device(&args.common.device, &device),
+        args.batch,
+        args.msa_rows,
+        args.common.repeats
     );
     println!("(ms per call, device synchronised; `submit` is the host time to enqueue the calls)");
     println!(

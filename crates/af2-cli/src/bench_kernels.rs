@@ -10,7 +10,7 @@ use af2_layers::attention::{
     attention_core, attention_core_reference, attention_core_uses_kernel, tensor_core_launches,
 };
 
-use crate::device::parse_device;
+use crate::device::{describe_device, parse_device};
 
 /// Arguments of `af2 bench-kernels`, shared with `af2 bench-block`.
 #[derive(clap::Args, Debug)]
@@ -153,7 +153,8 @@ pub fn run(args: &Args) -> Result<()> {
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
     println!(
         "af2 bench-kernels: attention core, device {}, {dtype:?}, C = 32, bias [1, H, L, L], {} repeats",
-        args.device, args.repeats
+        describe_device(&args.device, &device),
+        args.repeats
     );
     println!(
         "{:<18} {:>5} {:>16} {:>11} {:>11} {:>8} {:>11} {:>10}",

@@ -44,6 +44,15 @@ pub fn parse_device(name: &str) -> Result<Device> {
     Ok(make_device(wanted))
 }
 
+/// `--device NAME` for report headers, with the adapter's own name where it has one
+/// (`vulkan (NVIDIA H200)`), so that every benchmark table names its card.
+pub fn describe_device(name: &str, device: &Device) -> String {
+    match af2_layers::device_name(device) {
+        Some(adapter) => format!("{name} ({adapter})"),
+        None => name.to_string(),
+    }
+}
+
 #[allow(unreachable_code, deprecated)]
 fn make_device(name: &str) -> Device {
     match name {
@@ -60,4 +69,24 @@ fn make_device(name: &str) -> Device {
         _ => {}
     }
     Device::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_devices_are_described_by_their_flag_alone() {
+        let device = parse_device("cpu").expect("the test build has ndarray");
+        assert_eq!(describe_device("cpu", &device), "cpu");
+    }
+
+    #[test]
+    fn unknown_devices_are_refused_with_the_compiled_list() {
+        let error = parse_device("tpu").unwrap_err().to_string();
+        assert!(
+            error.contains("`tpu`") && error.contains("ndarray"),
+            "{error}"
+        );
+    }
 }

@@ -57,3 +57,15 @@ pub fn softmax_mask(dtype: burn::tensor::DType) -> f32 {
 /// Attention logits above this many elements are computed in chunks along the batch axis,
 /// as AlphaFold's `inference_subbatch` does, so no `[B, H, Q, K]` buffer grows without bound.
 pub const MAX_LOGITS_PER_CHUNK: usize = 1 << 26;
+
+/// The device's name as its driver reports it (say `NVIDIA H200`), for benchmark reports;
+/// `None` on the CPU backends, and always without the `cube` feature.
+pub fn device_name(device: &burn::tensor::Device) -> Option<String> {
+    #[cfg(feature = "cube")]
+    if let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() {
+        let name = cube.client().properties().identity.name.clone();
+        return (!name.is_empty()).then_some(name);
+    }
+    let _ = device;
+    None
+}
