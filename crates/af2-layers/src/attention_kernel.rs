@@ -26,6 +26,7 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::untile;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::AddressType;
 use cubecl::prelude::{Const, CubeCount, CubeDim, Vector};
 use kernel::{attention_kernel, combine_kernel};
 
@@ -298,17 +299,12 @@ fn launch(
         (f32_tensor([rows_total, cv]), f32_tensor([rows_total, 2]))
     });
 
-    let mut address_type = [&q, &k, &v, &key_mask, &out]
-        .into_iter()
-        .chain(bias.as_ref())
-        .map(CubeTensor::required_address_type)
-        .max()
-        .unwrap_or_default();
-    if let Some((acc, stats)) = &partials {
-        address_type = address_type
-            .max(acc.required_address_type())
-            .max(stats.required_address_type());
-    }
+    let address_type = address_type(
+        [&q, &k, &v, &key_mask, &out]
+            .into_iter()
+            .chain(bias.as_ref())
+            .chain(partials.iter().flat_map(|(acc, stats)| [acc, stats])),
+    );
     let (target, target_dtype) = match &partials {
         Some((acc, _)) => (acc.clone(), DType::F32),
         None => (out.clone(), dtype),
@@ -386,15 +382,54 @@ fn key_splits(cubes: usize, key_tiles: usize) -> (usize, usize) {
     (key_tiles.div_ceil(tiles_per_split), tiles_per_split)
 }
 
+/// The kernel address (index) type wide enough for every one of `tensors`.
+pub(crate) fn address_type<'a>(tensors: impl IntoIterator<Item = &'a CubeTensor>) -> AddressType {
+    tensors
+        .into_iter()
+        .map(CubeTensor::required_address_type)
+        .max()
+        .unwrap_or_default()
+}
+
 /// `cubes` cubes as a grid whose sides stay within wgpu's default 65535 per dimension.
 pub(crate) fn cube_count(cubes: usize) -> CubeCount {
     let x = cubes.clamp(1, u16::MAX as usize);
     CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
 }
 
-mod kernel {
+pub(crate) mod kernel {
     use super::{BIAS_GROUP, F4, KEY_TILE, SUB};
     use cubecl::prelude::*;
+
+    /// Offset of batch row `b`'s key mask (row 0 when the mask `[1, K]` is shared by all rows).
+    #[cube]
+    pub(crate) fn key_mask_base<M: Float>(key_mask: &Tensor<M>, b: usize) -> usize {
+        let mut mask_row = b;
+        if key_mask.shape(0) == 1 {
+            mask_row = 0;
+        }
+        mask_row * key_mask.stride(0)
+    }
+
+    /// The logit a key takes in place of its score: 0 for a valid key (keep the score), -1e9 for
+    /// a masked one (AlphaFold's value: a fully masked row gets uniform weights), -3e38 past K
+    /// (weight 0).
+    #[cube]
+    pub(crate) fn masked_key_logit<M: Float>(
+        key_mask: &Tensor<M>,
+        mask_base: usize,
+        key: usize,
+        k_len: usize,
+    ) -> f32 {
+        let mut fill = f32::new(-3.0e38);
+        if key < k_len {
+            fill = 0.0f32;
+            if key_mask[mask_base + key * key_mask.stride(1)] == M::new(0.0f32) {
+                fill = -1.0e9f32;
+            }
+        }
+        fill
+    }
 
     /// The kernel; see the module documentation. Cube `CUBE_POS` computes query rows
     /// `q_tile * threads * rows ..` of head `h`, batch row `b`, over key tiles
@@ -492,11 +527,7 @@ mod kernel {
 
         let k_base = b * k.stride(0) + h * k.stride(1);
         let v_base = b * v.stride(0) + h * v.stride(1);
-        let mut mask_row = b;
-        if key_mask.shape(0) == 1 {
-            mask_row = 0;
-        }
-        let mask_base = mask_row * key_mask.stride(0);
+        let mask_base = key_mask_base(key_mask, b);
 
         let tile_begin = split * tiles_per_split;
         let mut tile_end = tile_begin + tiles_per_split;
@@ -554,15 +585,7 @@ mod kernel {
             }
             let mut e = t;
             while e < KEY_TILE {
-                let key = key0 + e;
-                let mut fill = f32::new(-3.0e38);
-                if key < k_len {
-                    fill = 0.0f32;
-                    if key_mask[mask_base + key * key_mask.stride(1)] == M::new(0.0f32) {
-                        fill = -1.0e9f32;
-                    }
-                }
-                key_fill[e] = fill;
+                key_fill[e] = masked_key_logit(key_mask, mask_base, key0 + e, k_len);
                 e += threads;
             }
             #[comptime]

@@ -23,7 +23,7 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::CubeDim;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::attention_kernel::cube_count;
+use crate::attention_kernel::{address_type, cube_count};
 use kernel::attention_mma_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
@@ -138,12 +138,7 @@ pub(crate) fn try_launch(
         Shape::new([b, h, q_len, cv]),
         q.dtype,
     );
-    let address_type = [q, k, v, key_mask, &out]
-        .into_iter()
-        .chain(bias)
-        .map(CubeTensor::required_address_type)
-        .max()
-        .unwrap_or_default();
+    let address_type = address_type([q, k, v, key_mask, &out].into_iter().chain(bias));
     let dtypes = [
         dtype_to_storage_type(q.dtype),
         dtype_to_storage_type(key_mask.dtype),
@@ -176,6 +171,7 @@ pub(crate) fn try_launch(
 
 mod kernel {
     use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE};
+    use crate::attention_kernel::kernel::{key_mask_base, masked_key_logit};
     use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
     use cubecl::prelude::*;
 
@@ -283,11 +279,7 @@ mod kernel {
 
         let k_base = b * k.stride(0) + h * k.stride(1);
         let v_base = b * v.stride(0) + h * v.stride(1);
-        let mut mask_row = b;
-        if key_mask.shape(0) == 1 {
-            mask_row = 0;
-        }
-        let mask_base = mask_row * key_mask.stride(0);
+        let mask_base = key_mask_base(key_mask, b);
 
         let num_tiles = k_len.div_ceil(keys);
         for tile in 0..num_tiles {
@@ -328,18 +320,8 @@ mod kernel {
                 }
                 s_s[e] = value;
             }
-            // 0 for a valid key, -1e9 for a masked one (AlphaFold's value: a fully masked row
-            // gets uniform weights), -3e38 past K (weight 0).
             if t < keys {
-                let key = key0 + t;
-                let mut fill = f32::new(-3.0e38);
-                if key < k_len {
-                    fill = 0.0f32;
-                    if key_mask[mask_base + key * key_mask.stride(1)] == M::new(0.0f32) {
-                        fill = -1.0e9f32;
-                    }
-                }
-                fill_s[t] = fill;
+                fill_s[t] = masked_key_logit(key_mask, mask_base, key0 + t, k_len);
             }
             sync_cube();
 

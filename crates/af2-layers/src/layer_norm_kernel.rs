@@ -19,7 +19,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeDim;
 use kernel::layer_norm_rows_kernel;
 
-use crate::attention_kernel::cube_count;
+use crate::attention_kernel::{address_type, cube_count};
 
 /// Units sharing one row.
 const LANES: usize = 32;
@@ -117,11 +117,7 @@ fn launch(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f32) -> C
     let client = x.client.clone();
     let dtype = x.dtype;
     let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape, dtype);
-    let address_type = [&x, &gamma, &beta, &out]
-        .into_iter()
-        .map(CubeTensor::required_address_type)
-        .max()
-        .unwrap_or_default();
+    let address_type = address_type([&x, &gamma, &beta, &out]);
     let dtypes = [
         dtype_to_storage_type(dtype),
         dtype_to_storage_type(gamma.dtype),
