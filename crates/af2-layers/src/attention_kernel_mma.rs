@@ -32,19 +32,19 @@ const MMA: usize = 16;
 pub const MMA_HEAD_DIM: usize = 32;
 /// Units of a plane the kernel is written for (NVIDIA's warp, Apple's SIMD group).
 const PLANE: usize = 32;
-/// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows), keys per
-/// shared-memory tile, and the fewest cubes worth the kernel.
+/// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows; `None`: chosen per
+/// device by [`default_planes`]), keys per shared-memory tile, and the fewest planes (over
+/// all cubes) worth the kernel.
 #[derive(Clone, Copy)]
 struct Tuning {
-    planes: usize,
+    planes: Option<usize>,
     keys: usize,
-    min_cubes: usize,
+    min_planes: usize,
 }
 
 /// [`Tuning`] from `AF2_MMA_PLANES=2|4|8`, `AF2_MMA_KEYS=32|64` (64 only up to 4 planes: 8
-/// planes of 64 keys exceed the shared memory) and `AF2_MMA_MIN_CUBES`; defaults 4, 32 and
-/// [`MIN_CUBES`]. On an H200, 4 planes of 32 keys were within 8% of the fastest combination
-/// and use 20 KiB of shared memory (docs/PERFORMANCE.md).
+/// planes of 64 keys exceed the shared memory) and `AF2_MMA_MIN_PLANES`; defaults: planes per
+/// device, 32 keys and [`MIN_PLANES`].
 fn tuning() -> &'static Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     TUNING.get_or_init(|| {
@@ -53,22 +53,47 @@ fn tuning() -> &'static Tuning {
                 .ok()
                 .and_then(|value| value.trim().parse::<usize>().ok())
         };
-        let planes = knob("AF2_MMA_PLANES")
-            .filter(|planes| [2, 4, 8].contains(planes))
-            .unwrap_or(4);
+        let planes = knob("AF2_MMA_PLANES").filter(|planes| [2, 4, 8].contains(planes));
         let keys = knob("AF2_MMA_KEYS")
-            .filter(|&keys| keys == 32 || (keys == 64 && planes <= 4))
+            .filter(|&keys| keys == 32 || (keys == 64 && planes.is_none_or(|p| p <= 4)))
             .unwrap_or(32);
         Tuning {
             planes,
             keys,
-            min_cubes: knob("AF2_MMA_MIN_CUBES").unwrap_or(MIN_CUBES),
+            min_planes: knob("AF2_MMA_MIN_PLANES").unwrap_or(MIN_PLANES),
         }
     })
 }
-/// Below this many cubes the scalar kernel, which can split the keys over cubes, fills the GPU
-/// better (an H100 has 132 multiprocessors).
-const MIN_CUBES: usize = 256;
+
+/// Bytes of shared memory the kernel declares for `planes` planes and `keys` keys a tile.
+fn shared_bytes(planes: usize, keys: usize) -> usize {
+    let rows = planes * MMA;
+    let half = 2;
+    let single = 4;
+    (rows * MMA_HEAD_DIM + 2 * keys * MMA_HEAD_DIM + rows * keys) * half
+        + (rows * keys + keys + rows) * single
+}
+
+/// 8 planes (128 query rows a cube) where the device's shared memory holds their tiles (36.6
+/// KiB with 32 keys), else 4 (20.4 KiB; Metal allows 32 KiB). On an H200, 8 × 32 was 7%
+/// faster than 4 × 32 and the fastest shape measured (docs/PERFORMANCE.md).
+fn default_planes(max_shared_memory: usize, keys: usize) -> usize {
+    if shared_bytes(8, keys) <= max_shared_memory {
+        8
+    } else {
+        4
+    }
+}
+/// Below this many planes in all (256 cubes of 4) the scalar kernel, which can split the keys
+/// over cubes, fills the GPU better (an H100 has 132 multiprocessors).
+const MIN_PLANES: usize = 1024;
+
+/// Planes per cube for `q_len` query rows: `preferred`, or fewer where the rows fill fewer
+/// (an MSA column has a few sequences), at least 2.
+fn planes_for(q_len: usize, preferred: usize) -> usize {
+    let needed = q_len.div_ceil(MMA).next_power_of_two().max(2);
+    needed.min(preferred)
+}
 
 static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
 
@@ -120,14 +145,18 @@ pub(crate) fn try_launch(
     let Tuning {
         planes,
         keys,
-        min_cubes,
+        min_planes,
     } = *tuning();
+    let preferred = planes.unwrap_or_else(|| {
+        default_planes(q.client.properties().hardware.max_shared_memory_size, keys)
+    });
+    let planes = planes_for(q_len, preferred);
     let q_tiles = q_len.div_ceil(planes * MMA);
     let suitable = !disabled()
         && q.dtype == DType::F16
         && c == MMA_HEAD_DIM
         && cv == MMA_HEAD_DIM
-        && q_tiles * h * b >= min_cubes
+        && q_tiles * h * b * planes >= min_planes
         && device_supports(q);
     if !suitable {
         return None;
@@ -439,5 +468,30 @@ mod kernel {
                     F::cast_from(acc[r] / row_s[plane * MMA + r]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_shapes_fit_the_shared_memory_they_are_chosen_for() {
+        assert_eq!(shared_bytes(4, 32), 20_864);
+        assert_eq!(shared_bytes(8, 32), 37_504);
+        // Vulkan on NVIDIA offers 48 KiB a cube, Metal 32 KiB.
+        assert_eq!(default_planes(48 * 1024, 32), 8);
+        assert_eq!(default_planes(32 * 1024, 32), 4);
+        assert_eq!(default_planes(48 * 1024, 64), 4);
+    }
+
+    #[test]
+    fn short_query_rows_take_fewer_planes() {
+        assert_eq!(planes_for(2, 8), 2);
+        assert_eq!(planes_for(40, 8), 4);
+        assert_eq!(planes_for(64, 8), 4);
+        assert_eq!(planes_for(65, 8), 8);
+        assert_eq!(planes_for(256, 8), 8);
+        assert_eq!(planes_for(256, 4), 4);
     }
 }
