@@ -528,6 +528,20 @@ pub(crate) mod kernel {
         let k_base = b * k.stride(0) + h * k.stride(1);
         let v_base = b * v.stride(0) + h * v.stride(1);
         let mask_base = key_mask_base(key_mask, b);
+        // Strides and offsets read once: a read per element inside the tile loop is a
+        // metadata load per element (2.5x slower in the tensor-core kernel on an H200).
+        let (k_row_stride, k_ch_stride) = (k.stride(2), k.stride(3));
+        let (v_row_stride, v_ch_stride) = (v.stride(2), v.stride(3));
+        let mut bias_base = 0;
+        let mut bias_row_stride = 0;
+        let mut bias_key_stride = 0;
+        #[comptime]
+        if let ComptimeOption::Some(bias) = &bias {
+            let group = b / (batch / bias.shape(0));
+            bias_base = group * bias.stride(0) + h * bias.stride(1);
+            bias_row_stride = bias.stride(2);
+            bias_key_stride = bias.stride(3);
+        }
 
         let tile_begin = split * tiles_per_split;
         let mut tile_end = tile_begin + tiles_per_split;
@@ -549,12 +563,12 @@ pub(crate) mod kernel {
                 let key = key0 + j;
                 let mut vec = F4::new(0.0f32);
                 if key < k_len {
-                    let base = k_base + key * k.stride(2);
+                    let base = k_base + key * k_row_stride;
                     #[unroll]
                     for x in 0..4 {
                         let ch = i * 4 + x;
                         if ch < c_dim {
-                            vec.insert(x, f32::cast_from(k[base + ch * k.stride(3)]));
+                            vec.insert(x, f32::cast_from(k[base + ch * k_ch_stride]));
                         }
                     }
                 }
@@ -570,12 +584,12 @@ pub(crate) mod kernel {
                 let key = key0 + j;
                 let mut vec = F4::new(0.0f32);
                 if key < k_len {
-                    let base = v_base + key * v.stride(2);
+                    let base = v_base + key * v_row_stride;
                     #[unroll]
                     for x in 0..4 {
                         let ch = i * 4 + x;
                         if ch < cv_dim {
-                            vec.insert(x, f32::cast_from(v[base + ch * v.stride(3)]));
+                            vec.insert(x, f32::cast_from(v[base + ch * v_ch_stride]));
                         }
                     }
                 }
@@ -590,9 +604,6 @@ pub(crate) mod kernel {
             }
             #[comptime]
             if let ComptimeOption::Some(bias) = &bias {
-                let groups = bias.shape(0);
-                let group = b / (batch / groups);
-                let bias_base = group * bias.stride(0) + h * bias.stride(1);
                 // block_rows * KEY_TILE = threads * rows * KEY_TILE: rows * KEY_TILE per unit,
                 // in unrolled groups of BIAS_GROUP.
                 for group_start in 0..comptime!(rows * KEY_TILE / BIAS_GROUP) {
@@ -606,7 +617,7 @@ pub(crate) mod kernel {
                         let mut value = f32::new(0.0);
                         if row < q_len && key < k_len {
                             value = f32::cast_from(
-                                bias[bias_base + row * bias.stride(2) + key * bias.stride(3)],
+                                bias[bias_base + row * bias_row_stride + key * bias_key_stride],
                             );
                         }
                         bias_tile[row_local * bias_pitch + j] = value;

@@ -1,14 +1,16 @@
 //! A tensor-core (cooperative-matrix) variant of the attention kernel for f16 heads of 32
 //! channels: the triangle and MSA attentions of the Evoformer in half precision.
 //!
-//! One cube of 4 planes (by default) computes 64 query rows of one `(batch row, head)`, 16 rows a
-//! plane. For each tile of 32 keys the cube stages K, V (f16) and the `[rows, 32]` bias tile (f32)
-//! in shared memory; every plane loads its stripe of the bias tile as the accumulator and adds
-//! its `16 × 32` query stripe times Kᵀ with 16×16×16 f16 matrix instructions, so the scores come
-//! out with the bias added. Then each lane takes one row and 16 of the tile's keys (its partner
-//! lane `l ^ 16` the other 16): key mask, running max and sum in f32 (one shuffle per row), the
-//! weights written as f16. The weights times V (matrix instructions again) are added into f32
-//! accumulators held one output channel a lane, after rescaling by each row's running-max step.
+//! One cube of 8 planes (4 where shared memory is short, fewer for short query rows) computes
+//! 16 query rows a plane of one `(batch row, head)`. For each tile of 32 keys the cube stages K,
+//! V (f16) and the `[rows, 32]` bias tile (f32) in shared memory; every plane loads its stripe of
+//! the bias tile as the accumulator and adds its `16 × 32` query stripe times Kᵀ with 16×16×16
+//! f16 matrix instructions, so the scores come out with the bias added. Then each lane takes one
+//! row and 16 of the tile's keys (its partner lane `l ^ 16` the other 16): key mask, running max
+//! and sum in f32 (one shuffle per row), the weights written as f16. The weights times V (matrix
+//! instructions again) are added into f32 accumulators held one output channel a lane, after
+//! rescaling by each row's running-max step. The global loads of the next tile are issued into
+//! registers before the current tile is computed, so their latency overlaps the computation.
 //!
 //! Numerics against the f32 scalar kernel: scores and sums are f32 as there; the weights are
 //! rounded to f16 (relative 2^-11) before they multiply V, as an f16 model's matmuls would.
@@ -306,150 +308,190 @@ mod kernel {
         let mut l_run = f32::new(0.0);
         let mut logits = Array::<f32>::new(half_keys);
 
-        let k_base = b * k.stride(0) + h * k.stride(1);
-        let v_base = b * v.stride(0) + h * v.stride(1);
         let mask_base = key_mask_base(key_mask, b);
+        // Staging roles: unit `t` loads channel `t % HEAD` of keys `t / HEAD + i * kv_step`
+        // of K and V, and key `t % keys` of bias rows `t / keys + i * bias_step` (tile element
+        // `t + i * threads` in both). Offsets and strides are read once, not per element.
+        let kv_count = comptime!(keys * HEAD / threads);
+        let kv_step = comptime!(threads / HEAD);
+        let bias_count = comptime!(rows * keys / threads);
+        let bias_step = comptime!(threads / keys);
+        let kv_first = t / HEAD;
+        let channel = t % HEAD;
+        let k_row_stride = k.stride(2);
+        let v_row_stride = v.stride(2);
+        let k_base = b * k.stride(0) + h * k.stride(1) + channel * k.stride(3);
+        let v_base = b * v.stride(0) + h * v.stride(1) + channel * v.stride(3);
+        let bias_row = row0 + t / keys;
+        let bias_key = t % keys;
+        let mut bias_at = 0;
+        let mut bias_row_stride = 0;
+        let mut bias_key_stride = 0;
+        #[comptime]
+        if let ComptimeOption::Some(bias) = &bias {
+            let group = b / (batch / bias.shape(0));
+            bias_at = group * bias.stride(0) + h * bias.stride(1);
+            bias_row_stride = bias.stride(2);
+            bias_key_stride = bias.stride(3);
+        }
+        // The next tile, loaded into registers while the current one is computed.
+        let mut k_next = Array::<F>::new(kv_count);
+        let mut v_next = Array::<F>::new(kv_count);
+        let mut bias_next = Array::<f32>::new(bias_count);
+        let mut fill_next = f32::new(0.0);
 
+        // Step `s` issues the loads of tile `s`, computes tile `s - 1` from shared memory while
+        // they are in flight, then stores tile `s` to shared memory.
         let num_tiles = k_len.div_ceil(keys);
-        for tile in 0..num_tiles {
-            let key0 = tile * keys;
-            // K and V of the tile, zero past K.
-            #[unroll]
-            for i in 0..comptime!(keys * HEAD / threads) {
-                let e = t + i * threads;
-                let key = key0 + e / HEAD;
-                let ch = e % HEAD;
-                let mut kv = F::new(0.0);
-                let mut vv = F::new(0.0);
-                if key < k_len {
-                    kv = k[k_base + key * k.stride(2) + ch * k.stride(3)];
-                    vv = v[v_base + key * v.stride(2) + ch * v.stride(3)];
-                }
-                k_s[e] = kv;
-                v_s[e] = vv;
-            }
-            // The bias tile (zero outside [Q, K] and without a bias): the scores start from it.
-            #[unroll]
-            for i in 0..comptime!(rows * keys / threads) {
-                let e = t + i * threads;
-                let mut value = f32::new(0.0);
-                #[comptime]
-                if let ComptimeOption::Some(bias) = &bias {
-                    let row = row0 + e / keys;
-                    let key = key0 + e % keys;
-                    if row < q_len && key < k_len {
-                        let group = b / (batch / bias.shape(0));
-                        value = f32::cast_from(
-                            bias[group * bias.stride(0)
-                                + h * bias.stride(1)
-                                + row * bias.stride(2)
-                                + key * bias.stride(3)],
-                        );
+        for step in 0..num_tiles + 1 {
+            if step < num_tiles {
+                let key0 = step * keys;
+                // K and V, zero past K.
+                #[unroll]
+                for i in 0..kv_count {
+                    let key = key0 + kv_first + i * kv_step;
+                    let mut kv = F::new(0.0);
+                    let mut vv = F::new(0.0);
+                    if key < k_len {
+                        kv = k[k_base + key * k_row_stride];
+                        vv = v[v_base + key * v_row_stride];
                     }
+                    k_next[i] = kv;
+                    v_next[i] = vv;
                 }
-                s_s[e] = value;
+                // The bias (zero outside [Q, K] and without a bias): the scores start from it.
+                let key = key0 + bias_key;
+                #[unroll]
+                for i in 0..bias_count {
+                    let mut value = f32::new(0.0);
+                    #[comptime]
+                    if let ComptimeOption::Some(bias) = &bias {
+                        let row = bias_row + i * bias_step;
+                        if row < q_len && key < k_len {
+                            value = f32::cast_from(
+                                bias[bias_at + row * bias_row_stride + key * bias_key_stride],
+                            );
+                        }
+                    }
+                    bias_next[i] = value;
+                }
+                if t < keys {
+                    fill_next = masked_key_logit(key_mask, mask_base, key0 + t, k_len);
+                }
             }
-            if t < keys {
-                fill_s[t] = masked_key_logit(key_mask, mask_base, key0 + t, k_len);
-            }
-            sync_cube();
+            if step > 0 {
+                // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
+                // Kᵀ as the B operand: element (c, key) at k_s[key * HEAD + c], column-major.
+                #[unroll]
+                for half in 0..parts {
+                    let s_at = stripe + half * MMA;
+                    let k_at = half * MMA * HEAD;
+                    cmma::load_with_layout(
+                        &mut scores,
+                        &s_s[s_at..stripe + MMA * keys],
+                        keys as u32,
+                        MatrixLayout::RowMajor,
+                    );
+                    cmma::load(&mut k_frag, &k_s[k_at..k_at + MMA * HEAD], HEAD as u32);
+                    cmma::execute(&q_lo, &k_frag, &scores, &scores);
+                    cmma::load(
+                        &mut k_frag,
+                        &k_s[k_at + MMA..k_at + MMA * HEAD],
+                        HEAD as u32,
+                    );
+                    cmma::execute(&q_hi, &k_frag, &scores, &scores);
+                    cmma::store(
+                        &mut s_s[s_at..stripe + MMA * keys],
+                        &scores,
+                        keys as u32,
+                        MatrixLayout::RowMajor,
+                    );
+                }
+                sync_plane();
 
-            // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
-            // Kᵀ as the B operand: element (c, key) at k_s[key * HEAD + c], column-major.
-            #[unroll]
-            for half in 0..parts {
-                let s_at = stripe + half * MMA;
-                let k_at = half * MMA * HEAD;
-                cmma::load_with_layout(
-                    &mut scores,
-                    &s_s[s_at..stripe + MMA * keys],
-                    keys as u32,
-                    MatrixLayout::RowMajor,
-                );
-                cmma::load(&mut k_frag, &k_s[k_at..k_at + MMA * HEAD], HEAD as u32);
-                cmma::execute(&q_lo, &k_frag, &scores, &scores);
-                cmma::load(
-                    &mut k_frag,
-                    &k_s[k_at + MMA..k_at + MMA * HEAD],
-                    HEAD as u32,
-                );
-                cmma::execute(&q_hi, &k_frag, &scores, &scores);
+                // Softmax step: the lane's row over its 16 keys, read in a rotated order so that
+                // the 32 lanes hit 32 different banks; the partner lane (l ^ 16) has the other half.
+                let row_at = stripe + my_row * keys;
+                let mut m_tile = f32::new(-3.0e38);
+                #[unroll]
+                for j in 0..half_keys {
+                    let col = my_half * half_keys + (j + my_row) % half_keys;
+                    let fill = fill_s[col];
+                    let logit = select(fill == 0.0f32, s_s[row_at + col], fill);
+                    logits[j] = logit;
+                    m_tile = m_tile.max(logit);
+                }
+                m_tile = m_tile.max(plane_shuffle_xor(m_tile, MMA as u32));
+                let m_new = m_run.max(m_tile);
+                let factor = (m_run - m_new).exp();
+                let mut sum = f32::new(0.0);
+                #[unroll]
+                for j in 0..half_keys {
+                    let col = my_half * half_keys + (j + my_row) % half_keys;
+                    let p = (logits[j] - m_new).exp();
+                    sum += p;
+                    p_s[row_at + col] = F::cast_from(p);
+                }
+                sum += plane_shuffle_xor(sum, MMA as u32);
+                l_run = l_run * factor + sum;
+                m_run = m_new;
+                if my_half == 0 {
+                    row_s[plane * MMA + my_row] = factor;
+                }
+                sync_plane();
+
+                // P·V of the tile: 16 rows × 32 channels over the tile's two 16-key halves, stored
+                // over the plane's score stripe (read above).
+                cmma::fill(&mut pv_lo, 0.0f32);
+                cmma::fill(&mut pv_hi, 0.0f32);
+                #[unroll]
+                for half in 0..parts {
+                    let p_at = stripe + half * MMA;
+                    cmma::load(&mut p_frag, &p_s[p_at..stripe + MMA * keys], keys as u32);
+                    let v_at = half * MMA * HEAD;
+                    cmma::load(&mut v_frag, &v_s[v_at..v_at + MMA * HEAD], HEAD as u32);
+                    cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
+                    cmma::load(
+                        &mut v_frag,
+                        &v_s[v_at + MMA..v_at + MMA * HEAD],
+                        HEAD as u32,
+                    );
+                    cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
+                }
                 cmma::store(
-                    &mut s_s[s_at..stripe + MMA * keys],
-                    &scores,
+                    &mut s_s[stripe..stripe + MMA * keys],
+                    &pv_lo,
                     keys as u32,
                     MatrixLayout::RowMajor,
                 );
-            }
-            sync_plane();
-
-            // Softmax step: the lane's row over its 16 keys, read in a rotated order so that
-            // the 32 lanes hit 32 different banks; the partner lane (l ^ 16) has the other half.
-            let row_at = stripe + my_row * keys;
-            let mut m_tile = f32::new(-3.0e38);
-            #[unroll]
-            for j in 0..half_keys {
-                let col = my_half * half_keys + (j + my_row) % half_keys;
-                let fill = fill_s[col];
-                let logit = select(fill == 0.0f32, s_s[row_at + col], fill);
-                logits[j] = logit;
-                m_tile = m_tile.max(logit);
-            }
-            m_tile = m_tile.max(plane_shuffle_xor(m_tile, MMA as u32));
-            let m_new = m_run.max(m_tile);
-            let factor = (m_run - m_new).exp();
-            let mut sum = f32::new(0.0);
-            #[unroll]
-            for j in 0..half_keys {
-                let col = my_half * half_keys + (j + my_row) % half_keys;
-                let p = (logits[j] - m_new).exp();
-                sum += p;
-                p_s[row_at + col] = F::cast_from(p);
-            }
-            sum += plane_shuffle_xor(sum, MMA as u32);
-            l_run = l_run * factor + sum;
-            m_run = m_new;
-            if my_half == 0 {
-                row_s[plane * MMA + my_row] = factor;
-            }
-            sync_plane();
-
-            // P·V of the tile: 16 rows × 32 channels over the tile's two 16-key halves, stored
-            // over the plane's score stripe (read above).
-            cmma::fill(&mut pv_lo, 0.0f32);
-            cmma::fill(&mut pv_hi, 0.0f32);
-            #[unroll]
-            for half in 0..parts {
-                let p_at = stripe + half * MMA;
-                cmma::load(&mut p_frag, &p_s[p_at..stripe + MMA * keys], keys as u32);
-                let v_at = half * MMA * HEAD;
-                cmma::load(&mut v_frag, &v_s[v_at..v_at + MMA * HEAD], HEAD as u32);
-                cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
-                cmma::load(
-                    &mut v_frag,
-                    &v_s[v_at + MMA..v_at + MMA * HEAD],
-                    HEAD as u32,
+                cmma::store(
+                    &mut s_s[stripe + MMA..stripe + MMA * keys],
+                    &pv_hi,
+                    keys as u32,
+                    MatrixLayout::RowMajor,
                 );
-                cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
+                sync_plane();
+                #[unroll]
+                for r in 0..MMA {
+                    acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * keys + lane];
+                }
             }
-            cmma::store(
-                &mut s_s[stripe..stripe + MMA * keys],
-                &pv_lo,
-                keys as u32,
-                MatrixLayout::RowMajor,
-            );
-            cmma::store(
-                &mut s_s[stripe + MMA..stripe + MMA * keys],
-                &pv_hi,
-                keys as u32,
-                MatrixLayout::RowMajor,
-            );
-            sync_plane();
-            #[unroll]
-            for r in 0..MMA {
-                acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * keys + lane];
+            // Tile `step - 1` is consumed: its K, V, bias and score tiles may be overwritten.
+            sync_cube();
+            if step < num_tiles {
+                #[unroll]
+                for i in 0..kv_count {
+                    k_s[t + i * threads] = k_next[i];
+                    v_s[t + i * threads] = v_next[i];
+                }
+                #[unroll]
+                for i in 0..bias_count {
+                    s_s[t + i * threads] = bias_next[i];
+                }
+                if t < keys {
+                    fill_s[t] = fill_next;
+                }
             }
-            // The next tile overwrites K, V, the bias and score tile and the factors.
             sync_cube();
         }
 
