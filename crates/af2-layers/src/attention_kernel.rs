@@ -7,7 +7,9 @@
 //!
 //! Each unit owns `rows` query rows (`rows * threads` rows a cube), kept in registers with their
 //! `Cv` accumulators; every shared-memory read of a key or value vector serves all of them. Keys
-//! are scored 8 at a time: one running-max rescale per 8 keys, not per key.
+//! are scored 8 at a time: one running-max rescale per 8 keys, not per key. The next tile's K,
+//! V, key mask and (at up to 2 rows a unit) bias are loaded into registers while the current
+//! tile is computed, so their latency overlaps the computation.
 //!
 //! Where the query rows give too few cubes to fill the GPU (MSA row attention of one sequence:
 //! `B = 1`), the keys are also split over cubes, each writing an unnormalised partial with its
@@ -32,8 +34,9 @@ use kernel::{attention_kernel, combine_kernel};
 
 /// Keys staged in shared memory at a time.
 const KEY_TILE: usize = 32;
-/// Bias loads a unit issues together when staging a bias tile.
-const BIAS_GROUP: usize = 8;
+/// The most bias values a unit loads ahead into registers (`rows * KEY_TILE`); a larger bias
+/// tile share (4 rows a unit, heads of up to 16 channels) is loaded when it is stored.
+const PREFETCH_BIAS: usize = 64;
 /// Keys scored between two rescales of the running softmax.
 const SUB: usize = 8;
 /// The largest `C` and `Cv` the kernel takes; larger heads use the reference.
@@ -398,7 +401,7 @@ pub(crate) fn cube_count(cubes: usize) -> CubeCount {
 }
 
 pub(crate) mod kernel {
-    use super::{BIAS_GROUP, F4, KEY_TILE, SUB};
+    use super::{F4, KEY_TILE, PREFETCH_BIAS, SUB};
     use cubecl::prelude::*;
 
     /// Offset of batch row `b`'s key mask (row 0 when the mask `[1, K]` is shared by all rows).
@@ -429,6 +432,34 @@ pub(crate) mod kernel {
             }
         }
         fill
+    }
+
+    /// Channels `4 i ..` of `key` (at `base + key * row_stride`) as f32, zero past K and past
+    /// `dim`.
+    #[allow(clippy::too_many_arguments)]
+    #[cube]
+    fn load_key_vector<F: Float>(
+        x: &Tensor<F>,
+        base: usize,
+        row_stride: usize,
+        channel_stride: usize,
+        key: usize,
+        k_len: usize,
+        i: usize,
+        #[comptime] dim: usize,
+    ) -> F4 {
+        let mut vec = F4::new(0.0f32);
+        if key < k_len {
+            let at = base + key * row_stride;
+            #[unroll]
+            for x4 in 0..4 {
+                let ch = i * 4 + x4;
+                if ch < dim {
+                    vec.insert(x4, f32::cast_from(x[at + ch * channel_stride]));
+                }
+            }
+        }
+        vec
     }
 
     /// The kernel; see the module documentation. Cube `CUBE_POS` computes query rows
@@ -549,155 +580,198 @@ pub(crate) mod kernel {
         if tile_end > num_tiles {
             tile_end = num_tiles;
         }
-        for tile in tile_begin..tile_end {
-            let key0 = tile * KEY_TILE;
-
-            // Stage K and V (zeros past K and past C / Cv), the key mask and the bias tile. The
-            // loops are unrolled so that their loads are in flight together (a `while` loop
-            // waits for each load in turn).
-            #[unroll]
-            for step in 0..comptime!((KEY_TILE * c4).div_ceil(threads)) {
-                let e = t + step * threads;
-                let j = e / c4;
-                let i = e % c4;
-                let key = key0 + j;
-                let mut vec = F4::new(0.0f32);
-                if key < k_len {
-                    let base = k_base + key * k_row_stride;
+        // Step `s` issues the global loads of tile `s` into registers, computes tile `s - 1`
+        // from shared memory while they are in flight, then stores tile `s` to shared memory.
+        // The bias tile is prefetched too where it fits in 64 registers a unit (rows <= 2).
+        let k_steps = comptime!((KEY_TILE * c4).div_ceil(threads));
+        let v_steps = comptime!((KEY_TILE * cv4).div_ceil(threads));
+        let fill_steps = comptime!(KEY_TILE.div_ceil(threads));
+        let prefetch_bias = comptime!(has_bias && rows * KEY_TILE <= PREFETCH_BIAS);
+        // 0: the bias is loaded when it is stored.
+        let bias_steps = comptime!(if prefetch_bias { rows * KEY_TILE } else { 0 });
+        let mut k_next = Array::<F4>::new(k_steps);
+        let mut v_next = Array::<F4>::new(v_steps);
+        let mut fill_next = Array::<f32>::new(fill_steps);
+        let mut bias_next = Array::<f32>::new(comptime!(bias_steps.max(1)));
+        for step in tile_begin..tile_end + 1 {
+            if step < tile_end {
+                let key0 = step * KEY_TILE;
+                // K and V (zeros past K and past C / Cv), unrolled so the loads are in flight
+                // together.
+                #[unroll]
+                for s in 0..k_steps {
+                    let e = t + s * threads;
+                    k_next[s] = load_key_vector(
+                        k,
+                        k_base,
+                        k_row_stride,
+                        k_ch_stride,
+                        key0 + e / c4,
+                        k_len,
+                        e % c4,
+                        c_dim,
+                    );
+                }
+                #[unroll]
+                for s in 0..v_steps {
+                    let e = t + s * threads;
+                    v_next[s] = load_key_vector(
+                        v,
+                        v_base,
+                        v_row_stride,
+                        v_ch_stride,
+                        key0 + e / cv4,
+                        k_len,
+                        e % cv4,
+                        cv_dim,
+                    );
+                }
+                #[unroll]
+                for s in 0..fill_steps {
+                    fill_next[s] =
+                        masked_key_logit(key_mask, mask_base, key0 + t + s * threads, k_len);
+                }
+                #[comptime]
+                if let ComptimeOption::Some(bias) = &bias {
                     #[unroll]
-                    for x in 0..4 {
-                        let ch = i * 4 + x;
-                        if ch < c_dim {
-                            vec.insert(x, f32::cast_from(k[base + ch * k_ch_stride]));
-                        }
-                    }
-                }
-                if e < comptime!(KEY_TILE * c4) {
-                    k_tile[e] = vec;
-                }
-            }
-            #[unroll]
-            for step in 0..comptime!((KEY_TILE * cv4).div_ceil(threads)) {
-                let e = t + step * threads;
-                let j = e / cv4;
-                let i = e % cv4;
-                let key = key0 + j;
-                let mut vec = F4::new(0.0f32);
-                if key < k_len {
-                    let base = v_base + key * v_row_stride;
-                    #[unroll]
-                    for x in 0..4 {
-                        let ch = i * 4 + x;
-                        if ch < cv_dim {
-                            vec.insert(x, f32::cast_from(v[base + ch * v_ch_stride]));
-                        }
-                    }
-                }
-                if e < comptime!(KEY_TILE * cv4) {
-                    v_tile[e] = vec;
-                }
-            }
-            let mut e = t;
-            while e < KEY_TILE {
-                key_fill[e] = masked_key_logit(key_mask, mask_base, key0 + e, k_len);
-                e += threads;
-            }
-            #[comptime]
-            if let ComptimeOption::Some(bias) = &bias {
-                // block_rows * KEY_TILE = threads * rows * KEY_TILE: rows * KEY_TILE per unit,
-                // in unrolled groups of BIAS_GROUP.
-                for group_start in 0..comptime!(rows * KEY_TILE / BIAS_GROUP) {
-                    #[unroll]
-                    for u in 0..BIAS_GROUP {
-                        let e = t + (group_start * BIAS_GROUP + u) * threads;
-                        let row_local = e / KEY_TILE;
-                        let j = e % KEY_TILE;
-                        let row = row0 + row_local;
-                        let key = key0 + j;
+                    for u in 0..bias_steps {
+                        let e = t + u * threads;
+                        let row = row0 + e / KEY_TILE;
+                        let key = key0 + e % KEY_TILE;
                         let mut value = f32::new(0.0);
                         if row < q_len && key < k_len {
                             value = f32::cast_from(
                                 bias[bias_base + row * bias_row_stride + key * bias_key_stride],
                             );
                         }
-                        bias_tile[row_local * bias_pitch + j] = value;
+                        bias_next[u] = value;
                     }
                 }
             }
+            if step > tile_begin {
+                let key0 = (step - 1) * KEY_TILE;
+                let mut tile_keys = k_len - key0;
+                if tile_keys > KEY_TILE {
+                    tile_keys = KEY_TILE;
+                }
+                let subs = tile_keys.div_ceil(SUB);
+                for sub in 0..subs {
+                    let j0 = sub * SUB;
+                    // Logits of SUB keys for every row.
+                    #[unroll]
+                    for jj in 0..SUB {
+                        let j = j0 + jj;
+                        #[unroll]
+                        for r in 0..rows {
+                            dots[r] = F4::new(0.0f32);
+                        }
+                        #[unroll]
+                        for i in 0..c4 {
+                            let kv = k_tile[j * c4 + i];
+                            #[unroll]
+                            for r in 0..rows {
+                                dots[r] += q_reg[r * c4 + i] * kv;
+                            }
+                        }
+                        let fill = key_fill[j];
+                        #[unroll]
+                        for r in 0..rows {
+                            let d = dots[r];
+                            let mut logit = d.extract(0usize)
+                                + d.extract(1usize)
+                                + d.extract(2usize)
+                                + d.extract(3usize);
+                            if comptime!(has_bias) {
+                                logit += bias_tile[(r * threads + t) * bias_pitch + j];
+                            }
+                            scores[r * SUB + jj] = select(fill == 0.0f32, logit, fill);
+                        }
+                    }
+                    // Online softmax: new running max, rescale, weights.
+                    #[unroll]
+                    for r in 0..rows {
+                        let m_old = m_run[r];
+                        let mut m_new = m_old;
+                        #[unroll]
+                        for jj in 0..SUB {
+                            m_new = m_new.max(scores[r * SUB + jj]);
+                        }
+                        let scale = (m_old - m_new).exp();
+                        m_run[r] = m_new;
+                        let mut l = l_run[r] * scale;
+                        let scale4 = F4::new(scale);
+                        #[unroll]
+                        for i in 0..cv4 {
+                            acc[r * cv4 + i] *= scale4;
+                        }
+                        #[unroll]
+                        for jj in 0..SUB {
+                            let p = (scores[r * SUB + jj] - m_new).exp();
+                            scores[r * SUB + jj] = p;
+                            l += p;
+                        }
+                        l_run[r] = l;
+                    }
+                    // acc += p v.
+                    #[unroll]
+                    for jj in 0..SUB {
+                        let j = j0 + jj;
+                        #[unroll]
+                        for i in 0..cv4 {
+                            let vv = v_tile[j * cv4 + i];
+                            #[unroll]
+                            for r in 0..rows {
+                                acc[r * cv4 + i] += vv * F4::new(scores[r * SUB + jj]);
+                            }
+                        }
+                    }
+                }
+            }
+            // Tile `step - 1` is consumed: its shared tiles may be overwritten.
             sync_cube();
-
-            let mut tile_keys = k_len - key0;
-            if tile_keys > KEY_TILE {
-                tile_keys = KEY_TILE;
-            }
-            let subs = tile_keys.div_ceil(SUB);
-            for sub in 0..subs {
-                let j0 = sub * SUB;
-                // Logits of SUB keys for every row.
+            if step < tile_end {
+                let key0 = step * KEY_TILE;
                 #[unroll]
-                for jj in 0..SUB {
-                    let j = j0 + jj;
-                    #[unroll]
-                    for r in 0..rows {
-                        dots[r] = F4::new(0.0f32);
-                    }
-                    #[unroll]
-                    for i in 0..c4 {
-                        let kv = k_tile[j * c4 + i];
-                        #[unroll]
-                        for r in 0..rows {
-                            dots[r] += q_reg[r * c4 + i] * kv;
-                        }
-                    }
-                    let fill = key_fill[j];
-                    #[unroll]
-                    for r in 0..rows {
-                        let d = dots[r];
-                        let mut logit = d.extract(0usize)
-                            + d.extract(1usize)
-                            + d.extract(2usize)
-                            + d.extract(3usize);
-                        if comptime!(has_bias) {
-                            logit += bias_tile[(r * threads + t) * bias_pitch + j];
-                        }
-                        scores[r * SUB + jj] = select(fill == 0.0f32, logit, fill);
+                for s in 0..k_steps {
+                    let e = t + s * threads;
+                    if e < comptime!(KEY_TILE * c4) {
+                        k_tile[e] = k_next[s];
                     }
                 }
-                // Online softmax: new running max, rescale, weights.
                 #[unroll]
-                for r in 0..rows {
-                    let m_old = m_run[r];
-                    let mut m_new = m_old;
-                    #[unroll]
-                    for jj in 0..SUB {
-                        m_new = m_new.max(scores[r * SUB + jj]);
+                for s in 0..v_steps {
+                    let e = t + s * threads;
+                    if e < comptime!(KEY_TILE * cv4) {
+                        v_tile[e] = v_next[s];
                     }
-                    let scale = (m_old - m_new).exp();
-                    m_run[r] = m_new;
-                    let mut l = l_run[r] * scale;
-                    let scale4 = F4::new(scale);
-                    #[unroll]
-                    for i in 0..cv4 {
-                        acc[r * cv4 + i] *= scale4;
-                    }
-                    #[unroll]
-                    for jj in 0..SUB {
-                        let p = (scores[r * SUB + jj] - m_new).exp();
-                        scores[r * SUB + jj] = p;
-                        l += p;
-                    }
-                    l_run[r] = l;
                 }
-                // acc += p v.
                 #[unroll]
-                for jj in 0..SUB {
-                    let j = j0 + jj;
+                for s in 0..fill_steps {
+                    let e = t + s * threads;
+                    if e < KEY_TILE {
+                        key_fill[e] = fill_next[s];
+                    }
+                }
+                #[comptime]
+                if let ComptimeOption::Some(bias) = &bias {
+                    // block_rows * KEY_TILE = threads * rows * KEY_TILE: rows * KEY_TILE a unit.
                     #[unroll]
-                    for i in 0..cv4 {
-                        let vv = v_tile[j * cv4 + i];
-                        #[unroll]
-                        for r in 0..rows {
-                            acc[r * cv4 + i] += vv * F4::new(scores[r * SUB + jj]);
+                    for u in 0..comptime!(rows * KEY_TILE) {
+                        let e = t + u * threads;
+                        let row_local = e / KEY_TILE;
+                        let j = e % KEY_TILE;
+                        if comptime!(prefetch_bias) {
+                            bias_tile[row_local * bias_pitch + j] = bias_next[u];
+                        } else {
+                            let row = row0 + row_local;
+                            let key = key0 + j;
+                            let mut value = f32::new(0.0);
+                            if row < q_len && key < k_len {
+                                value = f32::cast_from(
+                                    bias[bias_base + row * bias_row_stride + key * bias_key_stride],
+                                );
+                            }
+                            bias_tile[row_local * bias_pitch + j] = value;
                         }
                     }
                 }
