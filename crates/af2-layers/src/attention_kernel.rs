@@ -462,6 +462,26 @@ pub(crate) mod kernel {
         vec
     }
 
+    /// The bias of query `row` and `key` as f32 (rows from `base`), 0 outside [Q, K].
+    #[allow(clippy::too_many_arguments)]
+    #[cube]
+    fn bias_value<Bt: Float>(
+        bias: &Tensor<Bt>,
+        base: usize,
+        row_stride: usize,
+        key_stride: usize,
+        row: usize,
+        key: usize,
+        q_len: usize,
+        k_len: usize,
+    ) -> f32 {
+        let mut value = f32::new(0.0);
+        if row < q_len && key < k_len {
+            value = f32::cast_from(bias[base + row * row_stride + key * key_stride]);
+        }
+        value
+    }
+
     /// The kernel; see the module documentation. Cube `CUBE_POS` computes query rows
     /// `q_tile * threads * rows ..` of head `h`, batch row `b`, over key tiles
     /// `split * tiles_per_split ..`, with `CUBE_POS = ((b * H + h) * q_tiles + q_tile) * splits +
@@ -632,19 +652,20 @@ pub(crate) mod kernel {
                         masked_key_logit(key_mask, mask_base, key0 + t + s * threads, k_len);
                 }
                 #[comptime]
-                if let ComptimeOption::Some(bias) = &bias {
+                if let ComptimeOption::Some(bias) = bias {
                     #[unroll]
                     for u in 0..bias_steps {
                         let e = t + u * threads;
-                        let row = row0 + e / KEY_TILE;
-                        let key = key0 + e % KEY_TILE;
-                        let mut value = f32::new(0.0);
-                        if row < q_len && key < k_len {
-                            value = f32::cast_from(
-                                bias[bias_base + row * bias_row_stride + key * bias_key_stride],
-                            );
-                        }
-                        bias_next[u] = value;
+                        bias_next[u] = bias_value(
+                            bias,
+                            bias_base,
+                            bias_row_stride,
+                            bias_key_stride,
+                            row0 + e / KEY_TILE,
+                            key0 + e % KEY_TILE,
+                            q_len,
+                            k_len,
+                        );
                     }
                 }
             }
@@ -753,7 +774,7 @@ pub(crate) mod kernel {
                     }
                 }
                 #[comptime]
-                if let ComptimeOption::Some(bias) = &bias {
+                if let ComptimeOption::Some(bias) = bias {
                     // block_rows * KEY_TILE = threads * rows * KEY_TILE: rows * KEY_TILE a unit.
                     #[unroll]
                     for u in 0..comptime!(rows * KEY_TILE) {
@@ -763,15 +784,16 @@ pub(crate) mod kernel {
                         if comptime!(prefetch_bias) {
                             bias_tile[row_local * bias_pitch + j] = bias_next[u];
                         } else {
-                            let row = row0 + row_local;
-                            let key = key0 + j;
-                            let mut value = f32::new(0.0);
-                            if row < q_len && key < k_len {
-                                value = f32::cast_from(
-                                    bias[bias_base + row * bias_row_stride + key * bias_key_stride],
-                                );
-                            }
-                            bias_tile[row_local * bias_pitch + j] = value;
+                            bias_tile[row_local * bias_pitch + j] = bias_value(
+                                bias,
+                                bias_base,
+                                bias_row_stride,
+                                bias_key_stride,
+                                row0 + row_local,
+                                key0 + j,
+                                q_len,
+                                k_len,
+                            );
                         }
                     }
                 }
