@@ -42,11 +42,12 @@ struct Tuning {
     planes: Option<usize>,
     keys: usize,
     min_planes: usize,
+    pad: bool,
 }
 
 /// [`Tuning`] from `AF2_MMA_PLANES=2|4|8`, `AF2_MMA_KEYS=32|64` (64 only up to 4 planes: 8
-/// planes of 64 keys exceed the shared memory) and `AF2_MMA_MIN_PLANES`; defaults: planes per
-/// device, 32 keys and [`MIN_PLANES`].
+/// planes of 64 keys exceed the shared memory), `AF2_MMA_MIN_PLANES` and `AF2_MMA_PAD=0|1`
+/// (padded shared-memory rows); defaults: planes per device, 32 keys, [`MIN_PLANES`], padded.
 fn tuning() -> &'static Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     TUNING.get_or_init(|| {
@@ -63,24 +64,35 @@ fn tuning() -> &'static Tuning {
             planes,
             keys,
             min_planes: knob("AF2_MMA_MIN_PLANES").unwrap_or(MIN_PLANES),
+            pad: knob("AF2_MMA_PAD") != Some(0),
         }
     })
 }
 
-/// Bytes of shared memory the kernel declares for `planes` planes and `keys` keys a tile.
-fn shared_bytes(planes: usize, keys: usize) -> usize {
-    let rows = planes * MMA;
-    let half = 2;
-    let single = 4;
-    (rows * MMA_HEAD_DIM + 2 * keys * MMA_HEAD_DIM + rows * keys) * half
-        + (rows * keys + keys + rows) * single
+/// Elements added to every shared-memory row when `pad` is set, so that the rows of a 16×16
+/// fragment start in different banks: 8 × 2 bytes shifts consecutive f16 rows by a 16-byte
+/// group (an unpadded 64-byte row puts every other row on the same banks), 8 × 4 bytes
+/// shifts consecutive f32 rows by 8 banks (an unpadded 128-byte row puts all 16 on the same).
+const fn padding(pad: bool) -> usize {
+    if pad { 8 } else { 0 }
 }
 
-/// 8 planes (128 query rows a cube) where the device's shared memory holds their tiles (36.6
-/// KiB with 32 keys), else 4 (20.4 KiB; Metal allows 32 KiB). On an H200, 8 × 32 was 7%
-/// faster than 4 × 32 and the fastest shape measured (docs/PERFORMANCE.md).
-fn default_planes(max_shared_memory: usize, keys: usize) -> usize {
-    if shared_bytes(8, keys) <= max_shared_memory {
+/// Bytes of shared memory the kernel declares for `planes` planes and `keys` keys a tile.
+fn shared_bytes(planes: usize, keys: usize, pad: bool) -> usize {
+    let rows = planes * MMA;
+    let head_row = MMA_HEAD_DIM + padding(pad);
+    let key_row = keys + padding(pad);
+    let half = 2;
+    let single = 4;
+    (rows * head_row + 2 * keys * head_row + rows * key_row) * half
+        + (rows * key_row + keys + rows) * single
+}
+
+/// 8 planes (128 query rows a cube) where the device's shared memory holds their tiles (45.6
+/// KiB with 32 keys, padded), else 4 (25.4 KiB; Metal allows 32 KiB). On an H200, 8 × 32 was
+/// 7% faster than 4 × 32 and the fastest shape measured (docs/PERFORMANCE.md).
+fn default_planes(max_shared_memory: usize, keys: usize, pad: bool) -> usize {
+    if shared_bytes(8, keys, pad) <= max_shared_memory {
         8
     } else {
         4
@@ -148,9 +160,14 @@ pub(crate) fn try_launch(
         planes,
         keys,
         min_planes,
+        pad,
     } = *tuning();
     let preferred = planes.unwrap_or_else(|| {
-        default_planes(q.client.properties().hardware.max_shared_memory_size, keys)
+        default_planes(
+            q.client.properties().hardware.max_shared_memory_size,
+            keys,
+            pad,
+        )
     });
     let planes = planes_for(q_len, preferred);
     let q_tiles = q_len.div_ceil(planes * MMA);
@@ -194,6 +211,7 @@ pub(crate) fn try_launch(
             q_tiles,
             planes,
             keys,
+            padding(pad),
             dtypes,
         );
     }
@@ -232,12 +250,17 @@ mod kernel {
         q_tiles: usize,
         #[comptime] planes: usize,
         #[comptime] keys: usize,
+        #[comptime] pad: usize,
         #[define(F, M, Bt)] _dtypes: [ElemType; 3],
     ) {
         let threads = comptime!(PLANE * planes);
         let rows = comptime!(planes * MMA);
         let half_keys = comptime!(keys / 2);
         let parts = comptime!(keys / MMA);
+        // Row lengths of the shared tiles: `HEAD` channels (Q, K, V) or `keys` keys (scores,
+        // weights), each padded by `pad` elements.
+        let head_row = comptime!(HEAD + pad);
+        let key_row = comptime!(keys + pad);
         let batch = q.shape(0);
         let heads = q.shape(1);
         let q_len = q.shape(2);
@@ -255,17 +278,24 @@ mod kernel {
         let t = plane * PLANE + lane;
         let row0 = q_tile * rows;
         // This plane's rows in the `[rows, keys]` tiles, and the softmax lane's row and half.
-        let stripe = plane * MMA * keys;
+        let stripe = plane * MMA * key_row;
+        let stripe_end = stripe + MMA * key_row;
         let my_row = lane % MMA;
         let my_half = lane / MMA;
+        // The softmax lanes read their row's keys from a rotated start, so that the 32 lanes
+        // hit 32 different banks (found by enumerating the bank of every lane and key).
+        let mut rotation = my_row;
+        if comptime!(pad > 0) {
+            rotation = 2 * (my_row / 4) + my_half;
+        }
 
-        let mut q_s = Shared::<[F]>::new_slice(comptime!(rows * HEAD));
-        let mut k_s = Shared::<[F]>::new_slice(comptime!(keys * HEAD));
-        let mut v_s = Shared::<[F]>::new_slice(comptime!(keys * HEAD));
+        let mut q_s = Shared::<[F]>::new_slice(comptime!(rows * head_row));
+        let mut k_s = Shared::<[F]>::new_slice(comptime!(keys * head_row));
+        let mut v_s = Shared::<[F]>::new_slice(comptime!(keys * head_row));
         // The bias tile, then (in place, a plane stripe each) the scores, then the P·V product
-        // (keys == HEAD columns).
-        let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * keys));
-        let mut p_s = Shared::<[F]>::new_slice(comptime!(rows * keys));
+        // (keys >= HEAD columns).
+        let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * key_row));
+        let mut p_s = Shared::<[F]>::new_slice(comptime!(rows * key_row));
         let mut fill_s = Shared::<[f32]>::new_slice(keys);
         let mut row_s = Shared::<[f32]>::new_slice(rows);
 
@@ -281,14 +311,15 @@ mod kernel {
             if row < q_len {
                 value = q[q_base + row * q.stride(2) + (e % HEAD) * q.stride(3)];
             }
-            q_s[e] = value;
+            q_s[(e / HEAD) * head_row + e % HEAD] = value;
         }
         sync_cube();
-        let q_at = plane * MMA * HEAD;
+        let q_at = plane * MMA * head_row;
+        let q_end = q_at + MMA * head_row;
         let mut q_lo = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
         let mut q_hi = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
-        cmma::load(&mut q_lo, &q_s[q_at..q_at + MMA * HEAD], HEAD as u32);
-        cmma::load(&mut q_hi, &q_s[q_at + MMA..q_at + MMA * HEAD], HEAD as u32);
+        cmma::load(&mut q_lo, &q_s[q_at..q_end], head_row as u32);
+        cmma::load(&mut q_hi, &q_s[q_at + MMA..q_end], head_row as u32);
 
         let mut scores = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
         let mut k_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
@@ -318,12 +349,16 @@ mod kernel {
         let bias_step = comptime!(threads / keys);
         let kv_first = t / HEAD;
         let channel = t % HEAD;
+        let kv_at = kv_first * head_row + channel;
+        let kv_step_at = kv_step * head_row;
         let k_row_stride = k.stride(2);
         let v_row_stride = v.stride(2);
         let k_base = b * k.stride(0) + h * k.stride(1) + channel * k.stride(3);
         let v_base = b * v.stride(0) + h * v.stride(1) + channel * v.stride(3);
         let bias_row = row0 + t / keys;
         let bias_key = t % keys;
+        let bias_tile_at = (t / keys) * key_row + bias_key;
+        let bias_step_at = bias_step * key_row;
         let mut bias_at = 0;
         let mut bias_row_stride = 0;
         let mut bias_key_stride = 0;
@@ -385,25 +420,22 @@ mod kernel {
                 #[unroll]
                 for half in 0..parts {
                     let s_at = stripe + half * MMA;
-                    let k_at = half * MMA * HEAD;
+                    let k_at = half * MMA * head_row;
+                    let k_end = k_at + MMA * head_row;
                     cmma::load_with_layout(
                         &mut scores,
-                        &s_s[s_at..stripe + MMA * keys],
-                        keys as u32,
+                        &s_s[s_at..stripe_end],
+                        key_row as u32,
                         MatrixLayout::RowMajor,
                     );
-                    cmma::load(&mut k_frag, &k_s[k_at..k_at + MMA * HEAD], HEAD as u32);
+                    cmma::load(&mut k_frag, &k_s[k_at..k_end], head_row as u32);
                     cmma::execute(&q_lo, &k_frag, &scores, &scores);
-                    cmma::load(
-                        &mut k_frag,
-                        &k_s[k_at + MMA..k_at + MMA * HEAD],
-                        HEAD as u32,
-                    );
+                    cmma::load(&mut k_frag, &k_s[k_at + MMA..k_end], head_row as u32);
                     cmma::execute(&q_hi, &k_frag, &scores, &scores);
                     cmma::store(
-                        &mut s_s[s_at..stripe + MMA * keys],
+                        &mut s_s[s_at..stripe_end],
                         &scores,
-                        keys as u32,
+                        key_row as u32,
                         MatrixLayout::RowMajor,
                     );
                 }
@@ -411,11 +443,11 @@ mod kernel {
 
                 // Softmax step: the lane's row over its 16 keys, read in a rotated order so that
                 // the 32 lanes hit 32 different banks; the partner lane (l ^ 16) has the other half.
-                let row_at = stripe + my_row * keys;
+                let row_at = stripe + my_row * key_row;
                 let mut m_tile = f32::new(-3.0e38);
                 #[unroll]
                 for j in 0..half_keys {
-                    let col = my_half * half_keys + (j + my_row) % half_keys;
+                    let col = my_half * half_keys + (j + rotation) % half_keys;
                     let fill = fill_s[col];
                     let logit = select(fill == 0.0f32, s_s[row_at + col], fill);
                     logits[j] = logit;
@@ -427,7 +459,7 @@ mod kernel {
                 let mut sum = f32::new(0.0);
                 #[unroll]
                 for j in 0..half_keys {
-                    let col = my_half * half_keys + (j + my_row) % half_keys;
+                    let col = my_half * half_keys + (j + rotation) % half_keys;
                     let p = (logits[j] - m_new).exp();
                     sum += p;
                     p_s[row_at + col] = F::cast_from(p);
@@ -447,33 +479,30 @@ mod kernel {
                 #[unroll]
                 for half in 0..parts {
                     let p_at = stripe + half * MMA;
-                    cmma::load(&mut p_frag, &p_s[p_at..stripe + MMA * keys], keys as u32);
-                    let v_at = half * MMA * HEAD;
-                    cmma::load(&mut v_frag, &v_s[v_at..v_at + MMA * HEAD], HEAD as u32);
+                    cmma::load(&mut p_frag, &p_s[p_at..stripe_end], key_row as u32);
+                    let v_at = half * MMA * head_row;
+                    let v_end = v_at + MMA * head_row;
+                    cmma::load(&mut v_frag, &v_s[v_at..v_end], head_row as u32);
                     cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
-                    cmma::load(
-                        &mut v_frag,
-                        &v_s[v_at + MMA..v_at + MMA * HEAD],
-                        HEAD as u32,
-                    );
+                    cmma::load(&mut v_frag, &v_s[v_at + MMA..v_end], head_row as u32);
                     cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
                 }
                 cmma::store(
-                    &mut s_s[stripe..stripe + MMA * keys],
+                    &mut s_s[stripe..stripe_end],
                     &pv_lo,
-                    keys as u32,
+                    key_row as u32,
                     MatrixLayout::RowMajor,
                 );
                 cmma::store(
-                    &mut s_s[stripe + MMA..stripe + MMA * keys],
+                    &mut s_s[stripe + MMA..stripe_end],
                     &pv_hi,
-                    keys as u32,
+                    key_row as u32,
                     MatrixLayout::RowMajor,
                 );
                 sync_plane();
                 #[unroll]
                 for r in 0..MMA {
-                    acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * keys + lane];
+                    acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
                 }
             }
             // Tile `step - 1` is consumed: its K, V, bias and score tiles may be overwritten.
@@ -481,12 +510,12 @@ mod kernel {
             if step < num_tiles {
                 #[unroll]
                 for i in 0..kv_count {
-                    k_s[t + i * threads] = k_next[i];
-                    v_s[t + i * threads] = v_next[i];
+                    k_s[kv_at + i * kv_step_at] = k_next[i];
+                    v_s[kv_at + i * kv_step_at] = v_next[i];
                 }
                 #[unroll]
                 for i in 0..bias_count {
-                    s_s[t + i * threads] = bias_next[i];
+                    s_s[bias_tile_at + i * bias_step_at] = bias_next[i];
                 }
                 if t < keys {
                     fill_s[t] = fill_next;
@@ -519,12 +548,38 @@ mod tests {
 
     #[test]
     fn tile_shapes_fit_the_shared_memory_they_are_chosen_for() {
-        assert_eq!(shared_bytes(4, 32), 20_864);
-        assert_eq!(shared_bytes(8, 32), 37_504);
+        assert_eq!(shared_bytes(4, 32, false), 20_864);
+        assert_eq!(shared_bytes(8, 32, false), 37_504);
+        assert_eq!(shared_bytes(8, 32, true), 46_720);
+        assert_eq!(shared_bytes(4, 64, true), 43_520);
         // Vulkan on NVIDIA offers 48 KiB a cube, Metal 32 KiB.
-        assert_eq!(default_planes(48 * 1024, 32), 8);
-        assert_eq!(default_planes(32 * 1024, 32), 4);
-        assert_eq!(default_planes(48 * 1024, 64), 4);
+        assert_eq!(default_planes(48 * 1024, 32, true), 8);
+        assert_eq!(default_planes(32 * 1024, 32, true), 4);
+        assert_eq!(default_planes(48 * 1024, 64, true), 4);
+        assert!(shared_bytes(4, 32, true) <= 32 * 1024);
+    }
+
+    /// The softmax lanes' rotated reads of one score row hit 32 different banks at every step
+    /// (4-byte banks, the padded f32 row of `keys + 8`), for both tile widths.
+    #[test]
+    fn softmax_reads_are_free_of_bank_conflicts() {
+        for keys in [32, 64] {
+            let half_keys = keys / 2;
+            let key_row = keys + padding(true);
+            for j in 0..half_keys {
+                let mut banks: Vec<usize> = (0..PLANE)
+                    .map(|lane| {
+                        let (my_row, my_half) = (lane % MMA, lane / MMA);
+                        let rotation = 2 * (my_row / 4) + my_half;
+                        let col = my_half * half_keys + (j + rotation) % half_keys;
+                        (my_row * key_row + col) % 32
+                    })
+                    .collect();
+                banks.sort_unstable();
+                banks.dedup();
+                assert_eq!(banks.len(), PLANE, "keys {keys}, step {j}");
+            }
+        }
     }
 
     #[test]
