@@ -251,8 +251,16 @@ fn tensor_core_kernel_matches_reference_f16() {
     views.offset = true;
     views.shared_mask = true;
     cases.push(views);
+    // Logits rising along the keys in every other query row: the running max moves on every
+    // key tile (not only the first), in some rows of a plane and not in others, so the output
+    // accumulated so far must be rescaled each time.
+    let rising = Case::new(64, 4, 40, 150, 32, Some(1));
+    cases.push(rising.clone());
     for case in cases {
-        let data = inputs(&case, 9);
+        let mut data = inputs(&case, 9);
+        if case.k == rising.k {
+            data.bias = data.bias.map(|bias| rising_along_keys(bias, &case));
+        }
         let before = mma_launches();
         let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
         let on_tensor_cores = mma_launches() > before;
@@ -274,6 +282,22 @@ fn tensor_core_kernel_matches_reference_f16() {
             "tensor cores {case:?}: relative error {error:.3e}"
         );
     }
+}
+
+/// `bias` plus `0.6 × key` in the even query rows: the max of such a row rises by ~19 every
+/// 32 keys.
+fn rising_along_keys(bias: TensorData, case: &Case) -> TensorData {
+    let shape = bias.shape().to_vec();
+    let values: Vec<f32> = bias.try_to_vec::<f32>().unwrap();
+    let rising = values
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let (key, query) = (i % case.k, (i / case.k) % case.q);
+            if query % 2 == 0 { x + 0.6 * key as f32 } else { x }
+        })
+        .collect::<Vec<f32>>();
+    TensorData::new(rising, shape)
 }
 
 /// Large logits: the online softmax must not overflow where the reference's max-shift doesn't.
