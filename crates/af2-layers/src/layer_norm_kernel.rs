@@ -154,7 +154,10 @@ fn rows_are_planes(x: &CubeTensor) -> bool {
     let props = x.client.properties();
     props.hardware.plane_size_min == LANES as u32
         && props.hardware.plane_size_max == LANES as u32
-        && props.features.plane.contains(cubecl::ir::features::Plane::Ops)
+        && props
+            .features
+            .plane
+            .contains(cubecl::ir::features::Plane::Ops)
 }
 
 mod kernel {

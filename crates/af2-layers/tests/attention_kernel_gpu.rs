@@ -294,7 +294,11 @@ fn rising_along_keys(bias: TensorData, case: &Case) -> TensorData {
         .enumerate()
         .map(|(i, &x)| {
             let (key, query) = (i % case.k, (i / case.k) % case.q);
-            if query % 2 == 0 { x + 0.6 * key as f32 } else { x }
+            if query % 2 == 0 {
+                x + 0.6 * key as f32
+            } else {
+                x
+            }
         })
         .collect::<Vec<f32>>();
     TensorData::new(rising, shape)
