@@ -69,4 +69,28 @@ mod tests {
         let expected = crate::weights::af2_cache_dir().map(|dir| dir.join("kernels"));
         assert_eq!(cache_dir(), expected);
     }
+
+    /// CubeCL keeps compiled kernels on disk only when `cubecl-server` is built with its
+    /// `persistence` feature, which Burn's wgpu backend leaves off; without it every process
+    /// recompiled all ~250 kernels (15 s before the first pass on an H200). Fails if the
+    /// dependency that turns it on is dropped.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn compiled_kernels_have_a_persistent_store() {
+        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CubeClRuntimeConfig::default();
+        config.compilation.cache = true;
+        config.environment.path = CacheConfig::Directory(dir.path().to_path_buf());
+        // The configuration is process-wide: no other test of this binary sets it.
+        assert!(
+            CubeClRuntimeConfig::try_set(config),
+            "CubeCL was configured before"
+        );
+        let store = cubecl_server::compiler::compilation_store::<u64, u64>("af2-test", "probe");
+        assert!(
+            store.is_some(),
+            "no persistent store for compiled kernels: cubecl-server lacks `persistence`"
+        );
+    }
 }
