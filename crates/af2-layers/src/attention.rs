@@ -6,6 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
+use crate::linear::matmul_bias;
 use crate::{MAX_LOGITS_PER_CHUNK, softmax_mask};
 
 /// Configuration of a [`GatedAttention`].
@@ -111,13 +112,24 @@ fn bias_groups(bias: Tensor<4>, b: usize, start: usize, len: usize) -> Tensor<4>
     bias.narrow(0, first, last - first + 1)
 }
 
-/// Projects `[B, N, A]` with a `[A, H, C]` weight to `[B, N, H, C]`.
-pub fn project_heads(x: Tensor<3>, weight: Tensor<3>) -> Tensor<4> {
+/// Projects `[B, N, A]` with a `[A, H, C]` weight to `[B, N, H, C]`, adding a `[H, C]` bias
+/// or multiplying by `scale`, either right after the matmul (see [`matmul_bias`]: there Burn's
+/// fusion folds it into the matmul).
+pub fn project_heads(
+    x: Tensor<3>,
+    weight: Tensor<3>,
+    bias: Option<Tensor<2>>,
+    scale: Option<f64>,
+) -> Tensor<4> {
     let [b, n, a] = x.dims();
     let [_, h, c] = weight.dims();
-    x.reshape([b * n, a])
-        .matmul(weight.reshape([a, h * c]))
-        .reshape([b, n, h, c])
+    let weight = weight.reshape([a, h * c]);
+    let bias = bias.map(|bias| bias.reshape([h * c]));
+    let mut projected = matmul_bias(x.reshape([b * n, a]), weight, bias);
+    if let Some(scale) = scale {
+        projected = projected.mul_scalar(scale);
+    }
+    projected.reshape([b, n, h, c])
 }
 
 impl GatedAttention {
@@ -209,9 +221,9 @@ impl GatedAttention {
         let value_dim = self.value_w.dims()[2];
 
         let scale = (key_dim as f64).powf(-0.5);
-        let q = project_heads(q_data.clone(), self.query_w.val()).mul_scalar(scale);
-        let k = project_heads(m_data.clone(), self.key_w.val());
-        let v = project_heads(m_data, self.value_w.val());
+        let q = project_heads(q_data.clone(), self.query_w.val(), None, Some(scale));
+        let k = project_heads(m_data.clone(), self.key_w.val(), None, None);
+        let v = project_heads(m_data, self.value_w.val(), None, None);
         let mut weighted = attention_core(
             q.swap_dims(1, 2),
             k.swap_dims(1, 2),
@@ -221,15 +233,16 @@ impl GatedAttention {
         )
         .swap_dims(1, 2);
         if let (Some(gw), Some(gb)) = (&self.gating_w, &self.gating_b) {
-            let gate = project_heads(q_data, gw.val()) + gb.val().unsqueeze::<4>();
+            let gate = project_heads(q_data, gw.val(), Some(gb.val()), None);
             weighted = weighted * sigmoid(gate);
         }
         let out_dim = self.output_b.dims()[0];
-        weighted
-            .reshape([b * q_len, h * value_dim])
-            .matmul(self.output_w.val().reshape([h * value_dim, out_dim]))
-            .reshape([b, q_len, out_dim])
-            + self.output_b.val().unsqueeze::<3>()
+        matmul_bias(
+            weighted.reshape([b * q_len, h * value_dim]),
+            self.output_w.val().reshape([h * value_dim, out_dim]),
+            Some(self.output_b.val()),
+        )
+        .reshape([b, q_len, out_dim])
     }
 }
 

@@ -6,6 +6,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::project_heads;
+use crate::linear::matmul_bias;
 use crate::softmax_mask;
 
 /// Configuration of a [`GlobalAttention`].
@@ -91,13 +92,18 @@ impl GlobalAttention {
         // [B, H, N] x [B, N, C] -> [B, H, C]
         let weighted = weights.matmul(v).reshape([b, 1, h, value_dim]);
 
-        let gate =
-            sigmoid(project_heads(x, self.gating_w.val()) + self.gating_b.val().unsqueeze::<4>());
+        let gate = sigmoid(project_heads(
+            x,
+            self.gating_w.val(),
+            Some(self.gating_b.val()),
+            None,
+        ));
         let out_dim = self.output_b.dims()[0];
-        (gate * weighted)
-            .reshape([b * n, h * value_dim])
-            .matmul(self.output_w.val().reshape([h * value_dim, out_dim]))
-            .reshape([b, n, out_dim])
-            + self.output_b.val().unsqueeze::<3>()
+        matmul_bias(
+            (gate * weighted).reshape([b * n, h * value_dim]),
+            self.output_w.val().reshape([h * value_dim, out_dim]),
+            Some(self.output_b.val()),
+        )
+        .reshape([b, n, out_dim])
     }
 }

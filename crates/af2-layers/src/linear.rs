@@ -39,13 +39,29 @@ impl Linear {
             "linear layer expects {d_input} input channels"
         );
         let rows = dims[..D - 1].iter().product();
-        let output = input.reshape([rows, d_input]).matmul(self.weight.val());
-        let output = match &self.bias {
-            Some(bias) => output + bias.val().unsqueeze::<2>(),
-            None => output,
-        };
+        let output = matmul_bias(
+            input.reshape([rows, d_input]),
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+        );
         dims[D - 1] = d_output;
         output.reshape(dims)
+    }
+}
+
+/// `x · weight (+ bias)`. The bias is shaped before the matmul is recorded, so that the add
+/// directly follows the matmul in the op stream and Burn's fusion folds it into the matmul's
+/// output stage (one GPU kernel instead of a matmul and a separate add).
+///
+/// # Shapes
+/// - x: `[rows, d_input]`, weight: `[d_input, d_output]`, bias: `[d_output]`
+/// - output: `[rows, d_output]`
+pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let bias = bias.map(|bias| bias.unsqueeze::<2>());
+    let output = x.matmul(weight);
+    match bias {
+        Some(bias) => output + bias,
+        None => output,
     }
 }
 

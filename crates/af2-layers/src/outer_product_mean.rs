@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use crate::linear::matmul_bias;
 use crate::{LayerNorm, LayerNormConfig, Linear, linear};
 
 /// Configuration of [`OuterProductMean`].
@@ -161,10 +162,12 @@ impl OuterProductMean {
             .reshape([b, rows, o, n, o])
             .swap_dims(2, 3)
             .reshape([b * rows * n, o * o]);
-        outer
-            .matmul(self.output_w.val().reshape([o * o, c_z]))
-            .reshape([b, rows, n, c_z])
-            + self.output_b.val().unsqueeze::<4>()
+        matmul_bias(
+            outer,
+            self.output_w.val().reshape([o * o, c_z]),
+            Some(self.output_b.val()),
+        )
+        .reshape([b, rows, n, c_z])
     }
 }
 
