@@ -129,6 +129,8 @@ pub fn build_model(weights: &LoadedWeights, device: &Device) -> Result<AlphaFold
     let mut model = AlphaFoldConfig::from_dims(&weights.dims).init(device);
     load_module(&mut model, &weights.native)
         .with_context(|| format!("loading {}", weights.source.display()))?;
+    // The oracle's outputs hold the side chains of every structure-module iteration.
+    model.structure_module.keep_sidechain_trajectory(true);
     Ok(model)
 }
 

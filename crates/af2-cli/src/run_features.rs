@@ -77,8 +77,10 @@ pub fn run(args: &Args) -> Result<()> {
     let slices = iteration_slices(&features, iterations, &args.features)?;
     check_fits(&slices[0], &weights.dims, &args.features)?;
 
-    let model = crate::weights::build_model(&weights, args.precision, &device)
+    let mut model = crate::weights::build_model(&weights, args.precision, &device)
         .with_context(|| format!("loading {}", args.params.display()))?;
+    // Raw outputs hold the side chains of every structure-module iteration, as the oracle's.
+    model.structure_module.keep_sidechain_trajectory(true);
     let start = Instant::now();
     let options = RecycleOptions {
         early_stop_tolerance: args.recycle_early_stop_tolerance,

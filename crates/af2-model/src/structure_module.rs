@@ -42,6 +42,10 @@ pub struct StructureModuleConfig {
     /// Ångströms per internal unit of the backbone translations.
     #[config(default = 10.0)]
     pub position_scale: f32,
+    /// Place side chains after every iteration (AlphaFold's `sidechains` trajectory, which only
+    /// its training losses and raw-output comparisons read), not only after the last one.
+    #[config(default = false)]
+    pub sidechain_trajectory: bool,
 }
 
 impl StructureModuleConfig {
@@ -92,6 +96,7 @@ impl StructureModuleConfig {
             },
             num_layer: self.num_layer,
             position_scale: self.position_scale,
+            sidechain_trajectory: self.sidechain_trajectory,
         }
     }
 }
@@ -110,6 +115,7 @@ pub struct StructureModule {
     pub fold_iteration: FoldIteration,
     num_layer: usize,
     position_scale: f32,
+    sidechain_trajectory: bool,
 }
 
 /// One iteration of the structure module (Algorithm 20 lines 6–14): IPA, transition, backbone
@@ -142,15 +148,17 @@ pub struct StructureOutput {
     /// Backbone frames of every iteration as quaternion and translation in Å
     /// (`structure_traj`). Shape `[num_layer, N, 7]`.
     pub affines: Tensor<3>,
-    /// Unit (sin, cos) torsions (`sidechains/angles_sin_cos`). Shape `[num_layer, N, 7, 2]`.
+    /// Unit (sin, cos) torsions (`sidechains/angles_sin_cos`). Shape `[layers, N, 7, 2]`,
+    /// where `layers` is `num_layer` with the side-chain trajectory kept
+    /// ([`StructureModule::keep_sidechain_trajectory`]), else 1 (the last iteration); so for
+    /// the three fields below.
     pub angles_sin_cos: Tensor<4>,
     /// Torsions before normalisation (`sidechains/unnormalized_angles_sin_cos`).
-    /// Shape `[num_layer, N, 7, 2]`.
+    /// Shape `[layers, N, 7, 2]`.
     pub unnormalized_angles_sin_cos: Tensor<4>,
-    /// Rigid-group frames in flat12 layout (`sidechains/frames`). Shape `[num_layer, N, 8, 12]`.
+    /// Rigid-group frames in flat12 layout (`sidechains/frames`). Shape `[layers, N, 8, 12]`.
     pub sidechain_frames: Tensor<4>,
-    /// Atom14 positions of every iteration (`sidechains/atom_pos`).
-    /// Shape `[num_layer, N, 14, 3]`.
+    /// Atom14 positions (`sidechains/atom_pos`). Shape `[layers, N, 14, 3]`.
     pub atom14: Tensor<4>,
     /// Atom14 positions of the last iteration (`final_atom14_positions`). Shape `[N, 14, 3]`.
     pub final_atom14: Tensor<3>,
@@ -169,13 +177,13 @@ pub struct StructureOutput {
 pub struct BatchStructureOutput {
     /// `[B, num_layer, N, 7]`
     pub affines: Tensor<4>,
-    /// `[B, num_layer, N, 7, 2]`
+    /// `[B, layers, N, 7, 2]` (`layers` as in [`StructureOutput::angles_sin_cos`])
     pub angles_sin_cos: Tensor<5>,
-    /// `[B, num_layer, N, 7, 2]`
+    /// `[B, layers, N, 7, 2]`
     pub unnormalized_angles_sin_cos: Tensor<5>,
-    /// `[B, num_layer, N, 8, 12]`
+    /// `[B, layers, N, 8, 12]`
     pub sidechain_frames: Tensor<5>,
-    /// `[B, num_layer, N, 14, 3]`
+    /// `[B, layers, N, 14, 3]`
     pub atom14: Tensor<5>,
     /// `[B, N, 14, 3]`
     pub final_atom14: Tensor<4>,
@@ -215,6 +223,20 @@ impl StructureModule {
         self.position_scale
     }
 
+    /// Whether side chains are placed after every iteration (see
+    /// [`StructureModuleConfig::sidechain_trajectory`]).
+    pub fn sidechain_trajectory(&self) -> bool {
+        self.sidechain_trajectory
+    }
+
+    /// Keeps (or drops) the side-chain trajectory: with `keep`, every iteration's torsions,
+    /// frames and atoms are computed and returned, as AlphaFold's raw outputs hold them;
+    /// without it only the last iteration's, which is all a prediction needs (final atoms,
+    /// recycling, confidences) and spares seven of eight side-chain placements.
+    pub fn keep_sidechain_trajectory(&mut self, keep: bool) {
+        self.sidechain_trajectory = keep;
+    }
+
     /// Runs `num_layer` fold iterations from identity frames, then converts the final atoms to
     /// atom37, for each design of a batch. Everything but the attention works residue by
     /// residue, on the `B * N` residues of the batch at once.
@@ -244,23 +266,30 @@ impl StructureModule {
         let mut unnormalized = Vec::with_capacity(self.num_layer);
         let mut frames = Vec::with_capacity(self.num_layer);
         let mut atoms = Vec::with_capacity(self.num_layer);
-        for _ in 0..self.num_layer {
-            let (new_act, new_affine, scaled, sc) = self.fold_iteration.forward(
+        for layer in 0..self.num_layer {
+            let place_sidechains = self.sidechain_trajectory || layer + 1 == self.num_layer;
+            let (new_act, new_affine, scaled) = self.fold_iteration.forward(
                 act,
                 &affine,
-                initial_act.clone(),
                 act_2d.clone(),
                 seq_mask.clone(),
-                aatype.clone(),
                 self.position_scale,
             );
+            if place_sidechains {
+                let sc = self.fold_iteration.sidechains(
+                    &scaled,
+                    new_act.clone(),
+                    initial_act.clone(),
+                    aatype.clone(),
+                );
+                angles.push(sc.angles_sin_cos.reshape([b, n, 7, 2]));
+                unnormalized.push(sc.unnormalized_angles_sin_cos.reshape([b, n, 7, 2]));
+                frames.push(sc.frames.to_flat12().reshape([b, n, 8, 12]));
+                atoms.push(sc.atom_pos.reshape([b, n, 14, 3]));
+            }
             act = new_act;
             affine = new_affine;
             affines.push(scaled.to_tensor().reshape([b, n, 7]));
-            angles.push(sc.angles_sin_cos.reshape([b, n, 7, 2]));
-            unnormalized.push(sc.unnormalized_angles_sin_cos.reshape([b, n, 7, 2]));
-            frames.push(sc.frames.to_flat12().reshape([b, n, 8, 12]));
-            atoms.push(sc.atom_pos.reshape([b, n, 14, 3]));
         }
 
         let final_atom14 = atoms
@@ -284,28 +313,23 @@ impl StructureModule {
 }
 
 impl FoldIteration {
-    /// One iteration on a batch of designs. `affine` holds the `B * N` frames (design-major) in
-    /// internal units (nanometres); returns the new activations, the updated frames in internal
-    /// units, the same frames scaled to Å, and the side chains of the `B * N` residues.
+    /// One iteration on a batch of designs, without the side chains. `affine` holds the
+    /// `B * N` frames (design-major) in internal units (nanometres); returns the new
+    /// activations, the updated frames in internal units, and the same frames scaled to Å.
     ///
     /// # Shapes
     /// - act: `[B, N, channels]`
-    /// - initial_act: `[B, N, single_channels]`
     /// - act_2d: `[B, N, N, pair_channels]`
     /// - seq_mask: `[B, N]`
-    /// - aatype: `[B * N]`
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         act: Tensor<3>,
         affine: &QuatAffine,
-        initial_act: Tensor<3>,
         act_2d: Tensor<4>,
         seq_mask: Tensor<2>,
-        aatype: Tensor<1, Int>,
         position_scale: f32,
-    ) -> (Tensor<3>, QuatAffine, QuatAffine, SidechainOutput) {
-        let [b, n, c] = act.dims();
+    ) -> (Tensor<3>, QuatAffine, QuatAffine) {
+        let [b, n, _] = act.dims();
         let attn = self
             .invariant_point_attention
             .forward(act.clone(), act_2d, seq_mask, affine);
@@ -320,14 +344,29 @@ impl FoldIteration {
         let affine =
             affine.pre_compose(self.affine_update.forward(act.clone()).reshape([b * n, 6]));
         let scaled = affine.scale_translation(position_scale);
+        (act, affine, scaled)
+    }
+
+    /// Torsions and atoms of the `B * N` residues from an iteration's activations and its
+    /// frames in Å (Algorithm 20 lines 11-14).
+    ///
+    /// # Shapes
+    /// - act: `[B, N, channels]`, initial_act: `[B, N, single_channels]`, aatype: `[B * N]`
+    pub fn sidechains(
+        &self,
+        scaled: &QuatAffine,
+        act: Tensor<3>,
+        initial_act: Tensor<3>,
+        aatype: Tensor<1, Int>,
+    ) -> SidechainOutput {
+        let [b, n, c] = act.dims();
         let c_s = initial_act.dims()[2];
-        let sc = self.rigid_sidechain.forward(
-            &scaled,
-            act.clone().reshape([b * n, c]),
+        self.rigid_sidechain.forward(
+            scaled,
+            act.reshape([b * n, c]),
             initial_act.reshape([b * n, c_s]),
             aatype,
-        );
-        (act, affine, scaled, sc)
+        )
     }
 }
 

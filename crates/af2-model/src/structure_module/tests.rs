@@ -87,7 +87,9 @@ fn load_structure_module(case: &str) -> StructureModule {
             .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone())))
             .collect(),
     };
-    let mut module = StructureModuleConfig::from_dims(&weights.dims).init(&device());
+    let mut module = StructureModuleConfig::from_dims(&weights.dims)
+        .with_sidechain_trajectory(true)
+        .init(&device());
     load_module(&mut module, &store).unwrap();
     module
 }
@@ -123,6 +125,67 @@ impl Fixture {
 
     fn out_f32(&self, key: &str) -> Vec<f32> {
         self.out(key).to_f32().data
+    }
+}
+
+/// Without the side-chain trajectory only the last iteration places side chains: the final
+/// atoms, frames and activations are those of the full run, and the one side-chain layer
+/// returned is its last.
+#[test]
+fn dropping_the_sidechain_trajectory_keeps_the_final_structure() {
+    let case = CASES[0];
+    let mut module = load_structure_module(case);
+    let fx = Fixture::load(case);
+    let mut run = |keep: bool| {
+        module.keep_sidechain_trajectory(keep);
+        module.forward(
+            float::<2>(fx.out("repr_single")).unsqueeze(),
+            float::<3>(fx.out("repr_pair")).unsqueeze(),
+            float::<1>(&fx.feat("seq_mask")).unsqueeze(),
+            int::<1>(&fx.feat("aatype")).unsqueeze(),
+        )
+    };
+    let full = run(true);
+    let last = run(false);
+    let layers = full.atom14.dims()[1];
+    assert!(
+        layers > 1,
+        "{case}: the fixture's module has {layers} iteration(s)"
+    );
+    assert_eq!(last.atom14.dims()[1], 1);
+    let last_layer = |t: Tensor<5>| t.narrow(1, layers - 1, 1);
+    let pairs = [
+        (
+            "final_atom37",
+            values(full.final_atom37),
+            values(last.final_atom37),
+        ),
+        (
+            "final_atom14",
+            values(full.final_atom14),
+            values(last.final_atom14),
+        ),
+        ("affines", values(full.affines), values(last.affines)),
+        ("act", values(full.act), values(last.act)),
+        (
+            "atom14",
+            values(last_layer(full.atom14)),
+            values(last.atom14),
+        ),
+        (
+            "sidechain_frames",
+            values(last_layer(full.sidechain_frames)),
+            values(last.sidechain_frames),
+        ),
+        (
+            "angles_sin_cos",
+            values(last_layer(full.angles_sin_cos)),
+            values(last.angles_sin_cos),
+        ),
+    ];
+    for (name, full, last) in pairs {
+        // The same operations on the same inputs: identical, not merely close.
+        assert_eq!(full, last, "{case}: {name} differs without the trajectory");
     }
 }
 
@@ -353,6 +416,7 @@ fn zero_weights_keep_identity_frames() {
     let n = 3;
     let module = StructureModuleConfig::new(8, 4, 8, 2, 3, 2, 3, 2, 4)
         .with_num_layer(2)
+        .with_sidechain_trajectory(true)
         .init(&device());
     let out = module.forward(
         random_tensor([2, n, 8], 41, 1.0),
