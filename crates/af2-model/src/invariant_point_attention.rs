@@ -15,6 +15,9 @@ pub const IPA_MASK_PENALTY: f32 = 1e5;
 /// Added under the square root of the norms of the output points (`dist_epsilon`).
 pub const IPA_DIST_EPSILON: f32 = 1e-8;
 
+/// Scalar, point and pair terms share the logits with equal variance.
+const NUM_LOGIT_TERMS: f64 = 3.0;
+
 /// Configuration of an [`InvariantPointAttention`].
 #[derive(Config, Debug)]
 pub struct InvariantPointAttentionConfig {
@@ -90,7 +93,54 @@ impl InvariantPointAttentionConfig {
     }
 }
 
+/// The logit terms of an [`InvariantPointAttention`] that depend only on the pair activations,
+/// the mask and the weights: the same in every fold iteration, so the structure module computes
+/// them once ([`InvariantPointAttention::pair_terms`]) for its eight iterations.
+#[derive(Clone, Debug)]
+pub struct PairTerms {
+    /// Weighted pair bias `[B, H, N, N]`.
+    logits_2d: Tensor<4>,
+    /// `IPA_MASK_PENALTY` where either residue is masked, `[B, 1, N, N]`.
+    penalty: Tensor<4>,
+    /// Softplus point weights times the point-term scale, one per (design, head): `[B * H]`.
+    point_weights: Tensor<1>,
+}
+
 impl InvariantPointAttention {
+    /// The iteration-independent logit terms (see [`PairTerms`]).
+    ///
+    /// # Shapes
+    /// - act_2d: `[B, N, N, pair_channels]`, mask: `[B, N]`
+    pub fn pair_terms(&self, act_2d: Tensor<4>, mask: Tensor<2>) -> PairTerms {
+        let b = act_2d.dims()[0];
+        let h = self.heads;
+        // Logit weights: equal variance for the scalar, point and pair terms.
+        let point_variance = self.point_qk.max(1) as f64 * 9.0 / 2.0;
+        let point_weight = (1.0 / (NUM_LOGIT_TERMS * point_variance)).sqrt();
+        let attention_2d_weight = (1.0 / NUM_LOGIT_TERMS).sqrt();
+        let point_weights = softplus(self.trainable_point_weights.val(), 1.0)
+            .mul_scalar(point_weight)
+            .unsqueeze::<2>()
+            .repeat_dim(0, b)
+            .reshape([b * h]);
+        let logits_2d = self
+            .attention_2d
+            .forward(act_2d)
+            .permute([0, 3, 1, 2])
+            .mul_scalar(attention_2d_weight);
+        let mask_2d = mask.clone().unsqueeze_dim::<3>(2) * mask.unsqueeze_dim::<3>(1);
+        let penalty = mask_2d
+            .neg()
+            .add_scalar(1.0)
+            .mul_scalar(IPA_MASK_PENALTY)
+            .unsqueeze_dim::<4>(1);
+        PairTerms {
+            logits_2d,
+            penalty,
+            point_weights,
+        }
+    }
+
     /// Attention update of the single activations of each design of a batch (no residual, no
     /// LayerNorm).
     ///
@@ -109,6 +159,22 @@ impl InvariantPointAttention {
         act: Tensor<3>,
         act_2d: Tensor<4>,
         mask: Tensor<2>,
+        affine: &QuatAffine,
+    ) -> Tensor<3> {
+        let terms = self.pair_terms(act_2d.clone(), mask);
+        self.forward_with_terms(act, act_2d, &terms, affine)
+    }
+
+    /// [`InvariantPointAttention::forward`] with the iteration-independent terms computed
+    /// already (from the same `act_2d` and mask).
+    ///
+    /// # Shapes
+    /// - as [`InvariantPointAttention::forward`]
+    pub fn forward_with_terms(
+        &self,
+        act: Tensor<3>,
+        act_2d: Tensor<4>,
+        terms: &PairTerms,
         affine: &QuatAffine,
     ) -> Tensor<3> {
         let [b, n, _] = act.dims();
@@ -149,15 +215,7 @@ impl InvariantPointAttention {
         let k_point = kv_point.clone().narrow(3, 0, pqk);
         let v_point = kv_point.narrow(3, pqk, pv);
 
-        // Logit weights: equal variance for the scalar, point and pair terms.
-        let num_logit_terms = 3.0f64;
-        let scalar_variance = sqk.max(1) as f64;
-        let point_variance = pqk.max(1) as f64 * 9.0 / 2.0;
-        let scalar_weight = (1.0 / (num_logit_terms * scalar_variance)).sqrt();
-        let point_weight = (1.0 / (num_logit_terms * point_variance)).sqrt();
-        let attention_2d_weight = (1.0 / num_logit_terms).sqrt();
-        let point_weights =
-            softplus(self.trainable_point_weights.val(), 1.0).mul_scalar(point_weight);
+        let scalar_weight = (1.0 / (NUM_LOGIT_TERMS * sqk.max(1) as f64)).sqrt();
 
         // [B, H, N, N]
         let logits_scalar = q_scalar
@@ -166,24 +224,13 @@ impl InvariantPointAttention {
         let logits_point = point_logits(
             q_point.reshape([b * h, n, pqk, 3]),
             k_point.reshape([b * h, n, pqk, 3]),
-            point_weights
-                .unsqueeze::<2>()
-                .repeat_dim(0, b)
-                .reshape([b * h]),
+            terms.point_weights.clone(),
         )
         .reshape([b, h, n, n]);
-        let logits_2d = self
-            .attention_2d
-            .forward(act_2d.clone())
-            .permute([0, 3, 1, 2])
-            .mul_scalar(attention_2d_weight);
-        let mask_2d = mask.clone().unsqueeze_dim::<3>(2) * mask.unsqueeze_dim::<3>(1);
-        let penalty = mask_2d
-            .neg()
-            .add_scalar(1.0)
-            .mul_scalar(IPA_MASK_PENALTY)
-            .unsqueeze_dim::<4>(1);
-        let attn = softmax(logits_scalar + logits_point + logits_2d - penalty, 3);
+        let attn = softmax(
+            logits_scalar + logits_point + terms.logits_2d.clone() - terms.penalty.clone(),
+            3,
+        );
 
         // Scalar values: [B, H, N, Sv] -> [B, N, H * Sv].
         let result_scalar = attn

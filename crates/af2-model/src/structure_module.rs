@@ -11,7 +11,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::all_atom::atom14_to_atom37;
-use crate::invariant_point_attention::{InvariantPointAttention, InvariantPointAttentionConfig};
+use crate::invariant_point_attention::{
+    InvariantPointAttention, InvariantPointAttentionConfig, PairTerms,
+};
 use crate::model::design_slice;
 use crate::sidechain::{MultiRigidSidechain, MultiRigidSidechainConfig, SidechainOutput};
 
@@ -259,6 +261,10 @@ impl StructureModule {
         let initial_act = self.single_layer_norm.forward(single);
         let mut act = self.initial_projection.forward(initial_act.clone());
         let act_2d = self.pair_layer_norm.forward(pair);
+        let pair_terms = self
+            .fold_iteration
+            .invariant_point_attention
+            .pair_terms(act_2d.clone(), seq_mask);
         let mut affine = QuatAffine::identity(b * n, &device);
 
         let mut affines = Vec::with_capacity(self.num_layer);
@@ -272,7 +278,7 @@ impl StructureModule {
                 act,
                 &affine,
                 act_2d.clone(),
-                seq_mask.clone(),
+                &pair_terms,
                 self.position_scale,
             );
             if place_sidechains {
@@ -319,20 +325,22 @@ impl FoldIteration {
     ///
     /// # Shapes
     /// - act: `[B, N, channels]`
-    /// - act_2d: `[B, N, N, pair_channels]`
-    /// - seq_mask: `[B, N]`
+    /// - act_2d: `[B, N, N, pair_channels]`; `pair_terms` from it and the sequence mask
     pub fn forward(
         &self,
         act: Tensor<3>,
         affine: &QuatAffine,
         act_2d: Tensor<4>,
-        seq_mask: Tensor<2>,
+        pair_terms: &PairTerms,
         position_scale: f32,
     ) -> (Tensor<3>, QuatAffine, QuatAffine) {
         let [b, n, _] = act.dims();
-        let attn = self
-            .invariant_point_attention
-            .forward(act.clone(), act_2d, seq_mask, affine);
+        let attn = self.invariant_point_attention.forward_with_terms(
+            act.clone(),
+            act_2d,
+            pair_terms,
+            affine,
+        );
         let act = self.attention_layer_norm.forward(act + attn);
 
         let hidden = relu(self.transition.forward(act.clone()));
