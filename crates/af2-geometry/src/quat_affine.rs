@@ -1,9 +1,84 @@
 //! Backbone frames as quaternion plus translation (AlphaFold's `quat_affine.QuatAffine`).
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::Rigid;
 use crate::rigid::rotate;
+
+/// Coefficients of the rotation entries in the quaternion products: `R[k] = Σ C[i][j][k] q_i q_j`
+/// over `(w, x, y, z)`, entries row-major (AlphaFold's `QUAT_TO_ROT`). Listed sparsely as
+/// `(i, j, k, coefficient)`; each off-diagonal product appears as `q_i q_j` and `q_j q_i`.
+#[rustfmt::skip]
+const QUAT_TO_ROT: [(usize, usize, usize, f32); 36] = {
+    const W: usize = 0;
+    const X: usize = 1;
+    const Y: usize = 2;
+    const Z: usize = 3;
+    [
+        // R00 = ww + xx - yy - zz
+        (W, W, 0, 1.0), (X, X, 0, 1.0), (Y, Y, 0, -1.0), (Z, Z, 0, -1.0),
+        // R01 = 2 (xy - wz)
+        (X, Y, 1, 1.0), (Y, X, 1, 1.0), (W, Z, 1, -1.0), (Z, W, 1, -1.0),
+        // R02 = 2 (xz + wy)
+        (X, Z, 2, 1.0), (Z, X, 2, 1.0), (W, Y, 2, 1.0), (Y, W, 2, 1.0),
+        // R10 = 2 (xy + wz)
+        (X, Y, 3, 1.0), (Y, X, 3, 1.0), (W, Z, 3, 1.0), (Z, W, 3, 1.0),
+        // R11 = ww - xx + yy - zz
+        (W, W, 4, 1.0), (X, X, 4, -1.0), (Y, Y, 4, 1.0), (Z, Z, 4, -1.0),
+        // R12 = 2 (yz - wx)
+        (Y, Z, 5, 1.0), (Z, Y, 5, 1.0), (W, X, 5, -1.0), (X, W, 5, -1.0),
+        // R20 = 2 (xz - wy)
+        (X, Z, 6, 1.0), (Z, X, 6, 1.0), (W, Y, 6, -1.0), (Y, W, 6, -1.0),
+        // R21 = 2 (yz + wx)
+        (Y, Z, 7, 1.0), (Z, Y, 7, 1.0), (W, X, 7, 1.0), (X, W, 7, 1.0),
+        // R22 = ww - xx - yy + zz
+        (W, W, 8, 1.0), (X, X, 8, -1.0), (Y, Y, 8, -1.0), (Z, Z, 8, 1.0),
+    ]
+};
+
+/// Coefficients of `q ⊗ (0, v)`: `out[k] = Σ C[i][j][k] q_i v_j` over `q = (w, x, y, z)` and
+/// `v = (b, c, d)` (AlphaFold's `QUAT_MULTIPLY_BY_VEC`), as `(i, j, k, coefficient)`.
+#[rustfmt::skip]
+const QUAT_MULTIPLY_BY_VEC: [(usize, usize, usize, f32); 12] = [
+    // w' = -x b - y c - z d
+    (1, 0, 0, -1.0), (2, 1, 0, -1.0), (3, 2, 0, -1.0),
+    // x' = w b + y d - z c
+    (0, 0, 1, 1.0), (2, 2, 1, 1.0), (3, 1, 1, -1.0),
+    // y' = w c - x d + z b
+    (0, 1, 2, 1.0), (1, 2, 2, -1.0), (3, 0, 2, 1.0),
+    // z' = w d + x c - y b
+    (0, 2, 3, 1.0), (1, 1, 3, 1.0), (2, 0, 3, -1.0),
+];
+
+/// A dense `[rows * cols, outputs]` matrix from sparse `(i, j, k, coefficient)` entries, to
+/// multiply the flattened products `a_i b_j` (`i` over `rows`, `j` over `cols`).
+fn bilinear_coefficients(
+    entries: &[(usize, usize, usize, f32)],
+    cols: usize,
+    outputs: usize,
+    rows: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let mut dense = vec![0.0f32; rows * cols * outputs];
+    for &(i, j, k, c) in entries {
+        dense[(i * cols + j) * outputs + k] += c;
+    }
+    Tensor::from_data(TensorData::new(dense, [rows * cols, outputs]), device)
+}
+
+/// `Σ C[i][j][k] a_i b_j` for every row: one outer product and one small matmul, where the
+/// component-by-component form would record a few dozen tiny operations.
+///
+/// # Shapes
+/// - a: `[B, I]`, b: `[B, J]`, coefficients: `[I * J, K]`
+/// - output: `[B, K]`
+fn bilinear(a: Tensor<2>, b: Tensor<2>, coefficients: Tensor<2>) -> Tensor<2> {
+    let [n, i] = a.dims();
+    let j = b.dims()[1];
+    (a.unsqueeze_dim::<3>(2) * b.unsqueeze_dim::<3>(1))
+        .reshape([n, i * j])
+        .matmul(coefficients)
+}
 
 /// Rotation matrices of quaternions `(w, x, y, z)`, AlphaFold's `quat_to_rot`.
 ///
@@ -16,29 +91,8 @@ use crate::rigid::rotate;
 /// - output: `[B, 3, 3]`
 pub fn quat_to_rot(q: Tensor<2>) -> Tensor<3> {
     let b = q.dims()[0];
-    let c = |i| q.clone().narrow(1, i, 1);
-    let (w, x, y, z) = (c(0), c(1), c(2), c(3));
-    let (ww, xx, yy, zz) = (
-        w.clone().square(),
-        x.clone().square(),
-        y.clone().square(),
-        z.clone().square(),
-    );
-    let two = |t: Tensor<2>| t.mul_scalar(2.0);
-    let (wx, wy, wz) = (w.clone() * x.clone(), w.clone() * y.clone(), w * z.clone());
-    let (xy, xz, yz) = (x.clone() * y.clone(), x * z.clone(), y * z);
-    let entries = vec![
-        ww.clone() + xx.clone() - yy.clone() - zz.clone(),
-        two(xy.clone()) - two(wz.clone()),
-        two(xz.clone()) + two(wy.clone()),
-        two(xy) + two(wz),
-        ww.clone() - xx.clone() + yy.clone() - zz.clone(),
-        two(yz.clone()) - two(wx.clone()),
-        two(xz) - two(wy),
-        two(yz) + two(wx),
-        ww - xx - yy + zz,
-    ];
-    Tensor::cat(entries, 1).reshape([b, 3, 3])
+    let coefficients = bilinear_coefficients(&QUAT_TO_ROT, 4, 9, 4, &q.device());
+    bilinear(q.clone(), q, coefficients).reshape([b, 3, 3])
 }
 
 /// Hamilton product `q ⊗ (0, v)` of a quaternion with a pure-vector quaternion, AlphaFold's
@@ -49,18 +103,8 @@ pub fn quat_to_rot(q: Tensor<2>) -> Tensor<3> {
 /// - v: `[B, 3]`
 /// - output: `[B, 4]`
 pub fn quat_multiply_by_vec(q: Tensor<2>, v: Tensor<2>) -> Tensor<2> {
-    let c = |t: &Tensor<2>, i| t.clone().narrow(1, i, 1);
-    let (a0, a1, a2, a3) = (c(&q, 0), c(&q, 1), c(&q, 2), c(&q, 3));
-    let (b, cc, d) = (c(&v, 0), c(&v, 1), c(&v, 2));
-    Tensor::cat(
-        vec![
-            -(a1.clone() * b.clone()) - a2.clone() * cc.clone() - a3.clone() * d.clone(),
-            a0.clone() * b.clone() + a2.clone() * d.clone() - a3.clone() * cc.clone(),
-            a0.clone() * cc.clone() - a1.clone() * d.clone() + a3 * b.clone(),
-            a0 * d + a1 * cc - a2 * b,
-        ],
-        1,
-    )
+    let coefficients = bilinear_coefficients(&QUAT_MULTIPLY_BY_VEC, 3, 4, 4, &q.device());
+    bilinear(q, v, coefficients)
 }
 
 /// A batch of affine frames stored as a quaternion and, kept in sync, its rotation matrix, plus
@@ -235,8 +279,50 @@ mod tests {
         );
     }
 
+    /// AlphaFold's formulas written out, in f64 on the host: the rotation of `(w, x, y, z)`
+    /// (row-major) and `q ⊗ (0, v)`.
+    fn rotation_by_hand([w, x, y, z]: [f64; 4]) -> [f64; 9] {
+        [
+            w * w + x * x - y * y - z * z,
+            2.0 * (x * y - w * z),
+            2.0 * (x * z + w * y),
+            2.0 * (x * y + w * z),
+            w * w - x * x + y * y - z * z,
+            2.0 * (y * z - w * x),
+            2.0 * (x * z - w * y),
+            2.0 * (y * z + w * x),
+            w * w - x * x - y * y + z * z,
+        ]
+    }
+
+    fn product_by_hand([w, x, y, z]: [f64; 4], [b, c, d]: [f64; 3]) -> [f64; 4] {
+        [
+            -x * b - y * c - z * d,
+            w * b + y * d - z * c,
+            w * c - x * d + z * b,
+            w * d + x * c - y * b,
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn coefficient_tables_match_the_formulas(q in quats(4), v in coords(12)) {
+            let rot = vec(quat_to_rot(t2(q.clone(), [4, 4])));
+            let product = vec(quat_multiply_by_vec(t2(q.clone(), [4, 4]), t2(v.clone(), [4, 3])));
+            for r in 0..4 {
+                let qr: [f64; 4] = std::array::from_fn(|i| q[4 * r + i] as f64);
+                let vr: [f64; 3] = std::array::from_fn(|i| v[3 * r + i] as f64);
+                for (got, want) in rot[9 * r..9 * r + 9].iter().zip(rotation_by_hand(qr)) {
+                    prop_assert!((*got as f64 - want).abs() < ROT_TOL as f64, "{got} vs {want}");
+                }
+                // Products of unit-scale quaternion components with coordinates up to 50.
+                for (got, want) in product[4 * r..4 * r + 4].iter().zip(product_by_hand(qr, vr)) {
+                    prop_assert!((*got as f64 - want).abs() < POINT_TOL as f64, "{got} vs {want}");
+                }
+            }
+        }
 
         #[test]
         fn normalised_quaternion_gives_rotation(q in quats(5)) {
