@@ -41,6 +41,11 @@ pub fn parse_device(name: &str) -> Result<Device> {
             available.join(", ")
         );
     }
+    if matches!(wanted, "vulkan" | "metal" | "wgpu")
+        && let Some(notice) = crate::kernel_cache::cold_start_notice_now()
+    {
+        eprintln!("{notice}");
+    }
     Ok(make_device(wanted))
 }
 

@@ -12,6 +12,31 @@ pub fn configured_dir() -> Option<(PathBuf, bool)> {
     CONFIGURED.get().cloned().flatten()
 }
 
+/// [`cold_start_notice`] for this process, once [`configure`] has run (else `None`).
+pub fn cold_start_notice_now() -> Option<String> {
+    cold_start_notice(CONFIGURED.get()?.clone())
+}
+
+/// What to tell a user whose GPU run starts with no compiled kernels (`cache`: what
+/// [`configured_dir`] returns), so that a first pass of minutes does not look like a hang;
+/// `None` when the cache already holds kernels.
+pub fn cold_start_notice(cache: Option<(PathBuf, bool)>) -> Option<String> {
+    match cache {
+        Some((_, true)) => None,
+        Some((dir, false)) => Some(format!(
+            "note: first GPU run with kernel cache {}: compiling and tuning kernels makes the \
+             first prediction take minutes (77-192 s measured on an H100/H200); later runs \
+             reuse them",
+            dir.display()
+        )),
+        None => Some(
+            "note: no kernel cache (AF2_KERNEL_CACHE=off, or no cache directory): every run \
+             compiles and tunes its GPU kernels, minutes before the first prediction"
+                .to_string(),
+        ),
+    }
+}
+
 /// Where compiled kernels are kept: `$AF2_KERNEL_CACHE`, else `$XDG_CACHE_HOME/af2/kernels`,
 /// else `~/.cache/af2/kernels`. `AF2_KERNEL_CACHE=off` disables the cache.
 #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
@@ -57,6 +82,16 @@ fn set_up() -> Option<(PathBuf, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cold_start_notice_only_without_cached_kernels() {
+        let dir = PathBuf::from("/tmp/af2-kernels");
+        assert_eq!(cold_start_notice(Some((dir.clone(), true))), None);
+        let cold = cold_start_notice(Some((dir, false))).expect("a cold cache is announced");
+        assert!(cold.contains("/tmp/af2-kernels"), "{cold}");
+        let off = cold_start_notice(None).expect("a missing cache is announced");
+        assert!(off.contains("every run"), "{off}");
+    }
 
     #[test]
     fn cache_dir_follows_environment() {
