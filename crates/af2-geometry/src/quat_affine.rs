@@ -54,9 +54,7 @@ const QUAT_MULTIPLY_BY_VEC: [(usize, usize, usize, f32); 12] = [
 /// multiply the flattened products `a_i b_j` (`i` over `rows`, `j` over `cols`).
 fn bilinear_coefficients(
     entries: &[(usize, usize, usize, f32)],
-    cols: usize,
-    outputs: usize,
-    rows: usize,
+    [rows, cols, outputs]: [usize; 3],
     device: &Device,
 ) -> Tensor<2> {
     let mut dense = vec![0.0f32; rows * cols * outputs];
@@ -91,7 +89,7 @@ fn bilinear(a: Tensor<2>, b: Tensor<2>, coefficients: Tensor<2>) -> Tensor<2> {
 /// - output: `[B, 3, 3]`
 pub fn quat_to_rot(q: Tensor<2>) -> Tensor<3> {
     let b = q.dims()[0];
-    let coefficients = bilinear_coefficients(&QUAT_TO_ROT, 4, 9, 4, &q.device());
+    let coefficients = bilinear_coefficients(&QUAT_TO_ROT, [4, 4, 9], &q.device());
     bilinear(q.clone(), q, coefficients).reshape([b, 3, 3])
 }
 
@@ -103,7 +101,7 @@ pub fn quat_to_rot(q: Tensor<2>) -> Tensor<3> {
 /// - v: `[B, 3]`
 /// - output: `[B, 4]`
 pub fn quat_multiply_by_vec(q: Tensor<2>, v: Tensor<2>) -> Tensor<2> {
-    let coefficients = bilinear_coefficients(&QUAT_MULTIPLY_BY_VEC, 3, 4, 4, &q.device());
+    let coefficients = bilinear_coefficients(&QUAT_MULTIPLY_BY_VEC, [4, 3, 4], &q.device());
     bilinear(q, v, coefficients)
 }
 
