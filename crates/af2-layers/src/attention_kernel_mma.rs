@@ -2,17 +2,19 @@
 //! channels: the triangle and MSA attentions of the Evoformer in half precision.
 //!
 //! One cube of 8 planes (4 where shared memory is short, fewer for short query rows) computes
-//! 16 query rows a plane of one `(batch row, head)`. For each tile of 32 keys the cube stages K,
-//! V (f16) and the `[rows, 32]` bias tile (f32) in shared memory; every plane loads its stripe of
-//! the bias tile as the accumulator and adds its `16 × 32` query stripe times Kᵀ with 16×16×16
-//! f16 matrix instructions, so the scores come out with the bias added. Then each lane takes one
-//! row and 16 of the tile's keys (its partner lane `l ^ 16` the other 16): key mask, running max
-//! and sum in f32 (one shuffle per row), the weights written as f16. The weights times V (matrix
-//! instructions again) are added into f32 accumulators held one output channel a lane, after
-//! rescaling by each row's running-max step. The global loads of the next tile are issued into
-//! registers before the current tile is computed, so their latency overlaps the computation.
-//! Every shared-memory row is padded by 8 elements so that the 16 rows of a fragment do not
-//! share banks (22-29% faster on an H200 than unpadded rows).
+//! 16 query rows a plane of one `(batch row, head)`. For each tile of 32 keys the cube stages K
+//! and V (f16) in shared memory, and every plane its own `[16, 32]` stripe of the bias (f32);
+//! each plane loads its bias stripe as the accumulator and adds its `16 × 32` query stripe
+//! times Kᵀ with 16×16×16 f16 matrix instructions, so the scores come out with the bias added.
+//! Then each lane takes one row and 16 of the tile's keys (its partner lane `l ^ 16` the other
+//! 16): key mask, running max and sum in f32 (one shuffle per row), the weights written as f16
+//! over the plane's query rows (its query fragments are in registers by then). The weights
+//! times V (matrix instructions again) are added into f32 accumulators held one output channel
+//! a lane, after rescaling by each row's running-max step. The global loads of the next tile
+//! are issued into registers before the current tile is computed, so their latency overlaps
+//! the computation; K and V alternate between two shared buffers, so one cube barrier a tile
+//! orders the planes. Every shared-memory row is padded by 8 elements so that the 16 rows of a
+//! fragment do not share banks (22-29% faster on an H200 than unpadded rows).
 //!
 //! Numerics against the f32 scalar kernel: scores and sums are f32 as there; the weights are
 //! rounded to f16 (relative 2^-11) before they multiply V, as an f16 model's matmuls would.
@@ -79,19 +81,21 @@ const fn padding(pad: bool) -> usize {
     if pad { 8 } else { 0 }
 }
 
-/// Bytes of shared memory the kernel declares for `planes` planes and `keys` keys a tile.
+/// Bytes of shared memory the kernel declares for `planes` planes and `keys` keys a tile: the
+/// query rows (later the softmax weights), two K and two V buffers, the f32 score stripes,
+/// two key-mask rows and the per-row factors.
 fn shared_bytes(planes: usize, keys: usize, pad: bool) -> usize {
     let rows = planes * MMA;
     let head_row = MMA_HEAD_DIM + padding(pad);
     let key_row = keys + padding(pad);
     let half = 2;
     let single = 4;
-    (rows * head_row + 2 * keys * head_row + rows * key_row) * half
-        + (rows * key_row + keys + rows) * single
+    (rows * head_row.max(key_row) + 4 * keys * head_row) * half
+        + (rows * key_row + 2 * keys + rows) * single
 }
 
-/// 8 planes (128 query rows a cube) where the device's shared memory holds their tiles (45.6
-/// KiB with 32 keys, padded), else 4 (25.4 KiB; Metal allows 32 KiB). On an H200, 8 × 32 was
+/// 8 planes (128 query rows a cube) where the device's shared memory holds their tiles (40.8
+/// KiB with 32 keys, padded), else 4 (25.5 KiB; Metal allows 32 KiB). On an H200, 8 × 32 was
 /// 7% faster than 4 × 32 and the fastest shape measured (docs/PERFORMANCE.md).
 fn default_planes(max_shared_memory: usize, keys: usize, pad: bool) -> usize {
     if shared_bytes(8, keys, pad) <= max_shared_memory {
@@ -263,6 +267,8 @@ mod kernel {
         // weights), each padded by `pad` elements.
         let head_row = comptime!(HEAD + pad);
         let key_row = comptime!(keys + pad);
+        let qp_row = comptime!(if HEAD > keys { head_row } else { key_row });
+        let kv_tile = comptime!(keys * head_row);
         let batch = q.shape(0);
         let heads = q.shape(1);
         let q_len = q.shape(2);
@@ -291,14 +297,17 @@ mod kernel {
             rotation = 2 * (my_row / 4) + my_half;
         }
 
-        let mut q_s = Shared::<[F]>::new_slice(comptime!(rows * head_row));
-        let mut k_s = Shared::<[F]>::new_slice(comptime!(keys * head_row));
-        let mut v_s = Shared::<[F]>::new_slice(comptime!(keys * head_row));
-        // The bias tile, then (in place, a plane stripe each) the scores, then the P·V product
+        // The query block (row `r` of plane `p` at `p * MMA * qp_row + r * head_row`); once a
+        // plane has its query fragments, its stripe takes the softmax weights (rows of
+        // `key_row`). K and V come in two buffers: tile `s` is read from buffer `s % 2` while
+        // tile `s + 1` is stored into the other, so one cube barrier a tile suffices.
+        let mut qp_s = Shared::<[F]>::new_slice(comptime!(rows * qp_row));
+        let mut k_s = Shared::<[F]>::new_slice(comptime!(2 * kv_tile));
+        let mut v_s = Shared::<[F]>::new_slice(comptime!(2 * kv_tile));
+        // Each plane's stripe: its bias rows, then (in place) the scores, then the P·V product
         // (keys >= HEAD columns).
         let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * key_row));
-        let mut p_s = Shared::<[F]>::new_slice(comptime!(rows * key_row));
-        let mut fill_s = Shared::<[f32]>::new_slice(keys);
+        let mut fill_s = Shared::<[f32]>::new_slice(comptime!(2 * keys));
         let mut row_s = Shared::<[f32]>::new_slice(rows);
 
         // The query block, zero past Q.
@@ -308,20 +317,21 @@ mod kernel {
         #[unroll]
         for i in 0..comptime!(rows * HEAD / threads) {
             let e = t + i * threads;
-            let row = row0 + e / HEAD;
+            let r = e / HEAD;
+            let row = row0 + r;
             let mut value = F::new(0.0);
             if row < q_len {
                 value = q[q_base + row * q.stride(2) + (e % HEAD) * q.stride(3)];
             }
-            q_s[(e / HEAD) * head_row + e % HEAD] = value;
+            qp_s[(r / MMA) * comptime!(MMA * qp_row) + (r % MMA) * head_row + e % HEAD] = value;
         }
         sync_cube();
-        let q_at = plane * MMA * head_row;
-        let q_end = q_at + MMA * head_row;
+        let qp_at = plane * MMA * qp_row;
+        let qp_end = qp_at + MMA * qp_row;
         let mut q_lo = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
         let mut q_hi = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
-        cmma::load(&mut q_lo, &q_s[q_at..q_end], head_row as u32);
-        cmma::load(&mut q_hi, &q_s[q_at + MMA..q_end], head_row as u32);
+        cmma::load(&mut q_lo, &qp_s[qp_at..qp_end], head_row as u32);
+        cmma::load(&mut q_hi, &qp_s[qp_at + MMA..qp_end], head_row as u32);
 
         let mut scores = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
         let mut k_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
@@ -343,12 +353,11 @@ mod kernel {
 
         let mask_base = key_mask_base(key_mask, b);
         // Staging roles: unit `t` loads channel `t % HEAD` of keys `t / HEAD + i * kv_step`
-        // of K and V, and key `t % keys` of bias rows `t / keys + i * bias_step` (tile element
-        // `t + i * threads` in both). Offsets and strides are read once, not per element.
+        // of K and V; lane `l` loads tile element `l + i * PLANE` of its plane's bias stripe.
+        // Offsets and strides are read once, not per element.
         let kv_count = comptime!(keys * HEAD / threads);
         let kv_step = comptime!(threads / HEAD);
-        let bias_count = comptime!(rows * keys / threads);
-        let bias_step = comptime!(threads / keys);
+        let bias_count = comptime!(MMA * keys / PLANE);
         let kv_first = t / HEAD;
         let channel = t % HEAD;
         let kv_at = kv_first * head_row + channel;
@@ -357,10 +366,7 @@ mod kernel {
         let v_row_stride = v.stride(2);
         let k_base = b * k.stride(0) + h * k.stride(1) + channel * k.stride(3);
         let v_base = b * v.stride(0) + h * v.stride(1) + channel * v.stride(3);
-        let bias_row = row0 + t / keys;
-        let bias_key = t % keys;
-        let bias_tile_at = (t / keys) * key_row + bias_key;
-        let bias_step_at = bias_step * key_row;
+        let stripe_row0 = row0 + plane * MMA;
         let mut bias_at = 0;
         let mut bias_row_stride = 0;
         let mut bias_key_stride = 0;
@@ -397,13 +403,14 @@ mod kernel {
                     v_next[i] = vv;
                 }
                 // The bias (zero outside [Q, K] and without a bias): the scores start from it.
-                let key = key0 + bias_key;
                 #[unroll]
                 for i in 0..bias_count {
                     let mut value = f32::new(0.0);
                     #[comptime]
                     if let ComptimeOption::Some(bias) = &bias {
-                        let row = bias_row + i * bias_step;
+                        let e = lane + i * PLANE;
+                        let row = stripe_row0 + e / keys;
+                        let key = key0 + e % keys;
                         if row < q_len && key < k_len {
                             value = f32::cast_from(
                                 bias[bias_at + row * bias_row_stride + key * bias_key_stride],
@@ -417,12 +424,14 @@ mod kernel {
                 }
             }
             if step > 0 {
+                let kv_buffer = ((step - 1) % 2) * kv_tile;
+                let fill_buffer = ((step - 1) % 2) * keys;
                 // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
                 // Kᵀ as the B operand: element (c, key) at k_s[key * HEAD + c], column-major.
                 #[unroll]
                 for half in 0..parts {
                     let s_at = stripe + half * MMA;
-                    let k_at = half * MMA * head_row;
+                    let k_at = kv_buffer + half * MMA * head_row;
                     let k_end = k_at + MMA * head_row;
                     cmma::load_with_layout(
                         &mut scores,
@@ -446,11 +455,12 @@ mod kernel {
                 // Softmax step: the lane's row over its 16 keys, read in a rotated order so that
                 // the 32 lanes hit 32 different banks; the partner lane (l ^ 16) has the other half.
                 let row_at = stripe + my_row * key_row;
+                let p_row_at = qp_at + my_row * key_row;
                 let mut m_tile = f32::new(-3.0e38);
                 #[unroll]
                 for j in 0..half_keys {
                     let col = my_half * half_keys + (j + rotation) % half_keys;
-                    let fill = fill_s[col];
+                    let fill = fill_s[fill_buffer + col];
                     let logit = select(fill == 0.0f32, s_s[row_at + col], fill);
                     logits[j] = logit;
                     m_tile = m_tile.max(logit);
@@ -464,7 +474,7 @@ mod kernel {
                     let col = my_half * half_keys + (j + rotation) % half_keys;
                     let p = (logits[j] - m_new).exp();
                     sum += p;
-                    p_s[row_at + col] = F::cast_from(p);
+                    qp_s[p_row_at + col] = F::cast_from(p);
                 }
                 sum += plane_shuffle_xor(sum, MMA as u32);
                 l_run = l_run * factor + sum;
@@ -480,9 +490,9 @@ mod kernel {
                 cmma::fill(&mut pv_hi, 0.0f32);
                 #[unroll]
                 for half in 0..parts {
-                    let p_at = stripe + half * MMA;
-                    cmma::load(&mut p_frag, &p_s[p_at..stripe_end], key_row as u32);
-                    let v_at = half * MMA * head_row;
+                    let p_at = qp_at + half * MMA;
+                    cmma::load(&mut p_frag, &qp_s[p_at..qp_end], key_row as u32);
+                    let v_at = kv_buffer + half * MMA * head_row;
                     let v_end = v_at + MMA * head_row;
                     cmma::load(&mut v_frag, &v_s[v_at..v_end], head_row as u32);
                     cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
@@ -507,20 +517,24 @@ mod kernel {
                     acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
                 }
             }
-            // Tile `step - 1` is consumed: its K, V, bias and score tiles may be overwritten.
-            sync_cube();
             if step < num_tiles {
+                // Buffer `step % 2` was last read for tile `step - 2`, before the previous
+                // step's barrier; the stripe is the plane's own, free once its lanes have read
+                // the P·V product.
+                let kv_buffer = (step % 2) * kv_tile;
                 #[unroll]
                 for i in 0..kv_count {
-                    k_s[kv_at + i * kv_step_at] = k_next[i];
-                    v_s[kv_at + i * kv_step_at] = v_next[i];
-                }
-                #[unroll]
-                for i in 0..bias_count {
-                    s_s[bias_tile_at + i * bias_step_at] = bias_next[i];
+                    k_s[kv_buffer + kv_at + i * kv_step_at] = k_next[i];
+                    v_s[kv_buffer + kv_at + i * kv_step_at] = v_next[i];
                 }
                 if t < keys {
-                    fill_s[t] = fill_next;
+                    fill_s[(step % 2) * keys + t] = fill_next;
+                }
+                sync_plane();
+                #[unroll]
+                for i in 0..bias_count {
+                    let e = lane + i * PLANE;
+                    s_s[stripe + (e / keys) * key_row + e % keys] = bias_next[i];
                 }
             }
             sync_cube();
@@ -550,10 +564,10 @@ mod tests {
 
     #[test]
     fn tile_shapes_fit_the_shared_memory_they_are_chosen_for() {
-        assert_eq!(shared_bytes(4, 32, false), 20_864);
-        assert_eq!(shared_bytes(8, 32, false), 37_504);
-        assert_eq!(shared_bytes(8, 32, true), 46_720);
-        assert_eq!(shared_bytes(4, 64, true), 43_520);
+        assert_eq!(shared_bytes(4, 32, false), 20_992);
+        assert_eq!(shared_bytes(8, 32, false), 33_536);
+        assert_eq!(shared_bytes(8, 32, true), 41_728);
+        assert_eq!(shared_bytes(4, 64, true), 48_896);
         // Vulkan on NVIDIA offers 48 KiB a cube, Metal 32 KiB.
         assert_eq!(default_planes(48 * 1024, 32, true), 8);
         assert_eq!(default_planes(32 * 1024, 32, true), 4);
