@@ -72,15 +72,15 @@ fn an_initial_state_replaces_the_zero_state() {
 }
 
 #[test]
-fn timed_iteration_computes_the_same_and_times_every_stage() {
+fn timed_recycling_computes_the_same_and_times_every_stage() {
     let device = reference_device();
-    let case = OracleCase::open(&fixtures_dir().join("r0_n20")).unwrap();
+    // A case with a template: the timed loop keeps the template embeddings as the plain one.
+    let case = OracleCase::open(&fixtures_dir().join("msa_template_n16")).unwrap();
     let model = case_model(&case, &device).unwrap();
     let features = case.iteration_features(0).unwrap();
-    let zeros = || af2_model::model::Recycled::zeros(20, 32, 16, &device);
     let mut times = af2_model::model::StageTimes::default();
-    let timed = model.forward_iteration_timed(&features, zeros(), &device, &mut times);
-    let plain = model.forward_iteration(&features, zeros(), &device);
+    let timed = model.forward_recycled_timed(&features, 2, &device, &mut times);
+    let plain = model.forward_recycled(&[features.clone(), features], None, &device);
     let pos =
         |o: &af2_model::model::IterationOutput| to_host(o.structure.final_atom37.clone()).data;
     assert_eq!(pos(&timed), pos(&plain));

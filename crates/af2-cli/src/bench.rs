@@ -77,13 +77,8 @@ fn batch_seconds(model: &AlphaFold, designs: &[Features], passes: usize, device:
 /// One prediction with the device synchronised after every stage.
 fn stage_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) -> StageTimes {
     let features = benchmark_features(n);
-    let mut prev = model.zero_state(n, device);
     let mut times = StageTimes::default();
-    for _ in 0..passes {
-        prev = model
-            .forward_iteration_timed(&features, prev, device, &mut times)
-            .recycled();
-    }
+    model.forward_recycled_timed(&features, passes, device, &mut times);
     times
 }
 

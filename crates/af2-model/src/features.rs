@@ -52,7 +52,7 @@ pub enum FeatureError {
 }
 
 /// Template features of one iteration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TemplateFeatures {
     /// `[T, N]` AlphaFold residue order, 21 = gap.
     pub aatype: NdArray<i64>,

@@ -11,12 +11,11 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use af2_io::npz::NdArray;
 use af2_io::weights::ModelDims;
 
-use crate::all_atom::atom37_to_torsion_angles;
 use crate::evoformer::{
     EvoformerBlockConfig, EvoformerStack, EvoformerStackConfig, PairLayersConfig,
 };
 use crate::extra_msa_stack::{ExtraMsaStack, ExtraMsaStackConfig};
-use crate::features::{BatchFeatures, Features, TemplateFeatures, to_int_tensor};
+use crate::features::{BatchFeatures, Features, to_int_tensor};
 use crate::heads::{BatchHeadLogits, HeadLogits, Heads, HeadsConfig};
 use crate::input_embedder::{InputEmbedder, InputEmbedderConfig};
 use crate::precision::module_dtype;
@@ -344,79 +343,6 @@ fn one_hot_rows(values: &[i64], classes: usize) -> Vec<f32> {
     out
 }
 
-/// Template slot `index` of every design of a batch.
-fn template_inputs(f: &BatchFeatures<'_>, index: usize, device: &Device) -> TemplateInputs {
-    let (b, n) = (f.len(), f.num_residues());
-    let templates = || {
-        f.designs()
-            .iter()
-            .map(|d| d.templates.as_ref().expect("the batch has templates"))
-    };
-    // The rows of slot `index` of one template array, design after design.
-    let slot = |array: fn(&TemplateFeatures) -> &NdArray<f32>, per: usize| -> Vec<f32> {
-        templates()
-            .flat_map(|t| array(t).data[index * n * per..(index + 1) * n * per].to_vec())
-            .collect()
-    };
-    let backbone: Vec<f32> = slot(|t| &t.all_atom_masks, 37)
-        .chunks_exact(37)
-        .map(|m| m[ATOM_N] * m[ATOM_CA] * m[ATOM_C])
-        .collect();
-    let aatype: Vec<i64> = templates()
-        .flat_map(|t| t.aatype.data[index * n..(index + 1) * n].to_vec())
-        .collect();
-    let upload = |data: Vec<f32>, shape: Vec<usize>| TensorData::new(data, shape);
-    TemplateInputs {
-        aatype_one_hot: Tensor::from_data(
-            upload(one_hot_rows(&aatype, 22), vec![b, n, 22]),
-            device,
-        ),
-        pseudo_beta: Tensor::from_data(upload(slot(|t| &t.pseudo_beta, 3), vec![b, n, 3]), device),
-        pseudo_beta_mask: Tensor::from_data(
-            upload(slot(|t| &t.pseudo_beta_mask, 1), vec![b, n]),
-            device,
-        ),
-        backbone_mask: Tensor::from_data(upload(backbone, vec![b, n]), device),
-    }
-}
-
-/// Template torsion features `[B, T, N, 57]` and the psi mask `[B, T, N]` that masks their MSA
-/// rows, for every design of a batch (the `B * T` templates in one call).
-fn template_torsion_features(f: &BatchFeatures<'_>, device: &Device) -> (Tensor<4>, Tensor<3>) {
-    let (b, n) = (f.len(), f.num_residues());
-    let tn = f.num_templates().expect("the batch has templates");
-    let aatype: Vec<i64> = f
-        .designs()
-        .iter()
-        .flat_map(|d| {
-            let t = d.templates.as_ref().expect("the batch has templates");
-            t.aatype.data.iter().copied()
-        })
-        .collect();
-    let positions: Tensor<5> = f.stacked_templates(|t| &t.all_atom_positions, device);
-    let masks: Tensor<4> = f.stacked_templates(|t| &t.all_atom_masks, device);
-    let torsions = atom37_to_torsion_angles(
-        to_int_tensor::<2>(&aatype, vec![b * tn, n], device),
-        positions.reshape([b * tn, n, 37, 3]),
-        masks.reshape([b * tn, n, 37]),
-    );
-    let one_hot = Tensor::<3>::from_data(
-        TensorData::new(one_hot_rows(&aatype, 22), [b * tn, n, 22]),
-        device,
-    );
-    let features = Tensor::cat(
-        vec![
-            one_hot,
-            torsions.sin_cos.reshape([b * tn, n, 14]),
-            torsions.alt_sin_cos.reshape([b * tn, n, 14]),
-            torsions.mask.clone(),
-        ],
-        2,
-    );
-    let psi_mask = torsions.mask.narrow(2, 2, 1).reshape([b, tn, n]);
-    (features.reshape([b, tn, n, 57]), psi_mask)
-}
-
 /// What one pass of the batched recycling loop did for one design.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DesignPass {
@@ -480,23 +406,32 @@ impl AlphaFold {
         .design(0)
     }
 
-    /// [`AlphaFold::forward_iteration`] that also adds each stage's wall time to `times`,
-    /// synchronising the device after every stage (for benchmarks: the synchronisation itself
-    /// removes overlap between stages).
-    pub fn forward_iteration_timed(
+    /// `passes` passes of the recycling loop on one design's features from the zero state,
+    /// adding each stage's wall time to `times`, synchronising the device after every stage
+    /// (for benchmarks: the synchronisation itself removes overlap between stages). Returns the
+    /// last pass.
+    ///
+    /// # Panics
+    /// If `passes` is 0.
+    pub fn forward_recycled_timed(
         &self,
         f: &Features,
-        prev: Recycled,
+        passes: usize,
         device: &Device,
         times: &mut StageTimes,
     ) -> IterationOutput {
-        self.forward_iteration_batch_timed(
-            &BatchFeatures::single(f),
-            BatchRecycled::stack(vec![prev]),
-            device,
-            times,
-        )
-        .design(0)
+        assert!(passes > 0, "the recycling loop needs at least one pass");
+        let batch = BatchFeatures::single(f);
+        let mut prev = self.zero_state_batch(1, f.num_residues(), device);
+        let mut memo = TemplateMemo::default();
+        let mut clock = StageClock::on(device, times);
+        for _ in 1..passes {
+            prev = self
+                .iteration(&batch, prev, None, device, &mut memo, &mut clock)
+                .recycled();
+        }
+        self.iteration(&batch, prev, None, device, &mut memo, &mut clock)
+            .design(0)
     }
 
     /// One iteration for a batch of designs of one length, every stage on the whole batch:
@@ -509,20 +444,14 @@ impl AlphaFold {
         template_pair_mask: Option<&Tensor<3>>,
         device: &Device,
     ) -> BatchOutput {
-        self.iteration(f, prev, template_pair_mask, device, &mut StageClock::off())
-    }
-
-    /// [`AlphaFold::forward_iteration_batch`] (without a template pair mask) that also adds each
-    /// stage's wall time to `times`, as [`AlphaFold::forward_iteration_timed`].
-    pub fn forward_iteration_batch_timed(
-        &self,
-        f: &BatchFeatures<'_>,
-        prev: BatchRecycled,
-        device: &Device,
-        times: &mut StageTimes,
-    ) -> BatchOutput {
-        let mut clock = StageClock::on(device, times);
-        self.iteration(f, prev, None, device, &mut clock)
+        self.iteration(
+            f,
+            prev,
+            template_pair_mask,
+            device,
+            &mut TemplateMemo::default(),
+            &mut StageClock::off(),
+        )
     }
 
     fn iteration(
@@ -531,6 +460,7 @@ impl AlphaFold {
         prev: BatchRecycled,
         template_pair_mask: Option<&Tensor<3>>,
         device: &Device,
+        memo: &mut TemplateMemo,
         clock: &mut StageClock<'_>,
     ) -> BatchOutput {
         let (b, n) = (f.len(), f.num_residues());
@@ -560,18 +490,17 @@ impl AlphaFold {
         let mut pair = pair + pair_update;
         let mut msa_mask: Tensor<3> = f.stacked(|d| &d.msa_mask, device);
 
+        if f.num_templates().is_some() {
+            memo.keep_if_same_inputs(f);
+        }
         if let (Some(embedding), Some(t)) = (&self.template_embedding, f.num_templates()) {
-            let templates: Vec<TemplateInputs> =
-                (0..t).map(|i| template_inputs(f, i, device)).collect();
+            let memory = memo.pair_memory(|| {
+                let templates: Vec<TemplateInputs> =
+                    (0..t).map(|i| template_inputs(f, i, device)).collect();
+                embedding.embed_templates(pair_mask.clone(), &templates, template_pair_mask)
+            });
             let mask = f.stacked_templates(|t| &t.mask, device);
-            pair = pair.clone()
-                + embedding.forward_masked(
-                    pair,
-                    pair_mask.clone(),
-                    &templates,
-                    mask,
-                    template_pair_mask,
-                );
+            pair = pair.clone() + embedding.attend(pair, memory, mask);
         }
         clock.lap(|t| &mut t.embeddings);
         // The stacks compute in their parameters' dtype (f16 in half precision).
@@ -585,8 +514,11 @@ impl AlphaFold {
         );
         clock.lap(|t| &mut t.extra_msa);
         if let (Some(torsion), Some(_)) = (&self.template_torsion_embedding, f.num_templates()) {
-            let (features, psi_mask) = template_torsion_features(f, device);
-            msa = Tensor::cat(vec![msa, torsion.forward(features)], 1);
+            let (rows, psi_mask) = memo.torsion_rows(|| {
+                let (features, psi_mask) = template_torsion_features(f, device);
+                (torsion.forward(features), psi_mask)
+            });
+            msa = Tensor::cat(vec![msa, rows], 1);
             msa_mask = Tensor::cat(vec![msa_mask, psi_mask], 1);
         }
         let trunk = module_dtype(&self.evoformer);
@@ -717,9 +649,17 @@ impl AlphaFold {
         let mut stopped: Vec<Option<IterationOutput>> = vec![None; b];
         let mut prev_ca: Option<Vec<f32>> = None;
         let mut last = None;
+        let mut memo = TemplateMemo::default();
         for (r, features) in passes.enumerate() {
             assert_eq!(features.len(), b, "every pass needs the same designs");
-            let out = self.forward_iteration_batch(&features, prev, template_pair_mask, device);
+            let out = self.iteration(
+                &features,
+                prev,
+                template_pair_mask,
+                device,
+                &mut memo,
+                &mut StageClock::off(),
+            );
             let ca = host_ca(&out.structure.final_atom37);
             let status: Vec<DesignPass> = (0..b)
                 .map(|d| {
@@ -899,3 +839,6 @@ impl<'a> StageClock<'a> {
 
 #[cfg(test)]
 mod tests;
+
+mod templates;
+use templates::{TemplateMemo, template_inputs, template_torsion_features};

@@ -225,7 +225,23 @@ impl TemplateEmbedding {
         template_mask: Tensor<2>,
         template_pair_mask: Option<&Tensor<3>>,
     ) -> Tensor<4> {
-        let [b, n, _, c_z] = pair.dims();
+        let memory = self.embed_templates(pair_mask, templates, template_pair_mask);
+        self.attend(pair, memory, template_mask)
+    }
+
+    /// Every template slot through the template pair stack, stacked as the pointwise
+    /// attention's memory. It depends on the templates and masks only, not on the pair.
+    ///
+    /// # Shapes
+    /// - pair_mask: `[B, N, N]`; templates: `T` slots, each for all `B` designs
+    /// - output: `[B * N * N, T, c_t]`
+    pub fn embed_templates(
+        &self,
+        pair_mask: Tensor<3>,
+        templates: &[TemplateInputs],
+        template_pair_mask: Option<&Tensor<3>>,
+    ) -> Tensor<3> {
+        let [b, n, _] = pair_mask.dims();
         let t = templates.len();
         let embedded: Vec<Tensor<4>> = templates
             .iter()
@@ -233,7 +249,24 @@ impl TemplateEmbedding {
             .collect();
         let c_t = embedded[0].dims()[3];
         // T x [B, N, N, c_t] -> [B*N*N, T, c_t]
-        let memory = Tensor::stack::<5>(embedded, 3).reshape([b * n * n, t, c_t]);
+        Tensor::stack::<5>(embedded, 3).reshape([b * n * n, t, c_t])
+    }
+
+    /// The template update to the pair: each pair position attends over its embedded
+    /// templates (Algorithm 17); zero for a design without any template.
+    ///
+    /// # Shapes
+    /// - pair: `[B, N, N, c_z]`; memory: `[B * N * N, T, c_t]` ([`TemplateEmbedding::embed_templates`])
+    /// - template_mask: `[B, T]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn attend(
+        &self,
+        pair: Tensor<4>,
+        memory: Tensor<3>,
+        template_mask: Tensor<2>,
+    ) -> Tensor<4> {
+        let [b, n, _, c_z] = pair.dims();
+        let t = memory.dims()[1];
         let query = pair.reshape([b * n * n, 1, c_z]);
         let any_template = template_mask
             .clone()

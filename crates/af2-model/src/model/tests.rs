@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use af2_io::npz::{Array, NdArray};
 
 use super::*;
+use crate::features::TemplateFeatures;
 use crate::outputs::prediction_arrays;
 use crate::predict::{Prediction, PredictionInputs, predict, predict_batch};
 use crate::weights::load_module;
@@ -81,7 +82,7 @@ fn arr(shape: Vec<usize>, data: Vec<f32>) -> NdArray<f32> {
 }
 
 /// A random design of `n` residues with `s` MSA rows, `se` extra rows and `t` templates.
-fn random_features(seed: u64, n: usize, s: usize, se: usize, t: usize) -> Features {
+pub(super) fn random_features(seed: u64, n: usize, s: usize, se: usize, t: usize) -> Features {
     let mut rng = Rng(seed);
     let aatype: Vec<i64> = (0..n).map(|_| rng.below(20)).collect();
     let mut target_feat = vec![0.0f32; n * 22];
@@ -394,6 +395,60 @@ fn batched_prediction_equals_each_design_alone_with_per_design_early_stop() {
         "batched vs single prediction (early stop {tol:.4} Å, passes {runs:?}): worst difference \
          {worst:.3e} of max |value|"
     );
+}
+
+/// The recycling loop keeps the template embeddings from pass to pass while the templates stay
+/// the same, and embeds them again when a pass brings other templates: its passes equal passes
+/// run one at a time with nothing kept.
+#[test]
+fn recycling_loop_keeps_template_embeddings_only_while_the_templates_stay() {
+    let device = device();
+    let model = model(&device);
+    let designs = designs();
+    let others: Vec<Features> = designs
+        .iter()
+        .enumerate()
+        .map(|(d, f)| Features {
+            templates: random_features(21 + d as u64, N, 3, 4, 2).templates,
+            ..f.clone()
+        })
+        .collect();
+    let passes = [&designs, &designs, &others, &others];
+    let mut rng = Rng(400);
+    let pair_mask = Tensor::<3>::from_data(
+        TensorData::new(rng.mask(designs.len() * N * N), [designs.len(), N, N]),
+        &device,
+    );
+
+    let run = model.forward_recycled_batch_observed(
+        passes.iter().map(|p| BatchFeatures::new(&p[..]).unwrap()),
+        None,
+        Some(&pair_mask),
+        &RecycleOptions::default(),
+        &device,
+        |_, _, _| {},
+    );
+    let mut prev = model.zero_state_batch(designs.len(), N, &device);
+    let mut one_at_a_time = Vec::new();
+    for p in passes {
+        let out = model.forward_iteration_batch(
+            &BatchFeatures::new(p).unwrap(),
+            prev,
+            Some(&pair_mask),
+            &device,
+        );
+        prev = out.recycled();
+        one_at_a_time.push(out);
+    }
+    let mut worst: f64 = 0.0;
+    for d in 0..designs.len() {
+        let alone = one_at_a_time[3].design(d);
+        worst = worst.max(compare_iterations(d, &alone, &run.last.design(d)));
+    }
+    eprintln!("recycling loop vs passes one at a time: worst difference {worst:.3e}");
+    // The other templates change the result (stale embeddings could not match).
+    let plddt = |out: &BatchOutput| to_host_data(out.logits.plddt.clone());
+    assert_ne!(plddt(&one_at_a_time[1]), plddt(&one_at_a_time[2]));
 }
 
 #[test]
