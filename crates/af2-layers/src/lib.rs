@@ -18,6 +18,8 @@ pub mod layer_norm;
 #[cfg(feature = "cube")]
 pub mod layer_norm_kernel;
 pub mod linear;
+#[cfg(feature = "cube")]
+pub mod linear_kernel;
 pub mod msa_column_attention;
 pub mod msa_column_global_attention;
 pub mod msa_row_attention;

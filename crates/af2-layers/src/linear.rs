@@ -49,14 +49,20 @@ impl Linear {
     }
 }
 
-/// `x · weight (+ bias)`. The bias is shaped before the matmul is recorded, so that the add
-/// directly follows the matmul in the op stream and Burn's fusion folds it into the matmul's
-/// output stage (one GPU kernel instead of a matmul and a separate add).
+/// `x · weight (+ bias)`: the tensor-core kernel where it applies (f16 on a GPU with matrix
+/// instructions, at most 128 input channels, outputs in 64s: [`crate::linear_kernel`]), else
+/// one Burn matmul and the bias add. There the bias is shaped before the matmul is recorded, so
+/// that the add directly follows the matmul in the op stream and Burn's fusion folds it into
+/// the matmul's output stage (one GPU kernel instead of a matmul and a separate add).
 ///
 /// # Shapes
 /// - x: `[rows, d_input]`, weight: `[d_input, d_output]`, bias: `[d_output]`
 /// - output: `[rows, d_output]`
 pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    #[cfg(feature = "cube")]
+    if crate::linear_kernel::kernel_supports(&x, &weight) {
+        return crate::linear_kernel::linear_kernel(x, weight, bias);
+    }
     let bias = bias.map(|bias| bias.unsqueeze::<2>());
     let output = x.matmul(weight);
     match bias {

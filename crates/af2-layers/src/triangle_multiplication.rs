@@ -124,10 +124,6 @@ impl TriangleMultiplication {
             &self.right_gate,
         ];
         let m = self.left_projection.weight.dims()[1];
-        let weight_t = Tensor::cat(
-            layers.iter().map(|l| l.weight.val().transpose()).collect(),
-            0,
-        );
         let device = act.device();
         let bias = Tensor::cat(
             layers
@@ -139,15 +135,32 @@ impl TriangleMultiplication {
                 .collect(),
             0,
         );
-        // `[4m, c] · [c, rows]`: the transposed activations are read column-major in place.
-        let projected =
-            weight_t.matmul(act.reshape([rows, c]).transpose()) + bias.unsqueeze_dim::<2>(1);
+        let act = act.reshape([rows, c]);
+        let projected = channel_major_projection(act, &layers, bias);
         let mask = pair_mask.reshape([1, rows]);
         let part = |i: usize| projected.clone().narrow(0, i * m, m);
         let left = mask.clone() * part(0) * sigmoid(part(2));
         let right = mask * part(1) * sigmoid(part(3));
         [left, right].map(|x| x.reshape([m * b, n, n]))
     }
+}
+
+/// `(act · [W_1 .. W_4] + bias)ᵀ` `[4m, rows]` for `act` `[rows, c]`: the tensor-core kernel
+/// where it applies, else `[4m, c] · [c, rows]` with the transposed activations read
+/// column-major in place.
+fn channel_major_projection(act: Tensor<2>, layers: &[&Linear; 4], bias: Tensor<1>) -> Tensor<2> {
+    #[cfg(feature = "cube")]
+    {
+        let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
+        if crate::linear_kernel::transposed_kernel_supports(&act, &weight) {
+            return crate::linear_kernel::linear_kernel_transposed(act, weight, bias);
+        }
+    }
+    let weight_t = Tensor::cat(
+        layers.iter().map(|l| l.weight.val().transpose()).collect(),
+        0,
+    );
+    weight_t.matmul(act.transpose()) + bias.unsqueeze_dim::<2>(1)
 }
 
 #[cfg(test)]

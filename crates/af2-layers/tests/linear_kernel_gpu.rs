@@ -1,0 +1,133 @@
+//! The tensor-core linear kernel against an f32 product of the same f16 inputs, on a GPU
+//! (`AF2_GPU_TESTS=1`; without it the tests say they were skipped and pass). Where the device
+//! has no f16 matrix instructions the kernel is not offered; `AF2_EXPECT_MMA=1` makes that a
+//! failure instead of a skip.
+#![cfg(feature = "cube")]
+
+mod common;
+
+use af2_layers::linear::matmul_bias;
+use af2_layers::linear_kernel::{
+    kernel_supports, linear_kernel, linear_kernel_transposed, transposed_kernel_supports,
+};
+use burn::tensor::{DType, Tensor, TensorData};
+use common::{cpu, gpu, relative_error, tensor_in, through_f16, values};
+
+/// `x [m, k] · w [k, n] (+ b)` in f32 on the CPU from the f16-rounded inputs.
+fn reference(x: &TensorData, w: &TensorData, b: Option<&TensorData>) -> Vec<f32> {
+    let device = cpu();
+    let x = tensor_in::<2>(&through_f16(x), &device, DType::F32);
+    let w = tensor_in::<2>(&through_f16(w), &device, DType::F32);
+    let mut out = x.matmul(w);
+    if let Some(b) = b {
+        out = out + tensor_in::<1>(&through_f16(b), &device, DType::F32).unsqueeze::<2>();
+    }
+    out.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn kernel_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // (rows, in, out, bias): the pair stack's 128 -> 128 and 128 -> 512 layers with a row
+    // count that ends inside a 64-row tile, the template stack's 64 channels without bias, a
+    // short tile, three 64-column blocks, and enough rows that cubes walk several tiles.
+    let cases = [
+        (1000, 128, 128, true),
+        (64, 128, 512, true),
+        (4101, 64, 64, false),
+        (5, 16, 64, true),
+        (100, 32, 192, true),
+        (70_000, 128, 128, false),
+    ];
+    for (seed, &(m, k, n, with_bias)) in cases.iter().enumerate() {
+        let seed = seed as u64 * 10;
+        let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
+        let w = TensorData::new(values(k * n, seed + 1, (k as f32).powf(-0.5)), [k, n]);
+        let b = with_bias.then(|| TensorData::new(values(n, seed + 2, 1.0), [n]));
+        let xg = tensor_in::<2>(&x, &device, DType::F16);
+        let wg = tensor_in::<2>(&w, &device, DType::F16);
+        if !kernel_supports(&xg, &wg) {
+            assert!(
+                std::env::var_os("AF2_EXPECT_MMA").is_none(),
+                "[{m}, {k}] x [{k}, {n}]: the kernel was not offered"
+            );
+            println!("no f16 matrix instructions on this device: linear kernel not tested");
+            return;
+        }
+        let bg = b.as_ref().map(|b| tensor_in::<1>(b, &device, DType::F16));
+        let kernel = linear_kernel(xg.clone(), wg.clone(), bg.clone());
+        let kernel: Vec<f32> = kernel.cast(DType::F32).into_data().try_to_vec().unwrap();
+        let expected = reference(&x, &w, b.as_ref());
+        // Same f16 inputs; f32 accumulation on both sides, the kernel's output rounded to f16
+        // (a relative step of 2^-11 ~ 4.9e-4).
+        let error = relative_error(&kernel, &expected);
+        println!("linear [{m}, {k}] x [{k}, {n}] bias {with_bias}: relative error {error:.2e}");
+        assert!(
+            error <= 2e-3,
+            "[{m}, {k}] x [{k}, {n}]: relative error {error:.3e}"
+        );
+        // The public entry point takes the same path.
+        let via_entry: Vec<f32> = matmul_bias(xg, wg, bg)
+            .cast(DType::F32)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert_eq!(via_entry, kernel);
+    }
+}
+
+#[test]
+fn kernel_refuses_what_it_cannot_take() {
+    let Some(device) = gpu() else { return };
+    let f16 = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, DType::F16));
+    let f32 = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, DType::F32));
+    // f32, more than 128 inputs, inputs not in 16s, outputs not in 64s.
+    assert!(!kernel_supports(&f32([64, 128]), &f32([128, 128])));
+    assert!(!kernel_supports(&f16([64, 256]), &f16([256, 128])));
+    assert!(!kernel_supports(&f16([64, 24]), &f16([24, 128])));
+    assert!(!kernel_supports(&f16([64, 128]), &f16([128, 4])));
+    assert!(!kernel_supports(&f16([64, 128]), &f16([128, 48])));
+    let cpu_x = Tensor::<2>::zeros([64, 128], (&cpu(), DType::F32));
+    assert!(!kernel_supports(&cpu_x, &cpu_x.clone().reshape([128, 64])));
+}
+
+#[test]
+fn transposed_kernel_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // The triangle multiplication's four edge projections (128 -> 4 x 128) over rows that end
+    // inside a 64-row tile, and the template stack's (64 -> 4 x 64).
+    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256)].iter().enumerate() {
+        let seed = 100 + seed as u64 * 10;
+        let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
+        let w = TensorData::new(values(k * n, seed + 1, (k as f32).powf(-0.5)), [k, n]);
+        let b = TensorData::new(values(n, seed + 2, 1.0), [n]);
+        let xg = tensor_in::<2>(&x, &device, DType::F16);
+        let wg = tensor_in::<2>(&w, &device, DType::F16);
+        if !transposed_kernel_supports(&xg, &wg) {
+            assert!(
+                std::env::var_os("AF2_EXPECT_MMA").is_none(),
+                "[{m}, {k}] x [{k}, {n}]: the transposed kernel was not offered"
+            );
+            println!("no f16 matrix instructions on this device: linear kernel not tested");
+            return;
+        }
+        let bg = tensor_in::<1>(&b, &device, DType::F16);
+        let kernel = linear_kernel_transposed(xg, wg, bg);
+        assert_eq!(kernel.dims(), [n, m]);
+        let kernel: Vec<f32> = kernel.cast(DType::F32).into_data().try_to_vec().unwrap();
+        let expected = reference(&x, &w, Some(&b));
+        let expected_t: Vec<f32> = (0..n * m).map(|i| expected[(i % m) * n + i / m]).collect();
+        let error = relative_error(&kernel, &expected_t);
+        println!("transposed linear [{m}, {k}] x [{k}, {n}]: relative error {error:.2e}");
+        assert!(
+            error <= 2e-3,
+            "[{m}, {k}] x [{k}, {n}] transposed: relative error {error:.3e}"
+        );
+    }
+    // Rows that do not fill whole 16-byte output vectors are refused.
+    let f16 = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, DType::F16));
+    assert!(!transposed_kernel_supports(
+        &f16([1001, 128]),
+        &f16([128, 512])
+    ));
+}
