@@ -113,8 +113,9 @@ fn bias_groups(bias: Tensor<4>, b: usize, start: usize, len: usize) -> Tensor<4>
 }
 
 /// Projects `[B, N, A]` with a `[A, H, C]` weight to `[B, N, H, C]`, adding a `[H, C]` bias
-/// or multiplying by `scale`, either right after the matmul (see [`matmul_bias`]: there Burn's
-/// fusion folds it into the matmul).
+/// or multiplying by `scale`, either right after the matmul (see [`matmul_bias`]: on Burn's
+/// matmul, fusion folds them into it; on the f16 linear kernel the bias is in its accumulators
+/// and the scale a separate elementwise pass).
 pub fn project_heads(
     x: Tensor<3>,
     weight: Tensor<3>,

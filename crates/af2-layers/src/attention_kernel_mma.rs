@@ -427,7 +427,8 @@ mod kernel {
                 let kv_buffer = ((step - 1) % 2) * kv_tile;
                 let fill_buffer = ((step - 1) % 2) * keys;
                 // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
-                // Kᵀ as the B operand: element (c, key) at k_s[key * HEAD + c], column-major.
+                // Kᵀ as the B operand: element (c, key) at k_s[kv_buffer + key * head_row + c],
+                // column-major.
                 #[unroll]
                 for half in 0..parts {
                     let s_at = stripe + half * MMA;

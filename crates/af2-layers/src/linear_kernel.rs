@@ -118,31 +118,39 @@ fn disabled() -> bool {
 }
 
 /// Whether `x`'s device is a cubecl device that runs 16×16×16 f16 matrix instructions with f32
-/// accumulators in planes of [`PLANE`] units (asked once: af2 drives one device a process).
-fn device_supports(x: &Tensor<2>) -> bool {
+/// accumulators in planes of [`PLANE`] units, and gives a cube the shared memory the kernel
+/// declares for `k` inputs and `n` outputs.
+fn device_supports(x: &Tensor<2>, k: usize, n: usize) -> bool {
     let device = x.device();
     #[allow(irrefutable_let_patterns)] // Only cubecl backends in some builds.
     let DispatchDevice::Cube(device) = device.as_dispatch() else {
         return false;
     };
-    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let client = device.client();
-        let props = client.properties();
-        let f16 = ElemType::Float(FloatKind::F16);
-        let f32 = ElemType::Float(FloatKind::F32);
-        let instruction = MmaConfig {
-            a_type: f16,
-            b_type: f16,
-            cd_type: f32,
-            m: MMA as u32,
-            n: MMA as u32,
-            k: MMA as u32,
-        };
-        props.hardware.plane_size_min == PLANE as u32
-            && props.hardware.plane_size_max == PLANE as u32
-            && props.features.matmul.cmma.contains(&instruction)
-    })
+    let client = device.client();
+    let props = client.properties();
+    let f16 = ElemType::Float(FloatKind::F16);
+    let f32 = ElemType::Float(FloatKind::F32);
+    let instruction = MmaConfig {
+        a_type: f16,
+        b_type: f16,
+        cd_type: f32,
+        m: MMA as u32,
+        n: MMA as u32,
+        k: MMA as u32,
+    };
+    props.hardware.plane_size_min == PLANE as u32
+        && props.hardware.plane_size_max == PLANE as u32
+        && props.features.matmul.cmma.contains(&instruction)
+        && shared_bytes(k, block_width(n)) <= props.hardware.max_shared_memory_size
+}
+
+/// Bytes of shared memory the kernel declares: the input and output tiles (f16) and the bias
+/// rows (f32), rows padded by 8 elements.
+fn shared_bytes(k: usize, n_block: usize) -> usize {
+    let (half, single, pad) = (2, 4, 8);
+    TILE_ROWS * (k + pad) * half
+        + TILE_ROWS * (n_block + pad) * half
+        + MMA * (n_block + pad) * single
 }
 
 /// Whether [`linear_kernel`] takes `x · weight`: f16 on a device with matrix instructions,
@@ -161,7 +169,7 @@ pub fn kernel_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
         && k <= MAX_INPUT
         && n > 0
         && n % (PLANES * MMA) == 0
-        && device_supports(x)
+        && device_supports(x, k, n)
 }
 
 /// `x · weight (+ bias)` on the kernel.
@@ -498,6 +506,14 @@ mod kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiles_fit_the_shared_memory_of_vulkan_on_nvidia() {
+        // 48 KiB a cube there; Metal's 32 KiB takes K = 128 only with 64-column blocks.
+        assert_eq!(shared_bytes(128, 128), 43_520);
+        assert!(shared_bytes(MAX_INPUT, MAX_BLOCK) <= 48 * 1024);
+        assert_eq!(shared_bytes(128, 64), 31_232);
+    }
 
     #[test]
     fn column_blocks_divide_the_output() {

@@ -149,8 +149,9 @@ impl TriangleMultiplication {
 /// where it applies, else `[4m, c] · [c, rows]` with the transposed activations read
 /// column-major in place.
 fn channel_major_projection(act: Tensor<2>, layers: &[&Linear; 4], bias: Tensor<1>) -> Tensor<2> {
+    // Only f16 can take the kernel: f32 runs skip building its weight.
     #[cfg(feature = "cube")]
-    {
+    if act.dtype() == burn::tensor::DType::F16 {
         let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
         if crate::linear_kernel::transposed_kernel_supports(&act, &weight) {
             return crate::linear_kernel::linear_kernel_transposed(act, weight, bias);

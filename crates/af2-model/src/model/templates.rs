@@ -17,8 +17,9 @@ use crate::template_embedding::TemplateInputs;
 /// mask and the template pair mask only. A pass whose designs have the same templates and
 /// sequence masks as the last pass's reuses them; the recycling loop gives every pass the same
 /// templates, so the stack runs once a prediction instead of once a pass. One memo serves one
-/// recycling loop (one model, one template pair mask).
-#[derive(Default)]
+/// recycling loop (one model, one template pair mask). A stack output larger than
+/// [`MAX_KEPT_ELEMENTS`] is not kept: holding it through the Evoformer would raise the peak
+/// memory of long sequences, where the stack is a small part of the pass anyway.
 pub(super) struct TemplateMemo {
     /// Each design's templates and sequence mask, as of the kept embeddings.
     inputs: Vec<(TemplateFeatures, NdArray<f32>)>,
@@ -26,6 +27,23 @@ pub(super) struct TemplateMemo {
     pair_memory: Option<Tensor<3>>,
     /// The torsion MSA rows `[B, T, N, c_m]` and their mask `[B, T, N]`.
     torsion_rows: Option<(Tensor<4>, Tensor<3>)>,
+    /// The largest pair memory kept, in elements.
+    max_kept_elements: usize,
+}
+
+/// The largest template stack output kept between passes: 64 Mi elements (128 MiB in f16),
+/// `B · N² · T` rows of 64 channels up to one template at L = 1024 or four at L = 512.
+pub(super) const MAX_KEPT_ELEMENTS: usize = 1 << 26;
+
+impl Default for TemplateMemo {
+    fn default() -> Self {
+        Self {
+            inputs: Vec::new(),
+            pair_memory: None,
+            torsion_rows: None,
+            max_kept_elements: MAX_KEPT_ELEMENTS,
+        }
+    }
 }
 
 impl TemplateMemo {
@@ -56,9 +74,17 @@ impl TemplateMemo {
         }
     }
 
-    /// The kept template stack output, else `embed()`'s, kept.
+    /// The kept template stack output, else `embed()`'s, kept unless it is larger than the
+    /// memo keeps.
     pub(super) fn pair_memory(&mut self, embed: impl FnOnce() -> Tensor<3>) -> Tensor<3> {
-        self.pair_memory.get_or_insert_with(embed).clone()
+        if let Some(memory) = &self.pair_memory {
+            return memory.clone();
+        }
+        let memory = embed();
+        if memory.shape().num_elements() <= self.max_kept_elements {
+            self.pair_memory = Some(memory.clone());
+        }
+        memory
     }
 
     /// The kept torsion rows and mask, else `embed()`'s, kept.
@@ -221,5 +247,22 @@ mod tests {
             "another template residue type"
         );
         assert!(reused(&mut memo, &retyped), "the same again");
+    }
+
+    #[test]
+    fn a_stack_output_above_the_limit_is_not_kept() {
+        let f = random_features(6, 8, 2, 2, 2);
+        let limited = || TemplateMemo {
+            max_kept_elements: 1,
+            ..TemplateMemo::default()
+        };
+        let mut memo = limited();
+        memo.keep_if_same_inputs(&BatchFeatures::single(&f));
+        memo.pair_memory(|| marker(1.0));
+        assert!(reused(&mut memo, &f), "one element is kept");
+        let mut memo = limited();
+        memo.keep_if_same_inputs(&BatchFeatures::single(&f));
+        memo.pair_memory(|| Tensor::<3>::zeros([1, 1, 2], &marker(0.0).device()));
+        assert!(!reused(&mut memo, &f), "two elements are not");
     }
 }
