@@ -27,6 +27,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::CubeDim;
+use cubecl::prelude::DeviceProperties;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::attention_kernel::{address_type, cube_count};
@@ -133,7 +134,12 @@ fn disabled() -> bool {
 /// Whether the device runs 16×16×16 f16 matrix instructions with f32 accumulators in planes
 /// of [`PLANE`] units.
 fn device_supports(q: &CubeTensor) -> bool {
-    let props = q.client.properties();
+    runs_f16_instructions(q.client.properties())
+}
+
+/// Whether a device runs 16×16×16 f16 matrix instructions with f32 accumulators in planes of
+/// [`PLANE`] units (this kernel and the linear kernel are written for them).
+pub(crate) fn runs_f16_instructions(props: &DeviceProperties) -> bool {
     let f16 = ElemType::Float(FloatKind::F16);
     let f32 = ElemType::Float(FloatKind::F32);
     let instruction = MmaConfig {
@@ -224,7 +230,7 @@ pub(crate) fn try_launch(
     Some(out)
 }
 
-mod kernel {
+pub(crate) mod kernel {
     use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE};
     use crate::attention_kernel::kernel::{key_mask_base, masked_key_logit};
     use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
@@ -232,7 +238,7 @@ mod kernel {
 
     /// An uninitialised 16×16×16 fragment.
     #[cube]
-    fn fragment<T: Numeric>(
+    pub(crate) fn fragment<T: Numeric>(
         #[comptime] ident: MatrixIdent,
         #[comptime] layout: MatrixLayout,
     ) -> Matrix<T> {

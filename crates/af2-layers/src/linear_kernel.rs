@@ -26,11 +26,10 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::{into_contiguous, untile};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::features::MmaConfig;
-use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::CubeDim;
 
 use crate::attention_kernel::{address_type, cube_count};
+use crate::attention_kernel_mma::runs_f16_instructions;
 use kernel::linear_mma_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
@@ -128,19 +127,7 @@ fn device_supports(x: &Tensor<2>, k: usize, n: usize) -> bool {
     };
     let client = device.client();
     let props = client.properties();
-    let f16 = ElemType::Float(FloatKind::F16);
-    let f32 = ElemType::Float(FloatKind::F32);
-    let instruction = MmaConfig {
-        a_type: f16,
-        b_type: f16,
-        cd_type: f32,
-        m: MMA as u32,
-        n: MMA as u32,
-        k: MMA as u32,
-    };
-    props.hardware.plane_size_min == PLANE as u32
-        && props.hardware.plane_size_max == PLANE as u32
-        && props.features.matmul.cmma.contains(&instruction)
+    runs_f16_instructions(props)
         && shared_bytes(k, block_width(n)) <= props.hardware.max_shared_memory_size
 }
 
@@ -299,21 +286,12 @@ fn block_width(n: usize) -> usize {
 
 mod kernel {
     use super::{MMA, PLANE, PLANES, TILE_ROWS};
+    use crate::attention_kernel_mma::kernel::fragment;
     use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
     use cubecl::prelude::*;
 
     /// Padding of the shared rows (8 elements: the rows of a fragment start in different banks).
     const PAD: usize = 8;
-
-    /// An uninitialised 16×16×16 fragment.
-    #[cube]
-    fn fragment<T: Numeric>(
-        #[comptime] ident: MatrixIdent,
-        #[comptime] layout: MatrixLayout,
-    ) -> Matrix<T> {
-        // SAFETY: every fragment is filled or loaded before it is read.
-        unsafe { Matrix::<T>::uninitialized(ident, MMA, MMA, MMA, layout) }
-    }
 
     /// See the module documentation. Cube `c` computes output columns `(c % blocks) · n_block
     /// ..` of the 64-row tiles `c / blocks`, `c / blocks + cubes_per_block`, ...; plane `p` takes
