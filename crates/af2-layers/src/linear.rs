@@ -60,8 +60,8 @@ impl Linear {
 /// - output: `[rows, d_output]`
 pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     #[cfg(feature = "cube")]
-    if crate::linear_kernel::kernel_supports(&x, &weight) {
-        return crate::linear_kernel::linear_kernel(x, weight, bias);
+    if let Some(output) = crate::linear_kernel::try_linear_kernel(&x, &weight, bias.as_ref()) {
+        return output;
     }
     let bias = bias.map(|bias| bias.unsqueeze::<2>());
     let output = x.matmul(weight);

@@ -175,6 +175,20 @@ pub fn linear_kernel(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -
         x.dtype(),
         weight.dims()
     );
+    dispatch_linear(x, weight, bias)
+}
+
+/// [`linear_kernel`] where [`kernel_supports`] takes the inputs, else `None`: one support check
+/// for callers with a fallback.
+pub fn try_linear_kernel(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<2>> {
+    kernel_supports(x, weight).then(|| dispatch_linear(x.clone(), weight.clone(), bias.cloned()))
+}
+
+fn dispatch_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     let n = weight.dims()[1];
     let out = match bias {
         Some(bias) => {
@@ -213,6 +227,21 @@ pub fn linear_kernel_transposed(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>
         x.dtype(),
         weight.dims()
     );
+    dispatch_transposed(x, weight, bias)
+}
+
+/// [`linear_kernel_transposed`] where [`transposed_kernel_supports`] takes the inputs, else
+/// `None`.
+pub fn try_linear_kernel_transposed(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: &Tensor<1>,
+) -> Option<Tensor<2>> {
+    transposed_kernel_supports(x, weight)
+        .then(|| dispatch_transposed(x.clone(), weight.clone(), bias.clone()))
+}
+
+fn dispatch_transposed(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
     let n = weight.dims()[1];
     assert_eq!(bias.dims(), [n], "linear kernel: bias must be [{n}]");
     Tensor::<2>::from_dispatch(Dispatch::linear_rows_transposed(

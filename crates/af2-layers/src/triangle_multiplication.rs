@@ -153,8 +153,9 @@ fn channel_major_projection(act: Tensor<2>, layers: &[&Linear; 4], bias: Tensor<
     #[cfg(feature = "cube")]
     if act.dtype() == burn::tensor::DType::F16 {
         let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
-        if crate::linear_kernel::transposed_kernel_supports(&act, &weight) {
-            return crate::linear_kernel::linear_kernel_transposed(act, weight, bias);
+        let kernel = crate::linear_kernel::try_linear_kernel_transposed(&act, &weight, &bias);
+        if let Some(projected) = kernel {
+            return projected;
         }
     }
     let weight_t = Tensor::cat(
