@@ -168,40 +168,29 @@ pub fn kernel_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
 /// # Panics
 /// If [`kernel_supports`] refuses the inputs or bias is not `[N]`.
 pub fn linear_kernel(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    assert!(
-        kernel_supports(&x, &weight),
-        "linear kernel: unsupported inputs (x {:?} {:?}, weight {:?})",
-        x.dims(),
-        x.dtype(),
-        weight.dims()
-    );
-    dispatch_linear(x, weight, bias)
+    try_linear_kernel(&x, &weight, bias.as_ref()).unwrap_or_else(|| unsupported(&x, &weight))
 }
 
 /// [`linear_kernel`] where [`kernel_supports`] takes the inputs, else `None`: one support check
 /// for callers with a fallback.
+///
+/// # Panics
+/// If bias is not `[N]`.
 pub fn try_linear_kernel(
     x: &Tensor<2>,
     weight: &Tensor<2>,
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<2>> {
-    kernel_supports(x, weight).then(|| dispatch_linear(x.clone(), weight.clone(), bias.cloned()))
-}
-
-fn dispatch_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    let n = weight.dims()[1];
+    if !kernel_supports(x, weight) {
+        return None;
+    }
+    let bias = bias.map(|bias| checked_bias(bias, weight.dims()[1]));
+    let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
     let out = match bias {
-        Some(bias) => {
-            assert_eq!(bias.dims(), [n], "linear kernel: bias must be [{n}]");
-            Dispatch::linear_rows(
-                x.into_dispatch(),
-                weight.into_dispatch(),
-                bias.into_dispatch(),
-            )
-        }
-        None => Dispatch::linear_rows_unbiased(x.into_dispatch(), weight.into_dispatch()),
+        Some(bias) => Dispatch::linear_rows(x, weight, bias),
+        None => Dispatch::linear_rows_unbiased(x, weight),
     };
-    Tensor::<2>::from_dispatch(out)
+    Some(Tensor::<2>::from_dispatch(out))
 }
 
 /// Whether [`linear_kernel_transposed`] takes `x · weight`: as [`kernel_supports`], with the
@@ -220,35 +209,43 @@ pub fn transposed_kernel_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
 /// # Panics
 /// If [`transposed_kernel_supports`] refuses the inputs or bias is not `[N]`.
 pub fn linear_kernel_transposed(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
-    assert!(
-        transposed_kernel_supports(&x, &weight),
-        "linear kernel: unsupported inputs (x {:?} {:?}, weight {:?})",
-        x.dims(),
-        x.dtype(),
-        weight.dims()
-    );
-    dispatch_transposed(x, weight, bias)
+    try_linear_kernel_transposed(&x, &weight, &bias).unwrap_or_else(|| unsupported(&x, &weight))
 }
 
 /// [`linear_kernel_transposed`] where [`transposed_kernel_supports`] takes the inputs, else
 /// `None`.
+///
+/// # Panics
+/// If bias is not `[N]`.
 pub fn try_linear_kernel_transposed(
     x: &Tensor<2>,
     weight: &Tensor<2>,
     bias: &Tensor<1>,
 ) -> Option<Tensor<2>> {
-    transposed_kernel_supports(x, weight)
-        .then(|| dispatch_transposed(x.clone(), weight.clone(), bias.clone()))
+    if !transposed_kernel_supports(x, weight) {
+        return None;
+    }
+    let bias = checked_bias(bias, weight.dims()[1]);
+    let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
+    Some(Tensor::<2>::from_dispatch(
+        Dispatch::linear_rows_transposed(x, weight, bias),
+    ))
 }
 
-fn dispatch_transposed(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
-    let n = weight.dims()[1];
+/// The bias for the backend operation, checked to be `[n]`.
+fn checked_bias(bias: &Tensor<1>, n: usize) -> FloatTensor<Dispatch> {
     assert_eq!(bias.dims(), [n], "linear kernel: bias must be [{n}]");
-    Tensor::<2>::from_dispatch(Dispatch::linear_rows_transposed(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        bias.into_dispatch(),
-    ))
+    bias.clone().into_dispatch()
+}
+
+/// The refusal of the panicking entry points.
+fn unsupported(x: &Tensor<2>, weight: &Tensor<2>) -> ! {
+    panic!(
+        "linear kernel: unsupported inputs (x {:?} {:?}, weight {:?})",
+        x.dims(),
+        x.dtype(),
+        weight.dims()
+    )
 }
 
 fn launch(
