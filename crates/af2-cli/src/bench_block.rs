@@ -1,8 +1,8 @@
 //! `af2 bench-block`: where the time of one Evoformer block goes, layer by layer, plus the
 //! primitives those layers are made of, each timed alone on the device.
 
+use af2_layers::sigmoid;
 use anyhow::{Result, bail};
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 
 use af2_io::weights::ModelDims;

@@ -3,11 +3,12 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
+use crate::derived::Derived;
 use crate::linear::matmul_bias;
-use crate::{MAX_LOGITS_PER_CHUNK, softmax_mask};
+use crate::{MAX_LOGITS_PER_CHUNK, sigmoid, softmax_mask};
 
 /// Configuration of a [`GatedAttention`].
 #[derive(Config, Debug)]
@@ -46,6 +47,9 @@ pub struct GatedAttention {
     pub output_w: Param<Tensor<3>>,
     /// `[output_dim]`
     pub output_b: Param<Tensor<1>>,
+    /// Weights reshaped and placed side by side for the forward pass.
+    #[module(skip)]
+    prepared: Derived<Prepared>,
 }
 
 impl GatedAttentionConfig {
@@ -63,6 +67,7 @@ impl GatedAttentionConfig {
                 .then(|| Param::from_tensor(Tensor::ones([h, v], device))),
             output_w: zeros3(h, v, self.output_dim),
             output_b: Param::from_tensor(Tensor::zeros([self.output_dim], device)),
+            prepared: Derived::default(),
         }
     }
 }
@@ -166,21 +171,67 @@ impl GatedAttention {
         bias: Option<Tensor<4>>,
         max_logits: usize,
     ) -> Tensor<3> {
+        let inputs = Inputs {
+            q_data,
+            m_data: Some(m_data),
+        };
+        self.attend_in_chunks(inputs, key_mask, bias, max_logits)
+    }
+
+    /// Self-attention: [`GatedAttention::forward`] with `x` as both queries and keys, its four
+    /// input projections as one matmul (needs `q_channels == m_channels`).
+    ///
+    /// # Shapes
+    /// - x: `[B, N, q_channels]`
+    /// - key_mask: `[B or 1, N]`
+    /// - bias: `[B or 1, H, N, N]`
+    /// - output: `[B, N, output_dim]`
+    pub fn forward_self(
+        &self,
+        x: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+    ) -> Tensor<3> {
+        self.forward_self_chunked(x, key_mask, bias, MAX_LOGITS_PER_CHUNK)
+    }
+
+    /// [`GatedAttention::forward_self`] computing at most `max_logits` logits at a time.
+    pub fn forward_self_chunked(
+        &self,
+        x: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+        max_logits: usize,
+    ) -> Tensor<3> {
+        let inputs = Inputs {
+            q_data: x,
+            m_data: None,
+        };
+        self.attend_in_chunks(inputs, key_mask, bias, max_logits)
+    }
+
+    fn attend_in_chunks(
+        &self,
+        inputs: Inputs,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+        max_logits: usize,
+    ) -> Tensor<3> {
+        let (q_data, m_data) = inputs.queries_and_keys();
         let [b, q, _] = q_data.dims();
         let [_, k, _] = m_data.dims();
         let h = self.query_w.dims()[1];
         let rows = (max_logits / (h * q * k).max(1)).max(1);
         // The fused kernel computes no logits buffer: one call for all rows.
-        if rows >= b || self.uses_kernel(&q_data, k) {
-            return self.forward_chunk(q_data, m_data, key_mask, bias);
+        if rows >= b || self.uses_kernel(q_data, k) {
+            return self.forward_chunk(inputs, key_mask, bias);
         }
         let groups = bias.as_ref().map_or(1, |t| t.dims()[0]);
         let chunks = chunk_ranges(b, groups, rows)
             .into_iter()
             .map(|(start, len)| {
                 self.forward_chunk(
-                    q_data.clone().narrow(0, start, len),
-                    m_data.clone().narrow(0, start, len),
+                    inputs.narrow(start, len),
                     batch_rows(key_mask.clone(), start, len),
                     bias.clone().map(|t| bias_groups(t, b, start, len)),
                 )
@@ -212,19 +263,17 @@ impl GatedAttention {
 
     fn forward_chunk(
         &self,
-        q_data: Tensor<3>,
-        m_data: Tensor<3>,
+        inputs: Inputs,
         key_mask: Tensor<2>,
         bias: Option<Tensor<4>>,
     ) -> Tensor<3> {
-        let [b, q_len, _] = q_data.dims();
-        let [_, h, key_dim] = self.query_w.dims();
+        let [b, q_len, _] = inputs.queries_and_keys().0.dims();
+        let [_, h, _] = self.query_w.dims();
         let value_dim = self.value_w.dims()[2];
-
-        let scale = (key_dim as f64).powf(-0.5);
-        let q = project_heads(q_data.clone(), self.query_w.val(), None, Some(scale));
-        let k = project_heads(m_data.clone(), self.key_w.val(), None, None);
-        let v = project_heads(m_data, self.value_w.val(), None, None);
+        let Projected { q, k, v, gate } = match inputs.m_data {
+            Some(m_data) => self.project_separately(inputs.q_data, m_data),
+            None => self.project_shared(inputs.q_data),
+        };
         let mut weighted = attention_core(
             q.swap_dims(1, 2),
             k.swap_dims(1, 2),
@@ -233,18 +282,163 @@ impl GatedAttention {
             bias,
         )
         .swap_dims(1, 2);
-        if let (Some(gw), Some(gb)) = (&self.gating_w, &self.gating_b) {
-            let gate = project_heads(q_data, gw.val(), Some(gb.val()), None);
+        if let Some(gate) = gate {
             weighted = weighted * sigmoid(gate);
         }
         let out_dim = self.output_b.dims()[0];
         matmul_bias(
             weighted.reshape([b * q_len, h * value_dim]),
-            self.output_w.val().reshape([h * value_dim, out_dim]),
+            self.prepared().output_w,
             Some(self.output_b.val()),
         )
         .reshape([b, q_len, out_dim])
     }
+
+    /// Queries (scaled by `1/sqrt(key_dim)`), keys, values and gate, one projection each.
+    fn project_separately(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Projected {
+        let scale = (self.query_w.dims()[2] as f64).powf(-0.5);
+        let gate = match (&self.gating_w, &self.gating_b) {
+            (Some(gw), Some(gb)) => Some(project_heads(
+                q_data.clone(),
+                gw.val(),
+                Some(gb.val()),
+                None,
+            )),
+            _ => None,
+        };
+        Projected {
+            q: project_heads(q_data, self.query_w.val(), None, Some(scale)),
+            k: project_heads(m_data.clone(), self.key_w.val(), None, None),
+            v: project_heads(m_data, self.value_w.val(), None, None),
+            gate,
+        }
+    }
+
+    /// [`Self::project_separately`] for `q_data = m_data = x`, as one matmul with the
+    /// prepared side-by-side weight.
+    fn project_shared(&self, x: Tensor<3>) -> Projected {
+        let [b, n, c] = x.dims();
+        let [_, h, key_dim] = self.query_w.dims();
+        let value_dim = self.value_w.dims()[2];
+        let shared = self
+            .prepared()
+            .shared
+            .expect("forward_self needs q_channels == m_channels");
+        let projected = matmul_bias(x.reshape([b * n, c]), shared.weight, shared.bias);
+        let part = |offset: usize, width: usize| {
+            projected
+                .clone()
+                .narrow(1, offset, h * width)
+                .reshape([b, n, h, width])
+        };
+        let (keys, values) = (h * key_dim, h * value_dim);
+        // Scaled after the projection, as AlphaFold does: folded into an f16 weight, the scale
+        // would add a rounding of every query weight.
+        let scale = (key_dim as f64).powf(-0.5);
+        Projected {
+            q: part(0, key_dim).mul_scalar(scale),
+            k: part(keys, key_dim),
+            v: part(2 * keys, value_dim),
+            gate: self
+                .gating_w
+                .is_some()
+                .then(|| part(2 * keys + values, value_dim)),
+        }
+    }
+
+    /// The output weight as `[H * value_dim, output_dim]` and, where queries and keys have the
+    /// same width, the query, key, value and gate weights side by side: built once for these
+    /// parameters.
+    fn prepared(&self) -> Prepared {
+        let first = self.query_w.val();
+        let mut params = vec![
+            self.query_w.id,
+            self.key_w.id,
+            self.value_w.id,
+            self.output_w.id,
+        ];
+        params.extend(self.gating_w.as_ref().map(|p| p.id));
+        params.extend(self.gating_b.as_ref().map(|p| p.id));
+        self.prepared
+            .get_or_compute(params, first.dtype(), first.device(), || self.prepare())
+    }
+
+    fn prepare(&self) -> Prepared {
+        let [q_channels, h, key_dim] = self.query_w.dims();
+        let [m_channels, _, value_dim] = self.value_w.dims();
+        let out_dim = self.output_b.dims()[0];
+        let output_w = self.output_w.val().reshape([h * value_dim, out_dim]);
+        let flat = |w: Tensor<3>| {
+            let [a, h, d] = w.dims();
+            w.reshape([a, h * d])
+        };
+        let shared = (q_channels == m_channels).then(|| {
+            let mut weights = vec![
+                flat(self.query_w.val()),
+                flat(self.key_w.val()),
+                flat(self.value_w.val()),
+            ];
+            let mut bias = None;
+            if let (Some(gw), Some(gb)) = (&self.gating_w, &self.gating_b) {
+                weights.push(flat(gw.val()));
+                let gb = gb.val();
+                let zeros = Tensor::<1>::zeros([h * (2 * key_dim + value_dim)], &gb.device())
+                    .cast(gb.dtype());
+                bias = Some(Tensor::cat(vec![zeros, gb.reshape([h * value_dim])], 0));
+            }
+            SharedProjection {
+                weight: Tensor::cat(weights, 1),
+                bias,
+            }
+        });
+        Prepared { output_w, shared }
+    }
+}
+
+/// What a [`GatedAttention`] attends with: queries, and keys and values from `m_data` or, where
+/// it is `None`, from the queries' input.
+struct Inputs {
+    q_data: Tensor<3>,
+    m_data: Option<Tensor<3>>,
+}
+
+impl Inputs {
+    fn queries_and_keys(&self) -> (&Tensor<3>, &Tensor<3>) {
+        (&self.q_data, self.m_data.as_ref().unwrap_or(&self.q_data))
+    }
+
+    /// Batch rows `start..start + len`.
+    fn narrow(&self, start: usize, len: usize) -> Self {
+        Self {
+            q_data: self.q_data.clone().narrow(0, start, len),
+            m_data: self.m_data.clone().map(|m| m.narrow(0, start, len)),
+        }
+    }
+}
+
+/// Projected heads, each `[B, N, H, C]`.
+struct Projected {
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    gate: Option<Tensor<4>>,
+}
+
+/// Weights of a [`GatedAttention`] in the shapes its forward pass multiplies with.
+#[derive(Clone, Debug)]
+struct Prepared {
+    /// `[H * value_dim, output_dim]`.
+    output_w: Tensor<2>,
+    /// Present where `q_channels == m_channels`.
+    shared: Option<SharedProjection>,
+}
+
+/// Query, key, value and gate projections side by side, `[c, H * (2 key_dim + 2 value_dim)]`
+/// (without the gate where the layer has none), with the gate's bias after zeros.
+#[derive(Clone, Debug)]
+struct SharedProjection {
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
 }
 
 /// The attention core `softmax(q kᵀ + bias, masked) v` of every head, without projections.
@@ -372,6 +566,62 @@ mod tests {
         let chunked = attention.forward_chunked(x.clone(), x, mask, Some(bias), 1);
         let diff: f32 = (whole - chunked).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn self_attention_equals_attending_to_itself() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        // Values wider than keys, so the side-by-side weight's parts have two widths.
+        let mut attention = GatedAttentionConfig::new(6, 6, 2, 3, 4, 5).init(&device);
+        let random = |shape: [usize; 3]| {
+            Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ))
+        };
+        attention.query_w = random([6, 2, 3]);
+        attention.key_w = random([6, 2, 3]);
+        attention.value_w = random([6, 2, 4]);
+        attention.gating_w = Some(random([6, 2, 4]));
+        attention.output_w = random([2, 4, 5]);
+        attention.gating_b = Some(Param::from_tensor(Tensor::random(
+            [2, 4],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )));
+        let x = Tensor::<3>::random([5, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let mut mask_values = vec![1.0f32; 20];
+        mask_values[6] = 0.0;
+        let mask =
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(mask_values, [5, 4]), &device);
+        let bias = Tensor::<4>::random([5, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let compare = |attention: &GatedAttention, what: &str| {
+            let separate =
+                attention.forward(x.clone(), x.clone(), mask.clone(), Some(bias.clone()));
+            let scale: f32 = separate.clone().abs().max().into_scalar();
+            for max_logits in [usize::MAX, 1] {
+                let shared = attention.forward_self_chunked(
+                    x.clone(),
+                    mask.clone(),
+                    Some(bias.clone()),
+                    max_logits,
+                );
+                let diff: f32 = (separate.clone() - shared).abs().max().into_scalar();
+                // One wide matmul instead of four narrow ones may sum in another order.
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{what}, chunks of {max_logits} logits: differs by {diff} (scale {scale})"
+                );
+            }
+        };
+        compare(&attention, "first call");
+        // A parameter replaced after a forward pass: the side-by-side weight is rebuilt.
+        attention.value_w = random([6, 2, 4]);
+        compare(&attention, "new values");
+        attention.gating_b = Some(Param::from_tensor(Tensor::zeros([2, 4], &device)));
+        compare(&attention, "new gate bias");
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::project_heads;
 use crate::linear::matmul_bias;
-use crate::softmax_mask;
+use crate::{sigmoid, softmax_mask};
 
 /// Configuration of a [`GlobalAttention`].
 #[derive(Config, Debug)]

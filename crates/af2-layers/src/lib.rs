@@ -8,11 +8,13 @@
 //! Modules named after an algorithm of the AlphaFold2 supplement (Jumper et al. 2021) cite its
 //! number in their doc comment.
 
+pub mod activation;
 pub mod attention;
 #[cfg(feature = "cube")]
 pub mod attention_kernel;
 #[cfg(feature = "cube")]
 pub mod attention_kernel_mma;
+pub mod derived;
 pub mod global_attention;
 pub mod layer_norm;
 #[cfg(feature = "cube")]
@@ -28,6 +30,7 @@ pub mod transition;
 pub mod triangle_attention;
 pub mod triangle_multiplication;
 
+pub use activation::sigmoid;
 pub use attention::{GatedAttention, GatedAttentionConfig};
 pub use global_attention::{GlobalAttention, GlobalAttentionConfig};
 pub use layer_norm::{LayerNorm, LayerNormConfig};

@@ -68,7 +68,7 @@ impl MsaColumnAttention {
     /// - output: `[B, S, N, c_m]`
     pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
         attend_columns(&self.query_norm, msa, msa_mask, |columns, mask| {
-            self.attention.forward(columns.clone(), columns, mask, None)
+            self.attention.forward_self(columns, mask, None)
         })
     }
 }

@@ -79,7 +79,7 @@ impl MsaRowAttentionWithPairBias {
         let msa = self.query_norm.forward(msa).reshape([b * s, n, c]);
         let bias = pair_bias(self.feat_2d_norm.forward(pair), self.feat_2d_weights.val());
         self.attention
-            .forward(msa.clone(), msa, msa_mask.reshape([b * s, n]), Some(bias))
+            .forward_self(msa, msa_mask.reshape([b * s, n]), Some(bias))
             .reshape([b, s, n, c])
     }
 }

@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use crate::derived::Derived;
 use crate::linear::matmul_bias;
 use crate::{LayerNorm, LayerNormConfig, Linear, linear};
 
@@ -31,6 +32,18 @@ pub struct OuterProductMean {
     pub output_w: Param<Tensor<3>>,
     /// `[c_z]`
     pub output_b: Param<Tensor<1>>,
+    /// `output_w` in the shapes the two orders multiply with (see [`OutputWeights`]).
+    #[module(skip)]
+    output_weights: Derived<OutputWeights>,
+}
+
+/// `output_w[c, e, f]` flattened for the two orders of the sum.
+#[derive(Clone, Debug)]
+struct OutputWeights {
+    /// `[c * e, f]`: outer products first.
+    outer: Tensor<2>,
+    /// `[e, c * f]`: the right projection contracted first.
+    contracted: Tensor<2>,
 }
 
 impl OuterProductMeanConfig {
@@ -43,6 +56,7 @@ impl OuterProductMeanConfig {
             right_projection: linear(c, o, device),
             output_w: Param::from_tensor(Tensor::zeros([o, o, self.pair_channels], device)),
             output_b: Param::from_tensor(Tensor::zeros([self.pair_channels], device)),
+            output_weights: Derived::default(),
         }
     }
 }
@@ -110,8 +124,7 @@ impl OuterProductMean {
         let [b, s, n, _] = msa.dims();
         let (left, right) = self.projections(msa, msa_mask.clone());
         let [o, _, c_z] = self.output_w.dims();
-        // w[c,e,f] as [e, c*f]
-        let w = self.output_w.val().swap_dims(0, 1).reshape([o, o * c_z]);
+        let w = self.output_weights().contracted;
         // t as [B, S*c, N_j*f]
         let t = right
             .reshape([b * s * n, o])
@@ -123,6 +136,19 @@ impl OuterProductMean {
         let left = left.permute([0, 2, 1, 3]).reshape([b, n, s * o]);
         let act = left.matmul(t).reshape([b, n, n, c_z]) + self.output_b.val().unsqueeze::<4>();
         Self::mean(act, msa_mask)
+    }
+
+    /// `output_w` flattened both ways, built once for these parameters.
+    fn output_weights(&self) -> OutputWeights {
+        let w = self.output_w.val();
+        self.output_weights
+            .get_or_compute(vec![self.output_w.id], w.dtype(), w.device(), || {
+                let [o, _, c_z] = w.dims();
+                OutputWeights {
+                    outer: w.clone().reshape([o * o, c_z]),
+                    contracted: w.swap_dims(0, 1).reshape([o, o * c_z]),
+                }
+            })
     }
 
     /// Masked left and right projections of the normalised MSA, `[B, S, N, o]` each.
@@ -164,7 +190,7 @@ impl OuterProductMean {
             .reshape([b * rows * n, o * o]);
         matmul_bias(
             outer,
-            self.output_w.val().reshape([o * o, c_z]),
+            self.output_weights().outer,
             Some(self.output_b.val()),
         )
         .reshape([b, rows, n, c_z])

@@ -2,7 +2,6 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::{LayerNorm, LayerNormConfig, Linear, MAX_LOGITS_PER_CHUNK, linear};
@@ -72,9 +71,18 @@ impl Transition {
         Tensor::cat(chunks, 0).reshape(shape)
     }
 
+    /// The transition on `x` flattened to rows: the LayerNorm and both linear layers see one
+    /// 2-D tensor, and only the two outer reshapes are recorded.
     fn forward_rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = self.input_layer_norm.forward(x);
-        self.transition2.forward(relu(self.transition1.forward(x)))
+        let shape = x.dims();
+        let rows = shape[..D - 1].iter().product();
+        let x = self
+            .input_layer_norm
+            .forward(x.reshape([rows, shape[D - 1]]));
+        // ReLU as one clamp, which Burn's fusion folds into the matmul's output stage like the
+        // comparison and masked fill of Burn's `relu` (`clamp_min` it does not fuse).
+        let hidden = self.transition1.forward(x).clamp(0.0, f32::INFINITY);
+        self.transition2.forward(hidden).reshape(shape)
     }
 }
 

@@ -73,7 +73,7 @@ impl TriangleAttention {
         let rows = pair.reshape([b * n, n, c]);
         let out = self
             .attention
-            .forward(rows.clone(), rows, mask.reshape([b * n, n]), Some(bias))
+            .forward_self(rows, mask.reshape([b * n, n]), Some(bias))
             .reshape([b, n, n, c]);
         if self.ending_node {
             out.swap_dims(1, 2)

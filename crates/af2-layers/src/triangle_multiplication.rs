@@ -3,10 +3,10 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use crate::{LayerNorm, LayerNormConfig, Linear, linear};
+use crate::derived::Derived;
+use crate::{LayerNorm, LayerNormConfig, Linear, linear, sigmoid};
 
 /// Which edges the update multiplies.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct TriangleMultiplication {
     /// Output gate, from the normalised input.
     pub gating_linear: Linear,
     incoming: bool,
+    /// The four edge projections side by side (see [`EdgeProjections`]).
+    #[module(skip)]
+    edge_projections: Derived<EdgeProjections>,
 }
 
 impl TriangleMultiplicationConfig {
@@ -64,6 +67,7 @@ impl TriangleMultiplicationConfig {
             output_projection: linear(m, c, device),
             gating_linear: linear(c, c, device),
             incoming: self.direction == TriangleDirection::Incoming,
+            edge_projections: Derived::default(),
         }
     }
 }
@@ -75,9 +79,11 @@ impl TriangleMultiplication {
     /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
     /// - output: `[B, N, N, c_z]`
     pub fn forward(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
-        let [b, n, _, _] = pair.dims();
-        let act = self.layer_norm_input.forward(pair);
-        let [left, right] = self.gated_projections_channel_major(act.clone(), pair_mask);
+        let [b, n, _, c] = pair.dims();
+        let rows = b * n * n;
+        // Pairs as rows throughout: the LayerNorms and linear layers then record no reshapes.
+        let act = self.layer_norm_input.forward(pair.reshape([rows, c]));
+        let [left, right] = self.gated_projections_channel_major(act.clone(), pair_mask, [b, n]);
         let matrices = left.dims()[0];
         // The triangle sum as one batched matmul over (channel, pair) with the summed index
         // contiguous in both operands, the layout Burn's matmul is fastest with.
@@ -94,13 +100,15 @@ impl TriangleMultiplication {
             // 'ikc,jkc->ijc': out[c,i,j] = sum_k left[c,i,k] * right[c,j,k]
             left.matmul(right.swap_dims(1, 2))
         };
+        let m = matrices / b;
         let product = product
-            .reshape([matrices / b, b, n, n])
-            .permute([1, 2, 3, 0]);
+            .reshape([m, b, n, n])
+            .permute([1, 2, 3, 0])
+            .reshape([rows, m]);
         let update = self
             .output_projection
             .forward(self.center_layer_norm.forward(product));
-        update * sigmoid(self.gating_linear.forward(act))
+        (update * sigmoid(self.gating_linear.forward(act))).reshape([b, n, n, c])
     }
 
     /// `mask * projection(act) * sigmoid(gate(act))` for the left and right edges, the four
@@ -108,61 +116,87 @@ impl TriangleMultiplication {
     /// transposing copy.
     ///
     /// # Shapes
-    /// - act: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - act: `[B * N * N, c_z]`, pair_mask: `[B, N, N]`
     /// - output: two `[m * B, N, N]`, channel-major (`[m, B, N, N]` flattened)
     fn gated_projections_channel_major(
         &self,
-        act: Tensor<4>,
+        act: Tensor<2>,
         pair_mask: Tensor<3>,
+        [b, n]: [usize; 2],
     ) -> [Tensor<3>; 2] {
-        let [b, n, _, c] = act.dims();
-        let rows = b * n * n;
-        let layers = [
-            &self.left_projection,
-            &self.right_projection,
-            &self.left_gate,
-            &self.right_gate,
-        ];
+        let rows = act.dims()[0];
         let m = self.left_projection.weight.dims()[1];
-        let device = act.device();
-        let bias = Tensor::cat(
-            layers
-                .iter()
-                .map(|l| match &l.bias {
-                    Some(bias) => bias.val(),
-                    None => Tensor::zeros([m], &device),
-                })
-                .collect(),
-            0,
-        );
-        let act = act.reshape([rows, c]);
-        let projected = channel_major_projection(act, &layers, bias);
+        let projected = channel_major_projection(act, self.edge_projections());
         let mask = pair_mask.reshape([1, rows]);
         let part = |i: usize| projected.clone().narrow(0, i * m, m);
         let left = mask.clone() * part(0) * sigmoid(part(2));
         let right = mask * part(1) * sigmoid(part(3));
         [left, right].map(|x| x.reshape([m * b, n, n]))
     }
+
+    /// The left and right projections and gates side by side, built once for these parameters.
+    fn edge_projections(&self) -> EdgeProjections {
+        let layers = [
+            &self.left_projection,
+            &self.right_projection,
+            &self.left_gate,
+            &self.right_gate,
+        ];
+        let first = self.left_projection.weight.val();
+        let params = layers
+            .iter()
+            .flat_map(|l| std::iter::once(l.weight.id).chain(l.bias.as_ref().map(|b| b.id)))
+            .collect();
+        self.edge_projections
+            .get_or_compute(params, first.dtype(), first.device(), || {
+                let m = first.dims()[1];
+                let device = first.device();
+                let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
+                let weight_t = Tensor::cat(
+                    layers.iter().map(|l| l.weight.val().transpose()).collect(),
+                    0,
+                );
+                let bias = Tensor::cat(
+                    layers
+                        .iter()
+                        .map(|l| match &l.bias {
+                            Some(bias) => bias.val(),
+                            None => Tensor::<1>::zeros([m], &device).cast(first.dtype()),
+                        })
+                        .collect(),
+                    0,
+                );
+                EdgeProjections {
+                    weight,
+                    weight_t,
+                    bias,
+                }
+            })
+    }
 }
 
-/// `(act · [W_1 .. W_4] + bias)ᵀ` `[4m, rows]` for `act` `[rows, c]`: the tensor-core kernel
-/// where it applies, else `[4m, c] · [c, rows]` with the transposed activations read
-/// column-major in place.
-fn channel_major_projection(act: Tensor<2>, layers: &[&Linear; 4], bias: Tensor<1>) -> Tensor<2> {
-    // Only f16 can take the kernel: f32 runs skip building its weight.
+/// The left and right projections and gates of a [`TriangleMultiplication`] as one layer.
+#[derive(Clone, Debug)]
+struct EdgeProjections {
+    /// `[c_z, 4m]`: left, right, left gate, right gate (read by the tensor-core kernel).
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    weight: Tensor<2>,
+    /// `[4m, c_z]`, laid out row by row.
+    weight_t: Tensor<2>,
+    /// `[4m]`, a missing bias as zeros.
+    bias: Tensor<1>,
+}
+
+/// `(act · weight + bias)ᵀ` `[4m, rows]` for `act` `[rows, c]`: the tensor-core kernel where it
+/// applies, else `weightᵀ · actᵀ` with the transposed activations read column-major in place.
+fn channel_major_projection(act: Tensor<2>, layer: EdgeProjections) -> Tensor<2> {
     #[cfg(feature = "cube")]
-    if act.dtype() == burn::tensor::DType::F16 {
-        let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
-        let kernel = crate::linear_kernel::try_linear_kernel_transposed(&act, &weight, &bias);
-        if let Some(projected) = kernel {
-            return projected;
-        }
+    if let Some(projected) =
+        crate::linear_kernel::try_linear_kernel_transposed(&act, &layer.weight, &layer.bias)
+    {
+        return projected;
     }
-    let weight_t = Tensor::cat(
-        layers.iter().map(|l| l.weight.val().transpose()).collect(),
-        0,
-    );
-    weight_t.matmul(act.transpose()) + bias.unsqueeze_dim::<2>(1)
+    layer.weight_t.matmul(act.transpose()) + layer.bias.unsqueeze_dim::<2>(1)
 }
 
 #[cfg(test)]
@@ -252,16 +286,19 @@ mod tests {
             .greater_elem(0.3)
             .float();
         for direction in [TriangleDirection::Outgoing, TriangleDirection::Incoming] {
-            let tri = random_module(direction, &device);
-            let ours = tri.forward(pair.clone(), mask.clone());
-            let expected = reference(&tri, pair.clone(), mask.clone());
-            let scale: f32 = expected.clone().abs().max().into_scalar();
-            let diff: f32 = (ours - expected).abs().max().into_scalar();
-            // f32 sums of 5 products in a different order: a few ulps of the largest value.
-            assert!(
-                diff <= 1e-5 * scale,
-                "{direction:?}: differs by {diff} (scale {scale})"
-            );
+            let mut tri = random_module(direction, &device);
+            for round in ["first call", "a gate replaced after a forward pass"] {
+                let ours = tri.forward(pair.clone(), mask.clone());
+                let expected = reference(&tri, pair.clone(), mask.clone());
+                let scale: f32 = expected.clone().abs().max().into_scalar();
+                let diff: f32 = (ours - expected).abs().max().into_scalar();
+                // f32 sums of 5 products in a different order: a few ulps of the largest value.
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{direction:?}, {round}: differs by {diff} (scale {scale})"
+                );
+                tri.right_gate = random_linear(4, 3, &device);
+            }
         }
     }
 }

@@ -30,9 +30,10 @@ pub fn load_module<M: Module + ModuleSnapshot>(
     let mut source = SafetensorsStore::from_bytes(Some(bytes))
         .allow_partial(true)
         .validate(false);
-    let result = module
-        .load_from(&mut source)
-        .map_err(|e| WeightError::Store(e.to_string()))?;
+    let result = module.load_from(&mut source);
+    // burn-store writes the values into the existing parameters, keeping their ids.
+    af2_layers::derived::parameters_loaded();
+    let result = result.map_err(|e| WeightError::Store(e.to_string()))?;
     let mut problems: Vec<String> = Vec::new();
     problems.extend(result.errors.iter().map(|e| format!("  {e:?}")));
     problems.extend(
