@@ -47,9 +47,12 @@ pub struct GatedAttention {
     pub output_w: Param<Tensor<3>>,
     /// `[output_dim]`
     pub output_b: Param<Tensor<1>>,
-    /// Weights reshaped and placed side by side for the forward pass.
+    /// `output_w` as `[H * value_dim, output_dim]`, built once for these parameters.
     #[module(skip)]
-    prepared: Derived<Prepared>,
+    output_weight: Derived<Tensor<2>>,
+    /// The input projections side by side for [`GatedAttention::forward_self`].
+    #[module(skip)]
+    shared_projection: Derived<SharedProjection>,
 }
 
 impl GatedAttentionConfig {
@@ -67,7 +70,8 @@ impl GatedAttentionConfig {
                 .then(|| Param::from_tensor(Tensor::ones([h, v], device))),
             output_w: zeros3(h, v, self.output_dim),
             output_b: Param::from_tensor(Tensor::zeros([self.output_dim], device)),
-            prepared: Derived::default(),
+            output_weight: Derived::default(),
+            shared_projection: Derived::default(),
         }
     }
 }
@@ -288,7 +292,7 @@ impl GatedAttention {
         let out_dim = self.output_b.dims()[0];
         matmul_bias(
             weighted.reshape([b * q_len, h * value_dim]),
-            self.prepared().output_w,
+            self.output_weight(),
             Some(self.output_b.val()),
         )
         .reshape([b, q_len, out_dim])
@@ -297,15 +301,9 @@ impl GatedAttention {
     /// Queries (scaled by `1/sqrt(key_dim)`), keys, values and gate, one projection each.
     fn project_separately(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Projected {
         let scale = (self.query_w.dims()[2] as f64).powf(-0.5);
-        let gate = match (&self.gating_w, &self.gating_b) {
-            (Some(gw), Some(gb)) => Some(project_heads(
-                q_data.clone(),
-                gw.val(),
-                Some(gb.val()),
-                None,
-            )),
-            _ => None,
-        };
+        let gate = self
+            .gate()
+            .map(|(gw, gb)| project_heads(q_data.clone(), gw.val(), Some(gb.val()), None));
         Projected {
             q: project_heads(q_data, self.query_w.val(), None, Some(scale)),
             k: project_heads(m_data.clone(), self.key_w.val(), None, None),
@@ -320,10 +318,7 @@ impl GatedAttention {
         let [b, n, c] = x.dims();
         let [_, h, key_dim] = self.query_w.dims();
         let value_dim = self.value_w.dims()[2];
-        let shared = self
-            .prepared()
-            .shared
-            .expect("forward_self needs q_channels == m_channels");
+        let shared = self.shared_projection();
         let projected = matmul_bias(x.reshape([b * n, c]), shared.weight, shared.bias);
         let part = |offset: usize, width: usize| {
             projected
@@ -339,47 +334,54 @@ impl GatedAttention {
             q: part(0, key_dim).mul_scalar(scale),
             k: part(keys, key_dim),
             v: part(2 * keys, value_dim),
-            gate: self
-                .gating_w
-                .is_some()
-                .then(|| part(2 * keys + values, value_dim)),
+            gate: self.gate().map(|_| part(2 * keys + values, value_dim)),
         }
     }
 
-    /// The output weight as `[H * value_dim, output_dim]` and, where queries and keys have the
-    /// same width, the query, key, value and gate weights side by side: built once for these
-    /// parameters.
-    fn prepared(&self) -> Prepared {
-        let first = self.query_w.val();
-        let mut params = vec![
-            self.query_w.id,
-            self.key_w.id,
-            self.value_w.id,
-            self.output_w.id,
-        ];
-        params.extend(self.gating_w.as_ref().map(|p| p.id));
-        params.extend(self.gating_b.as_ref().map(|p| p.id));
-        self.prepared
-            .get_or_compute(params, first.dtype(), first.device(), || self.prepare())
+    /// The gate's weight and bias, where the layer has both.
+    fn gate(&self) -> Option<(&Param<Tensor<3>>, &Param<Tensor<2>>)> {
+        self.gating_w.as_ref().zip(self.gating_b.as_ref())
     }
 
-    fn prepare(&self) -> Prepared {
+    /// `output_w` as `[H * value_dim, output_dim]`, built once for these parameters.
+    fn output_weight(&self) -> Tensor<2> {
+        let w = self.output_w.val();
+        self.output_weight
+            .get_or_compute(vec![self.output_w.id], w.dtype(), w.device(), || {
+                let [h, value_dim, out_dim] = w.dims();
+                w.reshape([h * value_dim, out_dim])
+            })
+    }
+
+    /// The query, key, value and gate weights side by side, with the gate's bias after zeros,
+    /// built once for these parameters.
+    ///
+    /// # Panics
+    /// If queries and keys have different widths (`q_channels != m_channels`).
+    fn shared_projection(&self) -> SharedProjection {
         let [q_channels, h, key_dim] = self.query_w.dims();
         let [m_channels, _, value_dim] = self.value_w.dims();
-        let out_dim = self.output_b.dims()[0];
-        let output_w = self.output_w.val().reshape([h * value_dim, out_dim]);
-        let flat = |w: Tensor<3>| {
-            let [a, h, d] = w.dims();
-            w.reshape([a, h * d])
-        };
-        let shared = (q_channels == m_channels).then(|| {
+        assert_eq!(
+            q_channels, m_channels,
+            "self-attention needs queries and keys of one width"
+        );
+        let first = self.query_w.val();
+        let mut params = vec![self.query_w.id, self.key_w.id, self.value_w.id];
+        if let Some((gw, gb)) = self.gate() {
+            params.extend([gw.id, gb.id]);
+        }
+        let compute = || {
+            let flat = |w: Tensor<3>| {
+                let [a, h, d] = w.dims();
+                w.reshape([a, h * d])
+            };
             let mut weights = vec![
                 flat(self.query_w.val()),
                 flat(self.key_w.val()),
                 flat(self.value_w.val()),
             ];
             let mut bias = None;
-            if let (Some(gw), Some(gb)) = (&self.gating_w, &self.gating_b) {
+            if let Some((gw, gb)) = self.gate() {
                 weights.push(flat(gw.val()));
                 let gb = gb.val();
                 let zeros = Tensor::<1>::zeros([h * (2 * key_dim + value_dim)], &gb.device())
@@ -390,8 +392,9 @@ impl GatedAttention {
                 weight: Tensor::cat(weights, 1),
                 bias,
             }
-        });
-        Prepared { output_w, shared }
+        };
+        self.shared_projection
+            .get_or_compute(params, first.dtype(), first.device(), compute)
     }
 }
 
@@ -422,15 +425,6 @@ struct Projected {
     k: Tensor<4>,
     v: Tensor<4>,
     gate: Option<Tensor<4>>,
-}
-
-/// Weights of a [`GatedAttention`] in the shapes its forward pass multiplies with.
-#[derive(Clone, Debug)]
-struct Prepared {
-    /// `[H * value_dim, output_dim]`.
-    output_w: Tensor<2>,
-    /// Present where `q_channels == m_channels`.
-    shared: Option<SharedProjection>,
 }
 
 /// Query, key, value and gate projections side by side, `[c, H * (2 key_dim + 2 value_dim)]`
@@ -598,8 +592,9 @@ mod tests {
             Tensor::<2>::from_data(burn::tensor::TensorData::new(mask_values, [5, 4]), &device);
         let bias = Tensor::<4>::random([5, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
         let compare = |attention: &GatedAttention, what: &str| {
-            let separate =
-                attention.forward(x.clone(), x.clone(), mask.clone(), Some(bias.clone()));
+            // A clone starts without kept weights: it builds them from the current values.
+            let fresh = attention.clone();
+            let separate = fresh.forward(x.clone(), x.clone(), mask.clone(), Some(bias.clone()));
             let scale: f32 = separate.clone().abs().max().into_scalar();
             for max_logits in [usize::MAX, 1] {
                 let shared = attention.forward_self_chunked(
@@ -617,11 +612,16 @@ mod tests {
             }
         };
         compare(&attention, "first call");
-        // A parameter replaced after a forward pass: the side-by-side weight is rebuilt.
+        // Parameters replaced after a forward pass: the kept weights are rebuilt.
         attention.value_w = random([6, 2, 4]);
         compare(&attention, "new values");
+        attention.output_w = random([2, 4, 5]);
+        compare(&attention, "new output weight");
         attention.gating_b = Some(Param::from_tensor(Tensor::zeros([2, 4], &device)));
         compare(&attention, "new gate bias");
+        attention.gating_w = None;
+        attention.gating_b = None;
+        compare(&attention, "no gate");
     }
 
     #[test]

@@ -28,8 +28,9 @@ struct Source {
     loads: u64,
 }
 
-/// A value computed from parameters, kept for as long as they stay the same. Clones share the
-/// slot (a module and its clones see one value), and every read checks it against its source.
+/// A value computed from parameters, kept for as long as they stay the same; every read checks
+/// it against its source. A clone starts empty: a module's clone may be given other values
+/// under the same parameter ids (a load in place, a cast there and back), so it computes its own.
 pub struct Derived<T> {
     slot: Arc<Mutex<Option<(Source, T)>>>,
 }
@@ -44,9 +45,7 @@ impl<T> Default for Derived<T> {
 
 impl<T> Clone for Derived<T> {
     fn clone(&self) -> Self {
-        Self {
-            slot: Arc::clone(&self.slot),
-        }
+        Self::default()
     }
 }
 
@@ -125,8 +124,9 @@ mod tests {
         let clone = derived.clone();
         assert_eq!(
             clone.get_or_compute(vec![c], DType::F16, device(), || 0),
-            6,
-            "clones share the value"
+            0,
+            "a clone computes its own"
         );
+        assert_eq!(get(vec![c], DType::F16), 6, "the original keeps its value");
     }
 }

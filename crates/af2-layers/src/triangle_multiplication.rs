@@ -152,10 +152,6 @@ impl TriangleMultiplication {
                 let m = first.dims()[1];
                 let device = first.device();
                 let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
-                let weight_t = Tensor::cat(
-                    layers.iter().map(|l| l.weight.val().transpose()).collect(),
-                    0,
-                );
                 let bias = Tensor::cat(
                     layers
                         .iter()
@@ -166,11 +162,7 @@ impl TriangleMultiplication {
                         .collect(),
                     0,
                 );
-                EdgeProjections {
-                    weight,
-                    weight_t,
-                    bias,
-                }
+                EdgeProjections { weight, bias }
             })
     }
 }
@@ -178,17 +170,14 @@ impl TriangleMultiplication {
 /// The left and right projections and gates of a [`TriangleMultiplication`] as one layer.
 #[derive(Clone, Debug)]
 struct EdgeProjections {
-    /// `[c_z, 4m]`: left, right, left gate, right gate (read by the tensor-core kernel).
-    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    /// `[c_z, 4m]`: left, right, left gate, right gate.
     weight: Tensor<2>,
-    /// `[4m, c_z]`, laid out row by row.
-    weight_t: Tensor<2>,
     /// `[4m]`, a missing bias as zeros.
     bias: Tensor<1>,
 }
 
 /// `(act · weight + bias)ᵀ` `[4m, rows]` for `act` `[rows, c]`: the tensor-core kernel where it
-/// applies, else `weightᵀ · actᵀ` with the transposed activations read column-major in place.
+/// applies, else `weightᵀ · actᵀ` with both transposed operands read column-major in place.
 fn channel_major_projection(act: Tensor<2>, layer: EdgeProjections) -> Tensor<2> {
     #[cfg(feature = "cube")]
     if let Some(projected) =
@@ -196,7 +185,7 @@ fn channel_major_projection(act: Tensor<2>, layer: EdgeProjections) -> Tensor<2>
     {
         return projected;
     }
-    layer.weight_t.matmul(act.transpose()) + layer.bias.unsqueeze_dim::<2>(1)
+    layer.weight.transpose().matmul(act.transpose()) + layer.bias.unsqueeze_dim::<2>(1)
 }
 
 #[cfg(test)]
