@@ -300,12 +300,11 @@ impl GatedAttention {
 
     /// Queries (scaled by `1/sqrt(key_dim)`), keys, values and gate, one projection each.
     fn project_separately(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Projected {
-        let scale = (self.query_w.dims()[2] as f64).powf(-0.5);
         let gate = self
             .gate()
             .map(|(gw, gb)| project_heads(q_data.clone(), gw.val(), Some(gb.val()), None));
         Projected {
-            q: project_heads(q_data, self.query_w.val(), None, Some(scale)),
+            q: project_heads(q_data, self.query_w.val(), None, Some(self.query_scale())),
             k: project_heads(m_data.clone(), self.key_w.val(), None, None),
             v: project_heads(m_data, self.value_w.val(), None, None),
             gate,
@@ -329,13 +328,17 @@ impl GatedAttention {
         let (keys, values) = (h * key_dim, h * value_dim);
         // Scaled after the projection, as AlphaFold does: folded into an f16 weight, the scale
         // would add a rounding of every query weight.
-        let scale = (key_dim as f64).powf(-0.5);
         Projected {
-            q: part(0, key_dim).mul_scalar(scale),
+            q: part(0, key_dim).mul_scalar(self.query_scale()),
             k: part(keys, key_dim),
             v: part(2 * keys, value_dim),
             gate: self.gate().map(|_| part(2 * keys + values, value_dim)),
         }
+    }
+
+    /// `1/sqrt(key_dim)`, the scale of the queries.
+    fn query_scale(&self) -> f64 {
+        (self.query_w.dims()[2] as f64).powf(-0.5)
     }
 
     /// The gate's weight and bias, where the layer has both.
