@@ -102,7 +102,7 @@ fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
             Box::new(move || {
                 block
                     .triangle_multiplication_outgoing
-                    .forward(pair(), x.pair_mask.clone())
+                    .forward_residual(pair(), x.pair_mask.clone())
             }),
         ),
         (
@@ -110,7 +110,7 @@ fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
             Box::new(move || {
                 block
                     .triangle_multiplication_incoming
-                    .forward(pair(), x.pair_mask.clone())
+                    .forward_residual(pair(), x.pair_mask.clone())
             }),
         ),
         (
@@ -118,7 +118,7 @@ fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
             Box::new(move || {
                 block
                     .triangle_attention_starting_node
-                    .forward(pair(), x.pair_mask.clone())
+                    .forward_residual(pair(), x.pair_mask.clone())
             }),
         ),
         (

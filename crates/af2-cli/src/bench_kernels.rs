@@ -30,6 +30,11 @@ pub struct Args {
     pub f16: bool,
 }
 
+/// Rows of the linear-kernel table of `af2 bench-kernels` (with `--f16`): `[rows, 128]`
+/// inputs, the pair stack's shapes.
+#[cfg(feature = "wgpu")]
+const LINEAR_ROWS: [usize; 2] = [262_144, 524_288];
+
 /// Inputs of one attention core call.
 struct Problem {
     name: &'static str,
@@ -187,6 +192,67 @@ pub fn run(args: &Args) -> Result<()> {
                 problem.name,
                 format!("[{b}, {h}, {l}, {c}]"),
                 reference_ms / kernel_ms,
+            );
+        }
+    }
+    #[cfg(feature = "wgpu")]
+    if args.f16 {
+        linear_table(&device, args.repeats)?;
+    }
+    Ok(())
+}
+
+/// The f16 linear kernel (plain, transposed, with a ReLU) against Burn's matmul and bias add,
+/// on the pair stack's `[rows, 128] · [128, N]` products.
+#[cfg(feature = "wgpu")]
+fn linear_table(device: &Device, repeats: usize) -> Result<()> {
+    use af2_layers::linear::Epilogue;
+    use af2_layers::linear_kernel::{try_linear_kernel_transposed, try_linear_kernel_with};
+    println!(
+        "{:<26} {:>8} {:>5} {:>11} {:>11} {:>8} {:>9}",
+        "linear [rows, 128] x [128, N]", "rows", "N", "kernel ms", "burn ms", "speedup", "GB/s"
+    );
+    let normal = |shape: [usize; 2], scale: f64| {
+        Tensor::<2>::random(shape, Distribution::Normal(0.0, scale), device).cast(DType::F16)
+    };
+    for rows in LINEAR_ROWS {
+        for (name, n) in [
+            ("plain", 128),
+            ("plain", 512),
+            ("transposed", 512),
+            ("relu", 512),
+        ] {
+            let x = normal([rows, 128], 1.0);
+            let w = normal([128, n], 128f64.powf(-0.5));
+            let b = normal([1, n], 1.0).reshape([n]);
+            let epilogue = Epilogue {
+                relu: name == "relu",
+                ..Epilogue::default()
+            };
+            let kernel = || match name {
+                "transposed" => try_linear_kernel_transposed(&x, &w, &b),
+                _ => try_linear_kernel_with(&x, &w, Some(&b), &epilogue),
+            };
+            if kernel().is_none() {
+                println!("{name:<26} {rows:>8} {n:>5} (kernel not offered)");
+                continue;
+            }
+            let kernel_ms = time(device, repeats, || kernel().unwrap())?.total_ms;
+            let burn_ms = time(device, repeats, || {
+                let y = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
+                if name == "relu" {
+                    y.clamp(0.0, f32::INFINITY)
+                } else {
+                    y
+                }
+            })?
+            .total_ms;
+            // f16 bytes read (x) and written (y).
+            let bytes = 2.0 * (rows * (128 + n)) as f64;
+            println!(
+                "{name:<26} {rows:>8} {n:>5} {kernel_ms:>11.3} {burn_ms:>11.3} {:>7.2}x {:>9.0}",
+                burn_ms / kernel_ms,
+                bytes / kernel_ms / 1e6,
             );
         }
     }

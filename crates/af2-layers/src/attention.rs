@@ -7,7 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::derived::Derived;
-use crate::linear::matmul_bias;
+use crate::linear::{Epilogue, matmul_bias, matmul_bias_with};
 use crate::{MAX_LOGITS_PER_CHUNK, sigmoid, softmax_mask};
 
 /// Configuration of a [`GatedAttention`].
@@ -179,7 +179,7 @@ impl GatedAttention {
             q_data,
             m_data: Some(m_data),
         };
-        self.attend_in_chunks(inputs, key_mask, bias, max_logits)
+        self.attend_in_chunks(inputs, key_mask, bias, max_logits, None)
     }
 
     /// Self-attention: [`GatedAttention::forward`] with `x` as both queries and keys, its four
@@ -211,7 +211,41 @@ impl GatedAttention {
             q_data: x,
             m_data: None,
         };
-        self.attend_in_chunks(inputs, key_mask, bias, max_logits)
+        self.attend_in_chunks(inputs, key_mask, bias, max_logits, None)
+    }
+
+    /// `residual + forward_self(x, ..)`, the add done by the output projection's kernel where
+    /// it runs (f16 on a GPU with matrix instructions).
+    ///
+    /// # Shapes
+    /// - x: `[B, N, q_channels]`
+    /// - key_mask: `[B or 1, N]`
+    /// - bias: `[B or 1, H, N, N]`
+    /// - residual, output: `[B, N, output_dim]`
+    pub fn forward_self_plus(
+        &self,
+        x: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+        residual: Tensor<3>,
+    ) -> Tensor<3> {
+        self.forward_self_plus_chunked(x, key_mask, bias, residual, MAX_LOGITS_PER_CHUNK)
+    }
+
+    /// [`GatedAttention::forward_self_plus`] computing at most `max_logits` logits at a time.
+    fn forward_self_plus_chunked(
+        &self,
+        x: Tensor<3>,
+        key_mask: Tensor<2>,
+        bias: Option<Tensor<4>>,
+        residual: Tensor<3>,
+        max_logits: usize,
+    ) -> Tensor<3> {
+        let inputs = Inputs {
+            q_data: x,
+            m_data: None,
+        };
+        self.attend_in_chunks(inputs, key_mask, bias, max_logits, Some(residual))
     }
 
     fn attend_in_chunks(
@@ -220,6 +254,7 @@ impl GatedAttention {
         key_mask: Tensor<2>,
         bias: Option<Tensor<4>>,
         max_logits: usize,
+        residual: Option<Tensor<3>>,
     ) -> Tensor<3> {
         let (q_data, m_data) = inputs.queries_and_keys();
         let [b, q, _] = q_data.dims();
@@ -228,7 +263,7 @@ impl GatedAttention {
         let rows = (max_logits / (h * q * k).max(1)).max(1);
         // The fused kernel computes no logits buffer: one call for all rows.
         if rows >= b || self.uses_kernel(q_data, k) {
-            return self.forward_chunk(inputs, key_mask, bias);
+            return self.forward_chunk(inputs, key_mask, bias, residual);
         }
         let groups = bias.as_ref().map_or(1, |t| t.dims()[0]);
         let chunks = chunk_ranges(b, groups, rows)
@@ -238,10 +273,15 @@ impl GatedAttention {
                     inputs.narrow(start, len),
                     batch_rows(key_mask.clone(), start, len),
                     bias.clone().map(|t| bias_groups(t, b, start, len)),
+                    None,
                 )
             })
             .collect();
-        Tensor::cat(chunks, 0)
+        let out = Tensor::cat(chunks, 0);
+        match residual {
+            Some(residual) => residual + out,
+            None => out,
+        }
     }
 
     /// Whether [`attention_core`] will run this layer's heads on the fused kernel.
@@ -270,6 +310,7 @@ impl GatedAttention {
         inputs: Inputs,
         key_mask: Tensor<2>,
         bias: Option<Tensor<4>>,
+        residual: Option<Tensor<3>>,
     ) -> Tensor<3> {
         let [b, q_len, _] = inputs.queries_and_keys().0.dims();
         let [_, h, _] = self.query_w.dims();
@@ -290,10 +331,15 @@ impl GatedAttention {
             weighted = weighted * sigmoid(gate);
         }
         let out_dim = self.output_b.dims()[0];
-        matmul_bias(
+        let finish = Epilogue {
+            residual: residual.map(|r| r.reshape([b * q_len, out_dim])),
+            ..Epilogue::default()
+        };
+        matmul_bias_with(
             weighted.reshape([b * q_len, h * value_dim]),
             self.output_weight(),
             Some(self.output_b.val()),
+            finish,
         )
         .reshape([b, q_len, out_dim])
     }
@@ -560,9 +606,25 @@ mod tests {
         let bias = Tensor::<4>::random([1, 2, 4, 4], Distribution::Normal(0.0, 1.0), &device);
         let whole = attention.forward(x.clone(), x.clone(), mask.clone(), Some(bias.clone()));
         // One batch row per chunk.
-        let chunked = attention.forward_chunked(x.clone(), x, mask, Some(bias), 1);
+        let chunked =
+            attention.forward_chunked(x.clone(), x.clone(), mask.clone(), Some(bias.clone()), 1);
         let diff: f32 = (whole - chunked).abs().max().into_scalar();
         assert_eq!(diff, 0.0);
+        // The residual form of self-attention, whole and one row per chunk.
+        let residual = Tensor::<3>::random([5, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let expected =
+            residual.clone() + attention.forward_self(x.clone(), mask.clone(), Some(bias.clone()));
+        for max_logits in [usize::MAX, 1] {
+            let ours = attention.forward_self_plus_chunked(
+                x.clone(),
+                mask.clone(),
+                Some(bias.clone()),
+                residual.clone(),
+                max_logits,
+            );
+            let diff: f32 = (ours - expected.clone()).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "residual form, chunks of {max_logits} logits");
+        }
     }
 
     #[test]

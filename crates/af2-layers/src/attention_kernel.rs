@@ -67,6 +67,20 @@ pub trait AttentionCoreOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// An output `[B, H, Q, Cv]` of q's dtype on q's device, laid out query-major (`[B, Q, H, Cv]`
+/// in memory): the kernels write through its strides, and the caller's `swap_dims(1, 2)` back
+/// to `[B, Q, H, Cv]` is then contiguous, so the gate and the output projection read it
+/// without a transposing copy of the attended values.
+pub(crate) fn query_major_output(q: &CubeTensor, [b, h, q_len, cv]: [usize; 4]) -> CubeTensor {
+    let out = empty_device_contiguous_dtype(
+        q.client.clone(),
+        q.device.clone(),
+        Shape::new([b, q_len, h, cv]),
+        q.dtype,
+    );
+    burn_cubecl::ops::permute(out, &[0, 2, 1, 3])
+}
+
 /// `[B, H, Q, Cv]` from q `[B, H, Q, C]` and v `[B, H, K, Cv]`.
 fn output_shape(q: &Shape, v: &Shape) -> Shape {
     Shape::new([q[0], q[1], q[2], v[3]])
@@ -274,12 +288,7 @@ fn launch(
     let client = q.client.clone();
     let device = q.device.clone();
     let dtype = q.dtype;
-    let out = empty_device_contiguous_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::new([b, h, q_len, cv]),
-        dtype,
-    );
+    let out = query_major_output(&q, [b, h, q_len, cv]);
 
     let (threads, rows) = launch_shape(c.max(cv));
     let q_tiles = q_len.div_ceil(threads * rows);

@@ -21,8 +21,7 @@
 //! Used only for f16 inputs, where the output is rounded to f16 anyway.
 
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::tensor::{DType, Shape};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
@@ -30,7 +29,7 @@ use cubecl::prelude::CubeDim;
 use cubecl::prelude::DeviceProperties;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::attention_kernel::{address_type, cube_count};
+use crate::attention_kernel::{address_type, cube_count, query_major_output};
 use kernel::attention_mma_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
@@ -192,12 +191,7 @@ pub(crate) fn try_launch(
     if !suitable {
         return None;
     }
-    let out = empty_device_contiguous_dtype(
-        q.client.clone(),
-        q.device.clone(),
-        Shape::new([b, h, q_len, cv]),
-        q.dtype,
-    );
+    let out = query_major_output(q, [b, h, q_len, cv]);
     let address_type = address_type([q, k, v, key_mask, &out].into_iter().chain(bias));
     let dtypes = [
         dtype_to_storage_type(q.dtype),

@@ -3,6 +3,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use crate::sigmoid;
+
 /// `y = x · weight + bias` over the last axis. Field names match `burn::nn::Linear`, so stored
 /// weights load by the same names.
 ///
@@ -71,6 +73,53 @@ pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> 
     }
 }
 
+/// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it (on the f16
+/// linear kernel elementwise in f32 and rounded once): `max(y, 0)` with `relu`, then `y · sigmoid(gate)`, then `y + residual`.
+#[derive(Clone, Debug, Default)]
+pub struct Epilogue {
+    /// ReLU.
+    pub relu: bool,
+    /// `[M, N]`, the gate's pre-activation.
+    pub gate: Option<Tensor<2>>,
+    /// `[M, N]`, added last.
+    pub residual: Option<Tensor<2>>,
+}
+
+/// `x · weight (+ bias)` finished by `epilogue`: on the tensor-core kernel in one pass where it
+/// takes the inputs and the combination ([`crate::linear_kernel::try_linear_kernel_with`]), else
+/// [`matmul_bias`] and the epilogue's operations as Burn tensor operations.
+///
+/// # Shapes
+/// - x: `[rows, d_input]`, weight: `[d_input, d_output]`, bias: `[d_output]`
+/// - gate and residual: `[rows, d_output]`
+/// - output: `[rows, d_output]`
+pub fn matmul_bias_with(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    epilogue: Epilogue,
+) -> Tensor<2> {
+    #[cfg(feature = "cube")]
+    if let Some(output) =
+        crate::linear_kernel::try_linear_kernel_with(&x, &weight, bias.as_ref(), &epilogue)
+    {
+        return output;
+    }
+    let mut output = matmul_bias(x, weight, bias);
+    if epilogue.relu {
+        // ReLU as one clamp, which Burn's fusion folds into the matmul's output stage
+        // (`clamp_min` it does not fuse).
+        output = output.clamp(0.0, f32::INFINITY);
+    }
+    if let Some(gate) = epilogue.gate {
+        output = output * sigmoid(gate);
+    }
+    match epilogue.residual {
+        Some(residual) => residual + output,
+        None => output,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +151,46 @@ mod tests {
             .max()
             .into_scalar();
         assert!(diff < 1e-5, "rank 2 differs by {diff}");
+    }
+
+    #[test]
+    fn epilogue_applies_relu_gate_and_residual_in_order() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let normal =
+            |shape: [usize; 2]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (x, w) = (normal([7, 5]), normal([5, 3]));
+        let b = normal([1, 3]).reshape([3]);
+        let (gate, residual) = (normal([7, 3]), normal([7, 3]));
+        let plain = matmul_bias(x.clone(), w.clone(), Some(b.clone()));
+        let cases = [
+            (true, false, false),
+            (false, true, true),
+            (false, false, true),
+            (true, true, true),
+        ];
+        for (relu, gated, added) in cases {
+            let epilogue = Epilogue {
+                relu,
+                gate: gated.then(|| gate.clone()),
+                residual: added.then(|| residual.clone()),
+            };
+            let ours = matmul_bias_with(x.clone(), w.clone(), Some(b.clone()), epilogue);
+            let mut expected = plain.clone();
+            if relu {
+                expected = burn::tensor::activation::relu(expected);
+            }
+            if gated {
+                expected = expected * burn::tensor::activation::sigmoid(gate.clone());
+            }
+            if added {
+                expected = expected + residual.clone();
+            }
+            let diff: f32 = (ours - expected).abs().max().into_scalar();
+            assert!(
+                diff <= 1e-6,
+                "relu {relu} gate {gated} residual {added}: {diff}"
+            );
+        }
     }
 }

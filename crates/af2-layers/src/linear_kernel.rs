@@ -12,6 +12,12 @@
 //! 16-byte stores (along output rows, or along output columns when transposed). Rows past `M`
 //! are read as zero and not written.
 //!
+//! The output stage can finish a layer on the way out, in f32 and rounded once ([`Epilogue`]):
+//! a ReLU (the transitions), a sigmoid gate and a residual add (the triangle multiplication's
+//! output), or a residual add alone; and the transposed form can gate its own columns
+//! ([`try_gated_edges_kernel`]: the triangle multiplication's masked, gated edges), so those
+//! elementwise passes over the pair never run as kernels of their own.
+//!
 //! On an H100 (docs/PERFORMANCE.md) a `[262144, 128] · [128, 128]` product took 124 µs against
 //! 176 µs for cubecl's matmul with the bias fused, and the triangle multiplication's four
 //! projections (`N = 512`, transposed) 459 µs against 574 µs. Tried and slower there:
@@ -30,6 +36,7 @@ use cubecl::prelude::CubeDim;
 
 use crate::attention_kernel::{address_type, cube_count};
 use crate::attention_kernel_mma::runs_f16_instructions;
+use crate::linear::Epilogue;
 use kernel::linear_mma_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
@@ -44,6 +51,9 @@ const TILE_ROWS: usize = 64;
 pub const MAX_INPUT: usize = 128;
 /// Output columns per cube at most (two accumulator fragments a plane).
 const MAX_BLOCK: usize = 128;
+/// Columns of one block of the gated edges kernel's weight ([`try_gated_edges_kernel`]): the
+/// first half projections, the second half their gates, channel for channel.
+pub const EDGE_BLOCK: usize = MAX_BLOCK;
 /// f16 elements a unit moves per global load or store (16 bytes).
 const VECTOR: usize = 8;
 /// Cubes worth launching: beyond this a cube walks several tiles, reusing its weight
@@ -53,7 +63,8 @@ const TARGET_CUBES: usize = 1056;
 /// Linear layer as a backend operation.
 #[backend_extension(Cube, Fusion)]
 pub trait LinearOps: Backend {
-    /// `x · weight + bias` for `x` `[M, K]`, `weight` `[K, N]`, `bias` `[N]`.
+    /// `x · weight + bias` for `x` `[M, K]`, `weight` `[K, N]`, `bias` `[N]`; with `relu`,
+    /// `max(·, 0)` of it.
     #[fusion(dtype = x, shape = {
         let mut shape = x.clone();
         shape[1] = weight[1];
@@ -63,6 +74,34 @@ pub trait LinearOps: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `(x · weight + bias) · sigmoid(gate) + residual`, gate and residual `[M, N]`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_gated_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `x · weight + bias + residual`, residual `[M, N]`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
     /// `(x · weight + bias)ᵀ` `[N, M]` for `x` `[M, K]`, `weight` `[K, N]`, `bias` `[N]`.
@@ -76,6 +115,22 @@ pub trait LinearOps: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `mask · projection · sigmoid(gate)` `[N / 2, M]` from `y = x · weight + bias`, whose
+    /// [`EDGE_BLOCK`]-column blocks hold projections in their first half and the gates in their
+    /// second (see [`try_gated_edges_kernel`]); `mask` `[M]`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[0] = weight[1] / 2;
+        shape[1] = x[0];
+        shape
+    })]
+    fn linear_edges_gated(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
     /// `x · weight` for `x` `[M, K]`, `weight` `[K, N]`.
@@ -92,8 +147,41 @@ impl LinearOps for CubeBackend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        relu: bool,
     ) -> FloatTensor<Self> {
-        launch(x, weight, Some(bias), false)
+        let stage = Stage {
+            relu,
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
+    fn linear_rows_gated_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            gate: Some(gate),
+            residual: Some(residual),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
+    fn linear_rows_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            residual: Some(residual),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
     }
 
     fn linear_rows_transposed(
@@ -101,12 +189,42 @@ impl LinearOps for CubeBackend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        launch(x, weight, Some(bias), true)
+        let stage = Stage {
+            transposed: true,
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
+    fn linear_edges_gated(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            transposed: true,
+            mask: Some(mask),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
     }
 
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        launch(x, weight, None, false)
+        launch(x, weight, None, Stage::default())
     }
+}
+
+/// What the kernel writes (see the kernel's documentation): `[M, N]` with the [`Epilogue`]'s
+/// operations, `[N, M]` when transposed, or with a mask (and transposed) `[N / 2, M]`, masked
+/// projections times the sigmoid of their gates.
+#[derive(Default)]
+struct Stage {
+    relu: bool,
+    gate: Option<CubeTensor>,
+    residual: Option<CubeTensor>,
+    transposed: bool,
+    mask: Option<CubeTensor>,
 }
 
 /// Whether `AF2_LINEAR_KERNEL=0` turned the kernel off.
@@ -114,6 +232,14 @@ fn disabled() -> bool {
     static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DISABLED
         .get_or_init(|| std::env::var("AF2_LINEAR_KERNEL").is_ok_and(|value| value.trim() == "0"))
+}
+
+/// Whether `AF2_LINEAR_EPILOGUE=0` turned the fused output stages off (the plain kernel stays):
+/// the layers then finish with Burn's elementwise operations, as before the fused stages.
+fn epilogues_disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED
+        .get_or_init(|| std::env::var("AF2_LINEAR_EPILOGUE").is_ok_and(|value| value.trim() == "0"))
 }
 
 /// Whether `x`'s device is a cubecl device that runs 16×16×16 f16 matrix instructions with f32
@@ -181,14 +307,72 @@ pub fn try_linear_kernel(
     weight: &Tensor<2>,
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<2>> {
-    if !kernel_supports(x, weight) {
+    try_linear_kernel_with(x, weight, bias, &Epilogue::default())
+}
+
+/// The combinations of an [`Epilogue`] the kernel has.
+trait Offered {
+    fn offered(&self, biased: bool) -> bool;
+}
+
+impl Offered for Epilogue {
+    /// Whether the kernel has this combination: a bias with a ReLU alone, a gate with a
+    /// residual, or a residual alone; without a bias, none of them.
+    fn offered(&self, biased: bool) -> bool {
+        match (self.relu, self.gate.is_some(), self.residual.is_some()) {
+            (false, false, false) => true,
+            (true, false, false) | (false, true, true) | (false, false, true) => {
+                biased && !epilogues_disabled()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `x · weight + bias` finished by `epilogue` on the kernel, where [`kernel_supports`] takes the
+/// inputs, the epilogue's tensors are f16 like `x`, and the kernel has the epilogue's
+/// combination (see [`Epilogue`]; `AF2_LINEAR_EPILOGUE=0` offers none); else `None`.
+///
+/// # Shapes
+/// - x: `[M, K]`, weight: `[K, N]`, bias: `[N]`, gate and residual: `[M, N]`
+/// - output: `[M, N]`
+///
+/// # Panics
+/// If bias is not `[N]` or a gate or residual is not `[M, N]`.
+pub fn try_linear_kernel_with(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    epilogue: &Epilogue,
+) -> Option<Tensor<2>> {
+    let shape = [x.dims()[0], weight.dims()[1]];
+    let extras = [&epilogue.gate, &epilogue.residual];
+    let extras_fit = extras.iter().all(|extra| {
+        extra.as_ref().is_none_or(|t| {
+            assert_eq!(
+                t.dims(),
+                shape,
+                "linear kernel: epilogue tensors must be {shape:?}"
+            );
+            t.dtype() == x.dtype()
+        })
+    });
+    if !extras_fit || !epilogue.offered(bias.is_some()) || !kernel_supports(x, weight) {
         return None;
     }
     let bias = bias.map(|bias| checked_bias(bias, weight.dims()[1]));
     let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
-    let out = match bias {
-        Some(bias) => Dispatch::linear_rows(x, weight, bias),
-        None => Dispatch::linear_rows_unbiased(x, weight),
+    let extra = |t: &Option<Tensor<2>>| t.clone().map(Tensor::into_dispatch);
+    let out = match (bias, extra(&epilogue.gate), extra(&epilogue.residual)) {
+        (None, _, _) => Dispatch::linear_rows_unbiased(x, weight),
+        (Some(bias), None, None) => Dispatch::linear_rows(x, weight, bias, epilogue.relu),
+        (Some(bias), Some(gate), Some(residual)) => {
+            Dispatch::linear_rows_gated_residual(x, weight, bias, gate, residual)
+        }
+        (Some(bias), None, Some(residual)) => {
+            Dispatch::linear_rows_residual(x, weight, bias, residual)
+        }
+        (Some(_), Some(_), None) => unreachable!("a gate without a residual is not offered"),
     };
     Some(Tensor::<2>::from_dispatch(out))
 }
@@ -232,6 +416,42 @@ pub fn try_linear_kernel_transposed(
     ))
 }
 
+/// `mask · projection · sigmoid(gate)`, transposed, from one projection `y = x · weight + bias`
+/// whose [`EDGE_BLOCK`]-column blocks hold projections in their first half and the matching
+/// gates in their second: block `j` gives output rows `j · EDGE_BLOCK / 2 ..`. `None` where
+/// [`transposed_kernel_supports`] refuses the inputs, `N` is not a multiple of [`EDGE_BLOCK`]
+/// or the mask is not f16 like `x` (or `AF2_LINEAR_EPILOGUE=0`).
+///
+/// # Shapes
+/// - x: `[M, K]`, weight: `[K, N]`, bias: `[N]`, mask: `[M]`
+/// - output: `[N / 2, M]`
+///
+/// # Panics
+/// If bias is not `[N]` or mask is not `[M]`.
+pub fn try_gated_edges_kernel(
+    x: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: &Tensor<1>,
+    mask: &Tensor<1>,
+) -> Option<Tensor<2>> {
+    let [m, _] = x.dims();
+    assert_eq!(mask.dims(), [m], "linear kernel: the mask must be [{m}]");
+    let n = weight.dims()[1];
+    if !n.is_multiple_of(EDGE_BLOCK)
+        || epilogues_disabled()
+        || mask.dtype() != x.dtype()
+        || !transposed_kernel_supports(x, weight)
+    {
+        return None;
+    }
+    let bias = checked_bias(bias, n);
+    let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
+    let mask = mask.clone().into_dispatch();
+    Some(Tensor::<2>::from_dispatch(Dispatch::linear_edges_gated(
+        x, weight, bias, mask,
+    )))
+}
+
 /// The bias for the backend operation, checked to be `[n]`.
 fn checked_bias(bias: &Tensor<1>, n: usize) -> FloatTensor<Dispatch> {
     assert_eq!(bias.dims(), [n], "linear kernel: bias must be [{n}]");
@@ -248,36 +468,55 @@ fn unsupported(x: &Tensor<2>, weight: &Tensor<2>) -> ! {
     )
 }
 
-fn launch(
-    x: CubeTensor,
-    weight: CubeTensor,
-    bias: Option<CubeTensor>,
-    transposed: bool,
-) -> CubeTensor {
+fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: Stage) -> CubeTensor {
     let x = into_contiguous(untile(x));
     let weight = into_contiguous(untile(weight));
     let bias = bias.map(untile);
     let (m, k) = (x.meta.shape()[0], x.meta.shape()[1]);
     let n = weight.meta.shape()[1];
+    let contiguous = |t: CubeTensor| into_contiguous(untile(t));
+    let Stage {
+        relu,
+        gate,
+        residual,
+        transposed,
+        mask,
+    } = stage;
+    let (gate, residual, mask) = (
+        gate.map(contiguous),
+        residual.map(contiguous),
+        mask.map(contiguous),
+    );
+    let out_shape = match (&mask, transposed) {
+        (Some(_), _) => [n / 2, m],
+        (None, true) => [n, m],
+        (None, false) => [m, n],
+    };
     let client = x.client.clone();
     let out = empty_device_contiguous_dtype(
         client.clone(),
         x.device.clone(),
-        Shape::new(if transposed { [n, m] } else { [m, n] }),
+        Shape::new(out_shape),
         x.dtype,
     );
     let n_block = block_width(n);
     let column_blocks = n / n_block;
     let tiles = m.div_ceil(TILE_ROWS);
     let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
-    let address_type = address_type([&x, &weight, &out].into_iter().chain(bias.as_ref()));
+    let address_type = address_type(
+        [&x, &weight, &out]
+            .into_iter()
+            .chain([&bias, &gate, &residual, &mask].into_iter().flatten()),
+    );
     let dtypes = [
         dtype_to_storage_type(out.dtype),
         dtype_to_storage_type(bias.as_ref().map_or(out.dtype, |b| b.dtype)),
     ];
     // SAFETY: reads of x stay below row M (checked per element) and column K, of the weight
-    // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, N); writes of the
-    // output stay below row M and column N.
+    // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, N), of the gate and
+    // residual (contiguous [M, N], checked by the callers) at the output's own indices, of the
+    // mask ([M], M a multiple of 8) below row M; writes of the output stay below row M and
+    // column N (N / 2 gated).
     unsafe {
         linear_mma_kernel::launch_unchecked(
             &client,
@@ -288,12 +527,16 @@ fn launch(
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
             bias.map(CubeTensor::into_tensor_arg).into(),
+            gate.map(CubeTensor::into_tensor_arg).into(),
+            residual.map(CubeTensor::into_tensor_arg).into(),
+            mask.map(CubeTensor::into_tensor_arg).into(),
             out.clone().into_tensor_arg(),
             cubes_per_block,
             k,
             n_block,
             VECTOR,
             transposed,
+            relu,
             dtypes,
         );
     }
@@ -310,202 +553,7 @@ fn block_width(n: usize) -> usize {
     }
 }
 
-mod kernel {
-    use super::{MMA, PLANE, PLANES, TILE_ROWS};
-    use crate::attention_kernel_mma::kernel::fragment;
-    use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
-    use cubecl::prelude::*;
-
-    /// Padding of the shared rows (8 elements: the rows of a fragment start in different banks).
-    const PAD: usize = 8;
-
-    /// See the module documentation. Cube `c` computes output columns `(c % blocks) · n_block
-    /// ..` of the 64-row tiles `c / blocks`, `c / blocks + cubes_per_block`, ...; plane `p` takes
-    /// columns `p · n_block / 4 ..` of the block.
-    #[allow(clippy::too_many_arguments)]
-    #[cube(launch_unchecked, address_type = "dynamic")]
-    pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
-        x: &Tensor<Vector<F, N>>,
-        weight: &Tensor<F>,
-        bias: ComptimeOption<&Tensor<Bt>>,
-        out: &mut Tensor<Vector<F, N>>,
-        cubes_per_block: usize,
-        #[comptime] k_dim: usize,
-        #[comptime] n_block: usize,
-        #[comptime] vs: usize,
-        #[comptime] transposed: bool,
-        #[define(F, Bt)] _dtypes: [ElemType; 2],
-    ) {
-        let threads = comptime!(PLANE * PLANES);
-        let k_steps = comptime!(k_dim / MMA);
-        let plane_cols = comptime!(n_block / PLANES);
-        let n_frags = comptime!(plane_cols / MMA);
-        let x_row = comptime!(k_dim + PAD);
-        let out_row = comptime!(n_block + PAD);
-        let m = x.shape(0);
-        let n = weight.shape(1);
-        let blocks = n / n_block;
-        let block = CUBE_POS % blocks;
-        let first_tile = CUBE_POS / blocks;
-        let col0 = block * n_block;
-        let lane = UNIT_POS_X as usize;
-        let plane = UNIT_POS_Y as usize;
-        let t = plane * PLANE + lane;
-        let plane_col0 = plane * plane_cols;
-
-        let mut x_s = Shared::<[F]>::new_slice(comptime!(TILE_ROWS * (k_dim + PAD)));
-        let mut out_s = Shared::<[F]>::new_slice(comptime!(TILE_ROWS * (n_block + PAD)));
-        // The bias as 16 identical rows, the accumulators' starting value.
-        let mut bias_s = Shared::<[f32]>::new_slice(comptime!(MMA * (n_block + PAD)));
-        #[unroll]
-        for i in 0..comptime!((MMA * n_block).div_ceil(PLANE * PLANES)) {
-            let e = t + i * threads;
-            if e < comptime!(MMA * n_block) {
-                let (r, c) = (e / n_block, e % n_block);
-                let mut value = f32::new(0.0);
-                #[comptime]
-                if let ComptimeOption::Some(bias) = &bias {
-                    value = f32::cast_from(bias[(col0 + c) * bias.stride(0)]);
-                }
-                bias_s[r * out_row + c] = value;
-            }
-        }
-
-        // The plane's weight columns, fragment (kk, nn) at `kk * n_frags + nn`, read once.
-        let mut w_frags = Sequence::<Matrix<F>>::new();
-        let w_row_stride = weight.stride(0);
-        let w_len = weight.shape(0) * w_row_stride;
-        #[unroll]
-        for kk in 0..k_steps {
-            #[unroll]
-            for nn in 0..n_frags {
-                let mut frag = fragment::<F>(MatrixIdent::B, MatrixLayout::RowMajor);
-                let at = kk * MMA * w_row_stride + col0 + plane_col0 + nn * MMA;
-                cmma::load(&mut frag, &weight[at..w_len], w_row_stride as u32);
-                w_frags.push(frag);
-            }
-        }
-        let mut a_frag = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
-        let mut acc = Sequence::<Matrix<f32>>::new();
-        #[unroll]
-        for _ in 0..n_frags {
-            acc.push(fragment::<f32>(
-                MatrixIdent::Accumulator,
-                MatrixLayout::Undefined,
-            ));
-        }
-        sync_cube();
-        // The bias of the plane's columns as accumulator fragments: the first product of every
-        // stripe adds to them.
-        let mut bias_frags = Sequence::<Matrix<f32>>::new();
-        #[unroll]
-        for nn in 0..n_frags {
-            let mut frag = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
-            cmma::load_with_layout(
-                &mut frag,
-                &bias_s[plane_col0 + nn * MMA..comptime!(MMA * (n_block + PAD))],
-                out_row as u32,
-                MatrixLayout::RowMajor,
-            );
-            bias_frags.push(frag);
-        }
-
-        let x_row_stride = x.stride(0);
-        let out_row_stride = out.stride(0);
-        let tiles = m.div_ceil(TILE_ROWS);
-        let mut tile = first_tile;
-        while tile < tiles {
-            let row0 = tile * TILE_ROWS;
-            // The 64-row tile of x, zero past M: consecutive units read consecutive 16-byte
-            // vectors.
-            #[unroll]
-            for i in 0..comptime!(TILE_ROWS * k_dim / (vs * threads)) {
-                let e = t + i * threads;
-                let (r, cv) = (e / comptime!(k_dim / vs), e % comptime!(k_dim / vs));
-                let mut v = Vector::<F, N>::new(F::new(0.0));
-                if row0 + r < m {
-                    v = x[(row0 + r) * x_row_stride / vs + cv];
-                }
-                #[unroll]
-                for j in 0..vs {
-                    x_s[r * x_row + cv * vs + j] = v.extract(j);
-                }
-            }
-            sync_cube();
-
-            #[unroll]
-            for stripe in 0..comptime!(TILE_ROWS / MMA) {
-                let x_at = stripe * MMA * x_row;
-                #[unroll]
-                for kk in 0..k_steps {
-                    cmma::load(
-                        &mut a_frag,
-                        &x_s[x_at + kk * MMA..comptime!(TILE_ROWS * (k_dim + PAD))],
-                        x_row as u32,
-                    );
-                    #[unroll]
-                    for nn in 0..n_frags {
-                        if comptime!(kk == 0) {
-                            cmma::execute(
-                                &a_frag,
-                                w_frags.index(nn),
-                                bias_frags.index(nn),
-                                acc.index(nn),
-                            );
-                        } else {
-                            cmma::execute(
-                                &a_frag,
-                                w_frags.index(kk * n_frags + nn),
-                                acc.index(nn),
-                                acc.index(nn),
-                            );
-                        }
-                    }
-                }
-                let out_at = stripe * MMA * out_row + plane_col0;
-                #[unroll]
-                for nn in 0..n_frags {
-                    let rounded = cmma::cast::<f32, F, _>(acc.index(nn));
-                    cmma::store(
-                        &mut out_s[out_at + nn * MMA..comptime!(TILE_ROWS * (n_block + PAD))],
-                        &rounded,
-                        out_row as u32,
-                        MatrixLayout::RowMajor,
-                    );
-                }
-            }
-            sync_cube();
-
-            // The output tile, rows below M: consecutive units write consecutive 16-byte
-            // vectors of an output row, or (transposed) of an output column.
-            #[unroll]
-            for i in 0..comptime!(TILE_ROWS * n_block / (vs * threads)) {
-                let e = t + i * threads;
-                let mut v = Vector::<F, N>::empty();
-                if comptime!(transposed) {
-                    let (c, rv) = (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
-                    if row0 + rv * vs < m {
-                        #[unroll]
-                        for j in 0..vs {
-                            v.insert(j, out_s[(rv * vs + j) * out_row + c]);
-                        }
-                        out[((col0 + c) * out_row_stride + row0) / vs + rv] = v;
-                    }
-                } else {
-                    let (r, cv) = (e / comptime!(n_block / vs), e % comptime!(n_block / vs));
-                    if row0 + r < m {
-                        #[unroll]
-                        for j in 0..vs {
-                            v.insert(j, out_s[r * out_row + cv * vs + j]);
-                        }
-                        out[((row0 + r) * out_row_stride + col0) / vs + cv] = v;
-                    }
-                }
-            }
-            tile += cubes_per_block;
-        }
-    }
-}
+mod kernel;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use crate::linear::{Epilogue, matmul_bias_with};
 use crate::{LayerNorm, LayerNormConfig, Linear, MAX_LOGITS_PER_CHUNK, linear};
 
 /// Configuration of a [`Transition`].
@@ -79,9 +80,16 @@ impl Transition {
         let x = self
             .input_layer_norm
             .forward(x.reshape([rows, shape[D - 1]]));
-        // ReLU as one clamp, which Burn's fusion folds into the matmul's output stage like the
-        // comparison and masked fill of Burn's `relu` (`clamp_min` it does not fuse).
-        let hidden = self.transition1.forward(x).clamp(0.0, f32::INFINITY);
+        let relu = Epilogue {
+            relu: true,
+            ..Epilogue::default()
+        };
+        let hidden = matmul_bias_with(
+            x,
+            self.transition1.weight.val(),
+            self.transition1.bias.as_ref().map(|b| b.val()),
+            relu,
+        );
         self.transition2.forward(hidden).reshape(shape)
     }
 }

@@ -62,23 +62,89 @@ impl TriangleAttention {
     /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
     /// - output: `[B, N, N, c_z]`
     pub fn forward(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
+        self.apply(pair, pair_mask, false)
+    }
+
+    /// `pair + forward(pair)`. Around the starting node the add is done by the output
+    /// projection's kernel where it runs (f16 on a GPU with matrix instructions); around the
+    /// ending node it stays a separate add, which reads the transposed update in place (the
+    /// kernel would need both the pair and its update copied into the transposed layout).
+    ///
+    /// # Shapes
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn forward_residual(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
+        if self.ending_node {
+            return pair.clone() + self.apply(pair, pair_mask, false);
+        }
+        self.apply(pair, pair_mask, true)
+    }
+
+    fn apply(&self, pair: Tensor<4>, pair_mask: Tensor<3>, add_input: bool) -> Tensor<4> {
         let (pair, mask) = if self.ending_node {
             (pair.swap_dims(1, 2), pair_mask.swap_dims(1, 2))
         } else {
             (pair, pair_mask)
         };
         let [b, n, _, c] = pair.dims();
+        let input = add_input.then(|| pair.clone().reshape([b * n, n, c]));
         let pair = self.query_norm.forward(pair);
         let bias = pair_bias(pair.clone(), self.feat_2d_weights.val());
         let rows = pair.reshape([b * n, n, c]);
-        let out = self
-            .attention
-            .forward_self(rows, mask.reshape([b * n, n]), Some(bias))
-            .reshape([b, n, n, c]);
+        let mask = mask.reshape([b * n, n]);
+        let out = match input {
+            Some(input) => self
+                .attention
+                .forward_self_plus(rows, mask, Some(bias), input),
+            None => self.attention.forward_self(rows, mask, Some(bias)),
+        }
+        .reshape([b, n, n, c]);
         if self.ending_node {
             out.swap_dims(1, 2)
         } else {
             out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn residual_form_adds_the_input() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let normal = |shape: [usize; 3]| {
+            Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ))
+        };
+        let pair = Tensor::<4>::random([2, 5, 5, 4], Distribution::Normal(0.0, 1.0), &device);
+        let mask = Tensor::<3>::random([2, 5, 5], Distribution::Uniform(0.0, 1.0), &device)
+            .greater_elem(0.3)
+            .float();
+        for ending_node in [false, true] {
+            let mut tri = TriangleAttentionConfig::new(4, 2, 3, ending_node).init(&device);
+            tri.feat_2d_weights = Param::from_tensor(Tensor::random(
+                [4, 2],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            ));
+            let attention = &mut tri.attention;
+            attention.query_w = normal([4, 2, 3]);
+            attention.key_w = normal([4, 2, 3]);
+            attention.value_w = normal([4, 2, 3]);
+            attention.gating_w = Some(normal([4, 2, 3]));
+            attention.output_w = normal([2, 3, 4]);
+            let expected = pair.clone() + tri.forward(pair.clone(), mask.clone());
+            let ours = tri.forward_residual(pair.clone(), mask.clone());
+            let scale: f32 = expected.clone().abs().max().into_scalar();
+            let diff: f32 = (ours - expected).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "ending node {ending_node} (scale {scale})");
         }
     }
 }

@@ -2,10 +2,11 @@
 //! (Algorithm 12), in the unfused monomer parameter layout.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::tensor::{Device, Tensor};
 
 use crate::derived::Derived;
+use crate::linear::{Epilogue, matmul_bias_with};
 use crate::{LayerNorm, LayerNormConfig, Linear, linear, sigmoid};
 
 /// Which edges the update multiplies.
@@ -51,6 +52,9 @@ pub struct TriangleMultiplication {
     /// The four edge projections side by side (see [`EdgeProjections`]).
     #[module(skip)]
     edge_projections: Derived<EdgeProjections>,
+    /// The same, projections and gates interleaved for the gated edges kernel.
+    #[module(skip)]
+    interleaved_edges: Derived<EdgeProjections>,
 }
 
 impl TriangleMultiplicationConfig {
@@ -68,6 +72,7 @@ impl TriangleMultiplicationConfig {
             gating_linear: linear(c, c, device),
             incoming: self.direction == TriangleDirection::Incoming,
             edge_projections: Derived::default(),
+            interleaved_edges: Derived::default(),
         }
     }
 }
@@ -79,10 +84,25 @@ impl TriangleMultiplication {
     /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
     /// - output: `[B, N, N, c_z]`
     pub fn forward(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
+        self.apply(pair, pair_mask, false)
+    }
+
+    /// `pair + forward(pair)`: the residual update, the add done by the output projection's
+    /// kernel where it runs (f16 on a GPU with matrix instructions).
+    ///
+    /// # Shapes
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn forward_residual(&self, pair: Tensor<4>, pair_mask: Tensor<3>) -> Tensor<4> {
+        self.apply(pair, pair_mask, true)
+    }
+
+    fn apply(&self, pair: Tensor<4>, pair_mask: Tensor<3>, add_input: bool) -> Tensor<4> {
         let [b, n, _, c] = pair.dims();
         let rows = b * n * n;
         // Pairs as rows throughout: the LayerNorms and linear layers then record no reshapes.
-        let act = self.layer_norm_input.forward(pair.reshape([rows, c]));
+        let pair = pair.reshape([rows, c]);
+        let act = self.layer_norm_input.forward(pair.clone());
         let [left, right] = self.gated_projections_channel_major(act.clone(), pair_mask, [b, n]);
         let matrices = left.dims()[0];
         // The triangle sum as one batched matmul over (channel, pair) with the summed index
@@ -105,15 +125,23 @@ impl TriangleMultiplication {
             .reshape([m, b, n, n])
             .permute([1, 2, 3, 0])
             .reshape([rows, m]);
-        let update = self
-            .output_projection
-            .forward(self.center_layer_norm.forward(product));
-        (update * sigmoid(self.gating_linear.forward(act))).reshape([b, n, n, c])
+        let finish = Epilogue {
+            relu: false,
+            gate: Some(self.gating_linear.forward(act)),
+            residual: add_input.then_some(pair),
+        };
+        matmul_bias_with(
+            self.center_layer_norm.forward(product),
+            self.output_projection.weight.val(),
+            self.output_projection.bias.as_ref().map(|b| b.val()),
+            finish,
+        )
+        .reshape([b, n, n, c])
     }
 
     /// `mask * projection(act) * sigmoid(gate(act))` for the left and right edges, the four
     /// projections as one matmul whose output is channel-major, so the triangle sum needs no
-    /// transposing copy.
+    /// transposing copy. On the f16 linear kernel the mask and gates are applied as it writes.
     ///
     /// # Shapes
     /// - act: `[B * N * N, c_z]`, pair_mask: `[B, N, N]`
@@ -126,6 +154,11 @@ impl TriangleMultiplication {
     ) -> [Tensor<3>; 2] {
         let rows = act.dims()[0];
         let m = self.left_projection.weight.dims()[1];
+        #[cfg(feature = "cube")]
+        if let Some(gated) = self.gated_edges_on_kernel(&act, &pair_mask) {
+            let side = |i: usize| gated.clone().narrow(0, i * m, m).reshape([m * b, n, n]);
+            return [side(0), side(1)];
+        }
         let projected = channel_major_projection(act, self.edge_projections());
         let mask = pair_mask.reshape([1, rows]);
         let part = |i: usize| projected.clone().narrow(0, i * m, m);
@@ -134,21 +167,47 @@ impl TriangleMultiplication {
         [left, right].map(|x| x.reshape([m * b, n, n]))
     }
 
+    /// The gated edges `[2m, rows]` (left channels, then right) from the linear kernel's gated
+    /// form, where it takes the inputs.
+    #[cfg(feature = "cube")]
+    fn gated_edges_on_kernel(&self, act: &Tensor<2>, pair_mask: &Tensor<3>) -> Option<Tensor<2>> {
+        use crate::linear_kernel::{EDGE_BLOCK, try_gated_edges_kernel};
+        let m = self.left_projection.weight.dims()[1];
+        if !m.is_multiple_of(EDGE_BLOCK / 2) {
+            return None;
+        }
+        let rows = act.dims()[0];
+        let mut mask = pair_mask.clone().reshape([rows]);
+        if mask.dtype() != act.dtype() {
+            mask = mask.cast(act.dtype());
+        }
+        let layer = self.interleaved_edge_projections();
+        try_gated_edges_kernel(act, &layer.weight, &layer.bias, &mask)
+    }
+
+    /// The edge projections for the gated edges kernel
+    /// ([`crate::linear_kernel::try_gated_edges_kernel`]), built once for these parameters.
+    #[cfg(feature = "cube")]
+    fn interleaved_edge_projections(&self) -> EdgeProjections {
+        let side_by_side = self.edge_projections();
+        let first = side_by_side.weight.clone();
+        self.interleaved_edges.get_or_compute(
+            self.edge_parameter_ids(),
+            first.dtype(),
+            first.device(),
+            || side_by_side.interleaved(crate::linear_kernel::EDGE_BLOCK / 2),
+        )
+    }
+
     /// The left and right projections and gates side by side, built once for these parameters.
     fn edge_projections(&self) -> EdgeProjections {
-        let layers = [
-            &self.left_projection,
-            &self.right_projection,
-            &self.left_gate,
-            &self.right_gate,
-        ];
+        let layers = self.edge_layers();
         let first = self.left_projection.weight.val();
-        let params = layers
-            .iter()
-            .flat_map(|l| std::iter::once(l.weight.id).chain(l.bias.as_ref().map(|b| b.id)))
-            .collect();
-        self.edge_projections
-            .get_or_compute(params, first.dtype(), first.device(), || {
+        self.edge_projections.get_or_compute(
+            self.edge_parameter_ids(),
+            first.dtype(),
+            first.device(),
+            || {
                 let m = first.dims()[1];
                 let device = first.device();
                 let weight = Tensor::cat(layers.iter().map(|l| l.weight.val()).collect(), 1);
@@ -163,7 +222,26 @@ impl TriangleMultiplication {
                     0,
                 );
                 EdgeProjections { weight, bias }
-            })
+            },
+        )
+    }
+
+    /// Left projection, right projection, left gate, right gate.
+    fn edge_layers(&self) -> [&Linear; 4] {
+        [
+            &self.left_projection,
+            &self.right_projection,
+            &self.left_gate,
+            &self.right_gate,
+        ]
+    }
+
+    /// The ids of the edge layers' parameters, the key of their kept forms.
+    fn edge_parameter_ids(&self) -> Vec<ParamId> {
+        self.edge_layers()
+            .iter()
+            .flat_map(|l| std::iter::once(l.weight.id).chain(l.bias.as_ref().map(|b| b.id)))
+            .collect()
     }
 }
 
@@ -174,6 +252,37 @@ struct EdgeProjections {
     weight: Tensor<2>,
     /// `[4m]`, a missing bias as zeros.
     bias: Tensor<1>,
+}
+
+impl EdgeProjections {
+    /// Per side (left, then right), per group of `group` channels, the projection's columns and
+    /// then its gate's: the layout of the gated edges kernel, whose column blocks of
+    /// `2 * group` are written as `group` gated channels.
+    ///
+    /// # Panics
+    /// If `group` does not divide the channels of a side.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))] // Used by the kernel path and tests.
+    fn interleaved(&self, group: usize) -> EdgeProjections {
+        let m = self.weight.dims()[1] / 4;
+        assert!(
+            m.is_multiple_of(group),
+            "{m} edge channels are not groups of {group}"
+        );
+        // Column ranges of `[left, right, left gate, right gate]`, in kernel order.
+        let starts: Vec<_> = (0..2)
+            .flat_map(|side| {
+                (0..m / group).flat_map(move |g| [side * m + g * group, (side + 2) * m + g * group])
+            })
+            .collect();
+        let pick = |t: &Tensor<2>, axis: usize| {
+            let parts = starts.iter().map(|&s| t.clone().narrow(axis, s, group));
+            Tensor::cat(parts.collect(), axis)
+        };
+        EdgeProjections {
+            weight: pick(&self.weight, 1),
+            bias: pick(&self.bias.clone().unsqueeze::<2>(), 1).reshape([4 * m]),
+        }
+    }
 }
 
 /// `(act · weight + bias)ᵀ` `[4m, rows]` for `act` `[rows, c]`: the tensor-core kernel where it
@@ -286,8 +395,44 @@ mod tests {
                     diff <= 1e-5 * scale,
                     "{direction:?}, {round}: differs by {diff} (scale {scale})"
                 );
+                // The residual form is the input plus the same update.
+                let update = tri.forward(pair.clone(), mask.clone());
+                let residual = tri.forward_residual(pair.clone(), mask.clone());
+                let diff: f32 = (residual - pair.clone() - update).abs().max().into_scalar();
+                assert!(
+                    diff <= 1e-6,
+                    "{direction:?}, {round}: residual form off by {diff}"
+                );
                 tri.right_gate = random_linear(4, 3, &device);
             }
+        }
+    }
+
+    #[test]
+    fn interleaved_edges_put_each_gate_after_its_projection() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        // m = 4 channels a side in groups of 2; column j of row r holds 100 r + j.
+        let (c, m) = (3, 4);
+        let weight: Vec<f32> = (0..c * 4 * m)
+            .map(|i| (100 * (i / (4 * m)) + i % (4 * m)) as f32)
+            .collect();
+        let side_by_side = EdgeProjections {
+            weight: Tensor::from_data(TensorData::new(weight, [c, 4 * m]), &device),
+            bias: Tensor::from_data(
+                TensorData::new((0..4 * m).map(|j| j as f32).collect(), [4 * m]),
+                &device,
+            ),
+        };
+        let interleaved = side_by_side.interleaved(2);
+        // Left projection 0-3, right 4-7, left gate 8-11, right gate 12-15.
+        let order = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15];
+        let bias = interleaved.bias.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(bias, order.map(|j| j as f32));
+        let weight = interleaved.weight.into_data().try_to_vec::<f32>().unwrap();
+        for r in 0..c {
+            let row = &weight[r * 4 * m..(r + 1) * 4 * m];
+            assert_eq!(row, order.map(|j| (100 * r + j) as f32), "row {r}");
         }
     }
 }

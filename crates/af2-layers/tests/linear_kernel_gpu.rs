@@ -6,12 +6,13 @@
 
 mod common;
 
-use af2_layers::linear::matmul_bias;
+use af2_layers::linear::{Epilogue, matmul_bias};
 use af2_layers::linear_kernel::{
-    kernel_supports, linear_kernel, linear_kernel_transposed, transposed_kernel_supports,
+    EDGE_BLOCK, kernel_supports, linear_kernel, linear_kernel_transposed,
+    transposed_kernel_supports, try_gated_edges_kernel, try_linear_kernel_with,
 };
 use burn::tensor::{DType, Tensor, TensorData};
-use common::{cpu, gpu, relative_error, tensor_in, through_f16, values};
+use common::{cpu, gpu, offered, relative_error, tensor_in, through_f16, values};
 
 /// `x [m, k] · w [k, n] (+ b)` in f32 on the CPU from the f16-rounded inputs.
 fn reference(x: &TensorData, w: &TensorData, b: Option<&TensorData>) -> Vec<f32> {
@@ -130,4 +131,137 @@ fn transposed_kernel_matches_reference_f16() {
         &f16([1001, 128]),
         &f16([128, 512])
     ));
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[test]
+fn epilogues_match_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // (relu, gate, residual): the transitions' ReLU, the triangle multiplication's gate and
+    // residual, the triangle attention's residual; rows ending inside a 64-row tile.
+    let (m, k, n) = (1000, 128, 128);
+    for (seed, (relu, gated, added)) in [
+        (true, false, false),
+        (false, true, true),
+        (false, false, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 300 + seed as u64 * 10;
+        let data = |len: usize, s: u64, scale: f32, shape: Vec<usize>| {
+            TensorData::new(values(len, seed + s, scale), shape)
+        };
+        let x = data(m * k, 0, 2.0, vec![m, k]);
+        let w = data(k * n, 1, (k as f32).powf(-0.5), vec![k, n]);
+        let b = data(n, 2, 1.0, vec![n]);
+        let gate = data(m * n, 3, 4.0, vec![m, n]);
+        let residual = data(m * n, 4, 8.0, vec![m, n]);
+        let on_gpu = |d: &TensorData| tensor_in::<2>(d, &device, DType::F16);
+        let epilogue = Epilogue {
+            relu,
+            gate: gated.then(|| on_gpu(&gate)),
+            residual: added.then(|| on_gpu(&residual)),
+        };
+        let bias = tensor_in::<1>(&b, &device, DType::F16);
+        let what = format!("epilogue relu {relu} gate {gated} residual {added}");
+        let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
+        if !offered(out.is_some(), &what) {
+            return;
+        }
+        let out: Vec<f32> = out
+            .unwrap()
+            .cast(DType::F32)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let plain = reference(&x, &w, Some(&b));
+        let (gate, residual) = (
+            through_f16(&gate).try_to_vec::<f32>().unwrap(),
+            through_f16(&residual).try_to_vec::<f32>().unwrap(),
+        );
+        let expected: Vec<f32> = plain
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let mut y = if relu { y.max(0.0) } else { y };
+                if gated {
+                    y *= sigmoid(gate[i]);
+                }
+                if added {
+                    y += residual[i];
+                }
+                y
+            })
+            .collect();
+        if relu {
+            let negative = plain.iter().filter(|&&y| y < 0.0).count();
+            assert!(
+                negative > m * n / 4,
+                "the ReLU case needs negative products"
+            );
+        }
+        // The product rounded to f16 before the epilogue, the result once more.
+        let error = relative_error(&out, &expected);
+        println!("{what}: relative error {error:.2e}");
+        assert!(error <= 2e-3, "{what}: relative error {error:.3e}");
+    }
+}
+
+#[test]
+fn gated_edges_match_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // The Evoformer's edges (128 -> 4 x 128) and the template stack's (64 -> 4 x 64), rows
+    // ending inside a 64-row tile, about a third of the pairs masked.
+    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256)].iter().enumerate() {
+        let seed = 400 + seed as u64 * 10;
+        let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
+        let w = TensorData::new(values(k * n, seed + 1, (k as f32).powf(-0.5)), [k, n]);
+        let b = TensorData::new(values(n, seed + 2, 1.0), [n]);
+        let mask: Vec<f32> = values(m, seed + 3, 1.0)
+            .into_iter()
+            .map(|v| if v < -0.3 { 0.0 } else { 1.0 })
+            .collect();
+        let mask = TensorData::new(mask, [m]);
+        let out = try_gated_edges_kernel(
+            &tensor_in::<2>(&x, &device, DType::F16),
+            &tensor_in::<2>(&w, &device, DType::F16),
+            &tensor_in::<1>(&b, &device, DType::F16),
+            &tensor_in::<1>(&mask, &device, DType::F16),
+        );
+        if !offered(out.is_some(), "gated edges") {
+            return;
+        }
+        let out = out.unwrap();
+        assert_eq!(out.dims(), [n / 2, m]);
+        let out: Vec<f32> = out.cast(DType::F32).into_data().try_to_vec().unwrap();
+        let y = reference(&x, &w, Some(&b));
+        let mask = mask.try_to_vec::<f32>().unwrap();
+        let half = EDGE_BLOCK / 2;
+        // Output row `block * half + c` is column `block * EDGE_BLOCK + c` gated by column
+        // `block * EDGE_BLOCK + half + c`.
+        let expected: Vec<f32> = (0..n / 2 * m)
+            .map(|i| {
+                let (channel, row) = (i / m, i % m);
+                let column = channel / half * EDGE_BLOCK + channel % half;
+                mask[row] * y[row * n + column] * sigmoid(y[row * n + column + half])
+            })
+            .collect();
+        let error = relative_error(&out, &expected);
+        println!("gated edges [{m}, {k}] x [{k}, {n}]: relative error {error:.2e}");
+        assert!(
+            error <= 2e-3,
+            "[{m}, {k}] x [{k}, {n}] gated: relative error {error:.3e}"
+        );
+        let masked_rows = (0..m).filter(|&r| mask[r] == 0.0);
+        for r in masked_rows {
+            assert!(
+                (0..n / 2).all(|c| out[c * m + r] == 0.0),
+                "masked row {r} not zero"
+            );
+        }
+    }
 }

@@ -167,10 +167,10 @@ impl PairLayers<'_> {
     /// # Shapes
     /// - pair: `[B, N, N, c_z]`, mask: `[B, N, N]` -> `[B, N, N, c_z]`
     pub fn forward_evoformer_order(&self, pair: Tensor<4>, mask: Tensor<3>) -> Tensor<4> {
-        let pair = residual(pair, |p| self.outgoing.forward(p, mask.clone()));
-        let pair = residual(pair, |p| self.incoming.forward(p, mask.clone()));
-        let pair = residual(pair, |p| self.starting_node.forward(p, mask.clone()));
-        let pair = residual(pair, |p| self.ending_node.forward(p, mask));
+        let pair = self.outgoing.forward_residual(pair, mask.clone());
+        let pair = self.incoming.forward_residual(pair, mask.clone());
+        let pair = self.starting_node.forward_residual(pair, mask.clone());
+        let pair = self.ending_node.forward_residual(pair, mask);
         residual(pair, |p| self.transition.forward(p))
     }
 
@@ -179,10 +179,10 @@ impl PairLayers<'_> {
     /// # Shapes
     /// - pair: `[B, N, N, c_t]`, mask: `[B, N, N]` -> `[B, N, N, c_t]`
     pub fn forward_template_order(&self, pair: Tensor<4>, mask: Tensor<3>) -> Tensor<4> {
-        let pair = residual(pair, |p| self.starting_node.forward(p, mask.clone()));
-        let pair = residual(pair, |p| self.ending_node.forward(p, mask.clone()));
-        let pair = residual(pair, |p| self.outgoing.forward(p, mask.clone()));
-        let pair = residual(pair, |p| self.incoming.forward(p, mask));
+        let pair = self.starting_node.forward_residual(pair, mask.clone());
+        let pair = self.ending_node.forward_residual(pair, mask.clone());
+        let pair = self.outgoing.forward_residual(pair, mask.clone());
+        let pair = self.incoming.forward_residual(pair, mask);
         residual(pair, |p| self.transition.forward(p))
     }
 }

@@ -64,3 +64,16 @@ pub fn relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
     });
     diff / peak
 }
+
+/// `supported`, after saying that `what` was not tested where it is not; with
+/// `AF2_EXPECT_MMA` set, a device without f16 matrix instructions fails instead.
+pub fn offered(supported: bool, what: &str) -> bool {
+    if !supported {
+        assert!(
+            std::env::var_os("AF2_EXPECT_MMA").is_none(),
+            "{what}: the kernel was not offered"
+        );
+        println!("no f16 matrix instructions on this device: {what} not tested");
+    }
+    supported
+}
