@@ -68,7 +68,8 @@ impl Inputs {
 /// One timed row: a name and what it runs.
 type Row<'a> = (&'static str, Box<dyn Fn() -> Tensor<4> + 'a>);
 
-/// The block's layers, each alone, then the whole block.
+/// The block's layers, each alone (the pair layers with their residual add, as the block runs
+/// them since the seventh session), then the whole block.
 fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
     let pair = || x.pair.clone();
     let msa = || x.msa.clone();
@@ -126,7 +127,7 @@ fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
             Box::new(move || {
                 block
                     .triangle_attention_ending_node
-                    .forward(pair(), x.pair_mask.clone())
+                    .forward_residual(pair(), x.pair_mask.clone())
             }),
         ),
         (

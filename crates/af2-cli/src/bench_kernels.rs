@@ -238,13 +238,15 @@ fn linear_table(device: &Device, repeats: usize) -> Result<()> {
                 continue;
             }
             let kernel_ms = time(device, repeats, || kernel().unwrap())?.total_ms;
-            let burn_ms = time(device, repeats, || {
-                let y = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
-                if name == "relu" {
-                    y.clamp(0.0, f32::INFINITY)
-                } else {
-                    y
+            // Burn's form of each: the fallbacks the layers use.
+            let burn_ms = time(device, repeats, || match name {
+                "transposed" => {
+                    w.clone().transpose().matmul(x.clone().transpose())
+                        + b.clone().unsqueeze_dim::<2>(1)
                 }
+                "relu" => (x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>())
+                    .clamp(0.0, f32::INFINITY),
+                _ => x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>(),
             })?
             .total_ms;
             // f16 bytes read (x) and written (y).

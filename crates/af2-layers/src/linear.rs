@@ -73,8 +73,9 @@ pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> 
     }
 }
 
-/// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it (on the f16
-/// linear kernel elementwise in f32 and rounded once): `max(y, 0)` with `relu`, then `y · sigmoid(gate)`, then `y + residual`.
+/// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it: `max(y, 0)`
+/// with `relu`, then `y · sigmoid(gate)`, then `y + residual`. On the f16 linear kernel these
+/// run in f32 on the f16-rounded product and the result is rounded once more.
 #[derive(Clone, Debug, Default)]
 pub struct Epilogue {
     /// ReLU.

@@ -12,11 +12,11 @@
 //! 16-byte stores (along output rows, or along output columns when transposed). Rows past `M`
 //! are read as zero and not written.
 //!
-//! The output stage can finish a layer on the way out, in f32 and rounded once ([`Epilogue`]):
-//! a ReLU (the transitions), a sigmoid gate and a residual add (the triangle multiplication's
-//! output), or a residual add alone; and the transposed form can gate its own columns
-//! ([`try_gated_edges_kernel`]: the triangle multiplication's masked, gated edges), so those
-//! elementwise passes over the pair never run as kernels of their own.
+//! The output stage can finish a layer on the way out ([`Epilogue`]; in f32 from the f16-rounded
+//! product, rounded once more): a ReLU (the transitions), a sigmoid gate and a residual add (the
+//! triangle multiplication's output), or a residual add alone; and the transposed form can gate
+//! its own columns ([`try_gated_edges_kernel`]: the triangle multiplication's masked, gated
+//! edges). Where it runs, those elementwise passes over the pair are no kernels of their own.
 //!
 //! On an H100 (docs/PERFORMANCE.md) a `[262144, 128] · [128, 128]` product took 124 µs against
 //! 176 µs for cubecl's matmul with the bias fused, and the triangle multiplication's four
@@ -234,6 +234,15 @@ fn disabled() -> bool {
         .get_or_init(|| std::env::var("AF2_LINEAR_KERNEL").is_ok_and(|value| value.trim() == "0"))
 }
 
+/// Launches with a fused output stage (an [`Epilogue`] operation or gated edges).
+static FUSED_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times the kernel has run with a fused output stage in this process (for tests and
+/// benchmarks that need to know which path ran).
+pub fn fused_stage_launches() -> usize {
+    FUSED_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether `AF2_LINEAR_EPILOGUE=0` turned the fused output stages off (the plain kernel stays):
 /// the layers then finish with Burn's elementwise operations, as before the fused stages.
 fn epilogues_disabled() -> bool {
@@ -310,22 +319,19 @@ pub fn try_linear_kernel(
     try_linear_kernel_with(x, weight, bias, &Epilogue::default())
 }
 
-/// The combinations of an [`Epilogue`] the kernel has.
-trait Offered {
-    fn offered(&self, biased: bool) -> bool;
-}
-
-impl Offered for Epilogue {
-    /// Whether the kernel has this combination: a bias with a ReLU alone, a gate with a
-    /// residual, or a residual alone; without a bias, none of them.
-    fn offered(&self, biased: bool) -> bool {
-        match (self.relu, self.gate.is_some(), self.residual.is_some()) {
-            (false, false, false) => true,
-            (true, false, false) | (false, true, true) | (false, false, true) => {
-                biased && !epilogues_disabled()
-            }
-            _ => false,
+/// Whether the kernel has this epilogue combination: a bias with a ReLU alone, a gate with a
+/// residual, or a residual alone; without a bias, none of them (`AF2_LINEAR_EPILOGUE=0`: none).
+fn offered(epilogue: &Epilogue, biased: bool) -> bool {
+    match (
+        epilogue.relu,
+        epilogue.gate.is_some(),
+        epilogue.residual.is_some(),
+    ) {
+        (false, false, false) => true,
+        (true, false, false) | (false, true, true) | (false, false, true) => {
+            biased && !epilogues_disabled()
         }
+        _ => false,
     }
 }
 
@@ -357,7 +363,7 @@ pub fn try_linear_kernel_with(
             t.dtype() == x.dtype()
         })
     });
-    if !extras_fit || !epilogue.offered(bias.is_some()) || !kernel_supports(x, weight) {
+    if !extras_fit || !offered(epilogue, bias.is_some()) || !kernel_supports(x, weight) {
         return None;
     }
     let bias = bias.map(|bias| checked_bias(bias, weight.dims()[1]));
@@ -436,20 +442,24 @@ pub fn try_gated_edges_kernel(
 ) -> Option<Tensor<2>> {
     let [m, _] = x.dims();
     assert_eq!(mask.dims(), [m], "linear kernel: the mask must be [{m}]");
-    let n = weight.dims()[1];
-    if !n.is_multiple_of(EDGE_BLOCK)
-        || epilogues_disabled()
-        || mask.dtype() != x.dtype()
-        || !transposed_kernel_supports(x, weight)
-    {
+    if mask.dtype() != x.dtype() || !gated_edges_supported(x, weight) {
         return None;
     }
-    let bias = checked_bias(bias, n);
+    let bias = checked_bias(bias, weight.dims()[1]);
     let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
     let mask = mask.clone().into_dispatch();
     Some(Tensor::<2>::from_dispatch(Dispatch::linear_edges_gated(
         x, weight, bias, mask,
     )))
+}
+
+/// Whether [`try_gated_edges_kernel`] takes `x` and a weight of `weight`'s shape and dtype (the
+/// mask aside): [`transposed_kernel_supports`], `N` a multiple of [`EDGE_BLOCK`], and the fused
+/// stages on. Callers that prepare the interleaved weight ask this first.
+pub fn gated_edges_supported(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
+    weight.dims()[1].is_multiple_of(EDGE_BLOCK)
+        && !epilogues_disabled()
+        && transposed_kernel_supports(x, weight)
 }
 
 /// The bias for the backend operation, checked to be `[n]`.
@@ -487,6 +497,24 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         residual.map(contiguous),
         mask.map(contiguous),
     );
+    // The backend operations are public: the kernel's unchecked reads and writes rest on these.
+    for extra in [&gate, &residual].into_iter().flatten() {
+        assert_eq!(
+            extra.meta.shape().to_vec(),
+            [m, n],
+            "linear kernel: gate/residual shape"
+        );
+    }
+    if relu || gate.is_some() || residual.is_some() || mask.is_some() {
+        FUSED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(mask) = &mask {
+        assert_eq!(mask.meta.shape().to_vec(), [m], "linear kernel: mask shape");
+        assert!(
+            m.is_multiple_of(VECTOR) && block_width(n) == EDGE_BLOCK,
+            "linear kernel: gated edges need rows in 8s and N in {EDGE_BLOCK}s"
+        );
+    }
     let out_shape = match (&mask, transposed) {
         (Some(_), _) => [n / 2, m],
         (None, true) => [n, m],
@@ -514,8 +542,8 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     ];
     // SAFETY: reads of x stay below row M (checked per element) and column K, of the weight
     // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, N), of the gate and
-    // residual (contiguous [M, N], checked by the callers) at the output's own indices, of the
-    // mask ([M], M a multiple of 8) below row M; writes of the output stay below row M and
+    // residual (contiguous [M, N], asserted above) at the output's own indices, of the mask
+    // ([M], M a multiple of 8, asserted) below row M; writes of the output stay below row M and
     // column N (N / 2 gated).
     unsafe {
         linear_mma_kernel::launch_unchecked(

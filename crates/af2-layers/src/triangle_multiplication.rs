@@ -168,12 +168,13 @@ impl TriangleMultiplication {
     }
 
     /// The gated edges `[2m, rows]` (left channels, then right) from the linear kernel's gated
-    /// form, where it takes the inputs.
+    /// form, where it takes the inputs; nothing is prepared where it does not.
     #[cfg(feature = "cube")]
     fn gated_edges_on_kernel(&self, act: &Tensor<2>, pair_mask: &Tensor<3>) -> Option<Tensor<2>> {
-        use crate::linear_kernel::{EDGE_BLOCK, try_gated_edges_kernel};
+        use crate::linear_kernel::{EDGE_BLOCK, gated_edges_supported, try_gated_edges_kernel};
         let m = self.left_projection.weight.dims()[1];
-        if !m.is_multiple_of(EDGE_BLOCK / 2) {
+        let side_by_side = self.edge_projections();
+        if !m.is_multiple_of(EDGE_BLOCK / 2) || !gated_edges_supported(act, &side_by_side.weight) {
             return None;
         }
         let rows = act.dims()[0];

@@ -7,7 +7,7 @@
 
 mod common;
 
-use af2_layers::linear_kernel::kernel_supports;
+use af2_layers::linear_kernel::{fused_stage_launches, kernel_supports};
 use af2_layers::{
     TransitionConfig, TriangleAttentionConfig, TriangleDirection, TriangleMultiplicationConfig,
 };
@@ -85,11 +85,14 @@ const F16_LAYER: f32 = 1e-2;
 
 /// The pair layer `init` builds, run by `forward` (`pair`, `mask`) on the CPU in f32 and on
 /// the GPU in f16 from the same random parameters: the relative error of the GPU's update.
+/// With `fused`, the GPU run must have taken a fused output stage (see
+/// [`expect_fused_stages`]).
 fn residual_error<M: Module>(
     device: &Device,
     init: impl Fn(&Device) -> M,
     forward: impl Fn(&M, Tensor<4>, Tensor<3>) -> Tensor<4>,
     (pair, mask): (&TensorData, &TensorData),
+    fused: bool,
 ) -> f32 {
     let (on_cpu, on_gpu) = both(init, device);
     let run = |module: &M, device: &Device, dtype| {
@@ -100,8 +103,24 @@ fn residual_error<M: Module>(
         )
     };
     let cpu_out = run(&on_cpu, &cpu(), DType::F32);
+    let launches = fused_stage_launches();
     let gpu_out = run(&on_gpu, device, DType::F16);
-    compare(gpu_out, cpu_out, pair)
+    let error = compare(gpu_out, cpu_out, pair);
+    if fused {
+        expect_fused_stages(launches);
+    }
+    error
+}
+
+/// With `AF2_EXPECT_MMA` set, fails unless the kernel ran a fused output stage since `before`
+/// launches (a layer that fell back to Burn's elementwise passes would pass the comparison).
+fn expect_fused_stages(before: usize) {
+    if std::env::var_os("AF2_EXPECT_MMA").is_some() {
+        assert!(
+            fused_stage_launches() > before,
+            "the layer ran without the linear kernel's fused output stages"
+        );
+    }
 }
 
 #[test]
@@ -119,6 +138,7 @@ fn triangle_multiplication_residual_f16_matches_f32() {
             |d| config.init(d),
             |layer, pair, mask| layer.forward_residual(pair, mask),
             (&pair, &mask),
+            true,
         );
         println!("triangle multiplication {direction:?}: relative error {error:.2e}");
         assert!(
@@ -143,6 +163,8 @@ fn triangle_attention_residual_f16_matches_f32() {
             |d| config.init(d),
             |layer, pair, mask| layer.forward_residual(pair, mask),
             (&pair, &mask),
+            // Around the ending node the residual stays a separate add.
+            !ending_node,
         );
         println!("triangle attention, ending node {ending_node}: relative error {error:.2e}");
         assert!(
@@ -163,10 +185,12 @@ fn transition_f16_matches_f32() {
     let config = TransitionConfig::new(c, 4 * c);
     let (on_cpu, on_gpu) = both(|d| config.init(d), &device);
     let cpu_out = on_cpu.forward(tensor_in::<4>(&pair, &cpu(), DType::F32));
+    let launches = fused_stage_launches();
     let gpu_out = on_gpu.forward(tensor_in::<4>(&pair, &device, DType::F16));
     // The transition returns the update alone: compare against a zero input.
     let zeros = TensorData::new(vec![0f32; n * n * c], [1, n, n, c]);
     let error = compare(gpu_out, cpu_out, &zeros);
+    expect_fused_stages(launches);
     println!("pair transition: relative error {error:.2e}");
     assert!(error <= F16_LAYER, "relative error {error:.3e}");
 }

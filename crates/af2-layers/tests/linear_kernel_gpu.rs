@@ -140,13 +140,16 @@ fn sigmoid(x: f32) -> f32 {
 #[test]
 fn epilogues_match_reference_f16() {
     let Some(device) = gpu() else { return };
-    // (relu, gate, residual): the transitions' ReLU, the triangle multiplication's gate and
-    // residual, the triangle attention's residual; rows ending inside a 64-row tile.
-    let (m, k, n) = (1000, 128, 128);
-    for (seed, (relu, gated, added)) in [
-        (true, false, false),
-        (false, true, true),
-        (false, false, true),
+    // (relu, gate, residual, K, N): the transitions' ReLU, the triangle multiplication's gate
+    // and residual, the triangle attention's residual, each on 128-column blocks, and on
+    // 64-column blocks (the template stack's width); rows ending inside a 64-row tile.
+    let m = 1000;
+    for (seed, (relu, gated, added, k, n)) in [
+        (true, false, false, 128, 128),
+        (false, true, true, 128, 128),
+        (false, false, true, 128, 128),
+        (true, false, false, 64, 64),
+        (false, true, true, 64, 64),
     ]
     .into_iter()
     .enumerate()
@@ -167,7 +170,7 @@ fn epilogues_match_reference_f16() {
             residual: added.then(|| on_gpu(&residual)),
         };
         let bias = tensor_in::<1>(&b, &device, DType::F16);
-        let what = format!("epilogue relu {relu} gate {gated} residual {added}");
+        let what = format!("epilogue relu {relu} gate {gated} residual {added} [{k}, {n}]");
         let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
         if !offered(out.is_some(), &what) {
             return;

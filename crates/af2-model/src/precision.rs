@@ -1,6 +1,6 @@
-//! Half precision: the trunk (template pair stack, extra-MSA stack and Evoformer) in f16, the
-//! embeddings, structure module and heads in f32, as AlphaFold's own `bfloat16` mode keeps the
-//! structure module in f32.
+//! Half precision: the trunk (extra-MSA stack and Evoformer) in f16; the embeddings (the template
+//! pair stack included), structure module and heads in f32, as AlphaFold's own `bfloat16` mode
+//! keeps the structure module in f32.
 
 use std::str::FromStr;
 
