@@ -207,11 +207,7 @@ impl GatedAttention {
         bias: Option<Tensor<4>>,
         max_logits: usize,
     ) -> Tensor<3> {
-        let inputs = Inputs {
-            q_data: x,
-            m_data: None,
-        };
-        self.attend_in_chunks(inputs, key_mask, bias, max_logits, None)
+        self.attend_self(x, key_mask, bias, None, max_logits)
     }
 
     /// `residual + forward_self(x, ..)`, the add done by the output projection's kernel where
@@ -229,23 +225,23 @@ impl GatedAttention {
         bias: Option<Tensor<4>>,
         residual: Tensor<3>,
     ) -> Tensor<3> {
-        self.forward_self_plus_chunked(x, key_mask, bias, residual, MAX_LOGITS_PER_CHUNK)
+        self.attend_self(x, key_mask, bias, Some(residual), MAX_LOGITS_PER_CHUNK)
     }
 
-    /// [`GatedAttention::forward_self_plus`] computing at most `max_logits` logits at a time.
-    fn forward_self_plus_chunked(
+    /// Self-attention of `x` plus `residual` where given, at most `max_logits` logits at a time.
+    fn attend_self(
         &self,
         x: Tensor<3>,
         key_mask: Tensor<2>,
         bias: Option<Tensor<4>>,
-        residual: Tensor<3>,
+        residual: Option<Tensor<3>>,
         max_logits: usize,
     ) -> Tensor<3> {
         let inputs = Inputs {
             q_data: x,
             m_data: None,
         };
-        self.attend_in_chunks(inputs, key_mask, bias, max_logits, Some(residual))
+        self.attend_in_chunks(inputs, key_mask, bias, max_logits, residual)
     }
 
     fn attend_in_chunks(
@@ -615,11 +611,11 @@ mod tests {
         let expected =
             residual.clone() + attention.forward_self(x.clone(), mask.clone(), Some(bias.clone()));
         for max_logits in [usize::MAX, 1] {
-            let ours = attention.forward_self_plus_chunked(
+            let ours = attention.attend_self(
                 x.clone(),
                 mask.clone(),
                 Some(bias.clone()),
-                residual.clone(),
+                Some(residual.clone()),
                 max_logits,
             );
             let diff: f32 = (ours - expected.clone()).abs().max().into_scalar();
