@@ -182,15 +182,15 @@ impl TriangleMultiplication {
         if mask.dtype() != act.dtype() {
             mask = mask.cast(act.dtype());
         }
-        let layer = self.interleaved_edge_projections();
+        let layer = self.interleaved_edge_projections(&side_by_side);
         try_gated_edges_kernel(act, &layer.weight, &layer.bias, &mask)
     }
 
     /// The edge projections for the gated edges kernel
-    /// ([`crate::linear_kernel::try_gated_edges_kernel`]), built once for these parameters.
+    /// ([`crate::linear_kernel::try_gated_edges_kernel`]) from their side-by-side form, built
+    /// once for these parameters.
     #[cfg(feature = "cube")]
-    fn interleaved_edge_projections(&self) -> EdgeProjections {
-        let side_by_side = self.edge_projections();
+    fn interleaved_edge_projections(&self, side_by_side: &EdgeProjections) -> EdgeProjections {
         let first = side_by_side.weight.clone();
         self.interleaved_edges.get_or_compute(
             self.edge_parameter_ids(),
