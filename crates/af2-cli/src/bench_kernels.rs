@@ -206,8 +206,11 @@ pub fn run(args: &Args) -> Result<()> {
 /// on the pair stack's `[rows, 128] · [128, N]` products.
 #[cfg(feature = "wgpu")]
 fn linear_table(device: &Device, repeats: usize) -> Result<()> {
+    use af2_layers::activation;
     use af2_layers::linear::Epilogue;
-    use af2_layers::linear_kernel::{try_linear_kernel_transposed, try_linear_kernel_with};
+    use af2_layers::linear_kernel::{
+        EDGE_BLOCK, try_gated_edges_kernel, try_linear_kernel_transposed, try_linear_kernel_with,
+    };
     println!(
         "{:<26} {:>8} {:>5} {:>11} {:>11} {:>8} {:>9}",
         "linear [rows, 128] x [128, N]", "rows", "N", "kernel ms", "burn ms", "speedup", "GB/s"
@@ -220,6 +223,7 @@ fn linear_table(device: &Device, repeats: usize) -> Result<()> {
             ("plain", 128),
             ("plain", 512),
             ("transposed", 512),
+            ("gated edges", 512),
             ("relu", 512),
         ] {
             let x = normal([rows, 128], 1.0);
@@ -229,8 +233,10 @@ fn linear_table(device: &Device, repeats: usize) -> Result<()> {
                 relu: name == "relu",
                 ..Epilogue::default()
             };
+            let mask = Tensor::<1>::ones([rows], device).cast(DType::F16);
             let kernel = || match name {
                 "transposed" => try_linear_kernel_transposed(&x, &w, &b),
+                "gated edges" => try_gated_edges_kernel(&x, &w, &b, &mask),
                 _ => try_linear_kernel_with(&x, &w, Some(&b), &epilogue),
             };
             if kernel().is_none() {
@@ -240,6 +246,17 @@ fn linear_table(device: &Device, repeats: usize) -> Result<()> {
             let kernel_ms = time(device, repeats, || kernel().unwrap())?.total_ms;
             // Burn's form of each: the fallbacks the layers use.
             let burn_ms = time(device, repeats, || match name {
+                "gated edges" => {
+                    let y = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
+                    let [projection, gate] = [0, 1].map(|half| {
+                        y.clone()
+                            .reshape([rows, n / EDGE_BLOCK, 2, EDGE_BLOCK / 2])
+                            .narrow(2, half, 1)
+                            .reshape([rows, n / 2])
+                    });
+                    (projection * activation::sigmoid(gate) * mask.clone().unsqueeze_dim::<2>(1))
+                        .transpose()
+                }
                 "transposed" => {
                     w.clone().transpose().matmul(x.clone().transpose())
                         + b.clone().unsqueeze_dim::<2>(1)
@@ -249,8 +266,9 @@ fn linear_table(device: &Device, repeats: usize) -> Result<()> {
                 _ => x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>(),
             })?
             .total_ms;
-            // f16 bytes read (x) and written (y).
-            let bytes = 2.0 * (rows * (128 + n)) as f64;
+            // f16 bytes read (x) and written (y; half of it for the gated edges).
+            let written = if name == "gated edges" { n / 2 } else { n };
+            let bytes = 2.0 * (rows * (128 + written)) as f64;
             println!(
                 "{name:<26} {rows:>8} {n:>5} {kernel_ms:>11.3} {burn_ms:>11.3} {:>7.2}x {:>9.0}",
                 burn_ms / kernel_ms,

@@ -3,7 +3,10 @@
 //!
 //! One cube of 8 planes (4 where shared memory is short, fewer for short query rows) computes
 //! 16 query rows a plane of one `(batch row, head)`. For each tile of 32 keys the cube stages K
-//! and V (f16) in shared memory, and every plane its own `[16, 32]` stripe of the bias (f32);
+//! and V (f16) in shared memory, and every plane its own `[16, 32]` stripe of the bias (f32;
+//! the bias is laid out `[G, H, Q, K]` first, a copy L² · H in size, so that a stripe's rows
+//! load as vectors of 4 keys: a head-strided bias fetched H times the bytes, and the triangle
+//! attention reads its bias once per batch row);
 //! each plane loads its bias stripe as the accumulator and adds its `16 × 32` query stripe
 //! times Kᵀ with 16×16×16 f16 matrix instructions, so the scores come out with the bias added.
 //! Then each lane takes one row and 16 of the tile's keys (its partner lane `l ^ 16` the other
@@ -30,6 +33,7 @@ use cubecl::prelude::DeviceProperties;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::attention_kernel::{address_type, cube_count, query_major_output};
+use burn_cubecl::kernel::into_contiguous;
 use kernel::attention_mma_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
@@ -38,6 +42,8 @@ const MMA: usize = 16;
 pub const MMA_HEAD_DIM: usize = 32;
 /// Units of a plane the kernel is written for (NVIDIA's warp, Apple's SIMD group).
 const PLANE: usize = 32;
+/// Bias elements a lane loads at once (where the key count is a multiple of it).
+const BIAS_VECTOR: usize = 4;
 /// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows; `None`: chosen per
 /// device by [`default_planes`]), keys per shared-memory tile, and the fewest planes (over
 /// all cubes) worth the kernel.
@@ -192,11 +198,20 @@ pub(crate) fn try_launch(
         return None;
     }
     let out = query_major_output(q, [b, h, q_len, cv]);
-    let address_type = address_type([q, k, v, key_mask, &out].into_iter().chain(bias));
+    // The bias laid out `[G, H, Q, K]` (usually a `[G, Q, K, H]` projection permuted: one
+    // copy of a tensor L² · H in size), so that a plane's bias rows are contiguous and load
+    // as vectors of 4 keys, instead of H-strided elements that fetch H times the bytes.
+    let bias = bias.map(|bias| into_contiguous(bias.clone()));
+    let bias_vector = if k.meta.shape()[2].is_multiple_of(BIAS_VECTOR) {
+        BIAS_VECTOR
+    } else {
+        1
+    };
+    let address_type = address_type([q, k, v, key_mask, &out].into_iter().chain(&bias));
     let dtypes = [
         dtype_to_storage_type(q.dtype),
         dtype_to_storage_type(key_mask.dtype),
-        dtype_to_storage_type(bias.map_or(q.dtype, |t| t.dtype)),
+        dtype_to_storage_type(bias.as_ref().map_or(q.dtype, |t| t.dtype)),
     ];
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: the caller checked the shapes; query rows past Q are zero on read and skipped on
@@ -208,16 +223,18 @@ pub(crate) fn try_launch(
             cube_count(q_tiles * h * b),
             CubeDim::new_2d(PLANE as u32, planes as u32),
             address_type,
+            bias_vector,
             q.clone().into_tensor_arg(),
             k.clone().into_tensor_arg(),
             v.clone().into_tensor_arg(),
             key_mask.clone().into_tensor_arg(),
-            bias.cloned().map(CubeTensor::into_tensor_arg).into(),
+            bias.map(CubeTensor::into_tensor_arg).into(),
             out.clone().into_tensor_arg(),
             q_tiles,
             planes,
             keys,
             padding(pad),
+            bias_vector,
             dtypes,
         );
     }
@@ -246,17 +263,18 @@ pub(crate) mod kernel {
     /// tile's keys; in the output it takes channel `l` of the plane's rows.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked, address_type = "dynamic")]
-    pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float>(
+    pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
         q: &Tensor<F>,
         k: &Tensor<F>,
         v: &Tensor<F>,
         key_mask: &Tensor<M>,
-        bias: ComptimeOption<&Tensor<Bt>>,
+        bias: ComptimeOption<&Tensor<Vector<Bt, NB>>>,
         out: &mut Tensor<F>,
         q_tiles: usize,
         #[comptime] planes: usize,
         #[comptime] keys: usize,
         #[comptime] pad: usize,
+        #[comptime] bias_vs: usize,
         #[define(F, M, Bt)] _dtypes: [ElemType; 3],
     ) {
         let threads = comptime!(PLANE * planes);
@@ -357,7 +375,8 @@ pub(crate) mod kernel {
         // Offsets and strides are read once, not per element.
         let kv_count = comptime!(keys * HEAD / threads);
         let kv_step = comptime!(threads / HEAD);
-        let bias_count = comptime!(MMA * keys / PLANE);
+        // Bias vectors a lane loads per tile.
+        let bias_count = comptime!(MMA * keys / (PLANE * bias_vs));
         let kv_first = t / HEAD;
         let channel = t % HEAD;
         let kv_at = kv_first * head_row + channel;
@@ -367,20 +386,19 @@ pub(crate) mod kernel {
         let k_base = b * k.stride(0) + h * k.stride(1) + channel * k.stride(3);
         let v_base = b * v.stride(0) + h * v.stride(1) + channel * v.stride(3);
         let stripe_row0 = row0 + plane * MMA;
+        // The bias is contiguous `[G, H, Q, K]` (the caller lays it out so).
         let mut bias_at = 0;
         let mut bias_row_stride = 0;
-        let mut bias_key_stride = 0;
         #[comptime]
         if let ComptimeOption::Some(bias) = &bias {
             let group = b / (batch / bias.shape(0));
             bias_at = group * bias.stride(0) + h * bias.stride(1);
             bias_row_stride = bias.stride(2);
-            bias_key_stride = bias.stride(3);
         }
         // The next tile, loaded into registers while the current one is computed.
         let mut k_next = Array::<F>::new(kv_count);
         let mut v_next = Array::<F>::new(kv_count);
-        let mut bias_next = Array::<f32>::new(bias_count);
+        let mut bias_next = Array::<f32>::new(comptime!(bias_count * bias_vs));
         let mut fill_next = f32::new(0.0);
 
         // Step `s` issues the loads of tile `s`, computes tile `s - 1` from shared memory while
@@ -403,21 +421,24 @@ pub(crate) mod kernel {
                     v_next[i] = vv;
                 }
                 // The bias (zero outside [Q, K] and without a bias): the scores start from it.
+                // Lane `l` loads elements `(l + i * PLANE) * bias_vs ..` of the `[16, keys]`
+                // stripe; K is a multiple of `bias_vs`, so a vector is inside K or past it.
                 #[unroll]
                 for i in 0..bias_count {
-                    let mut value = f32::new(0.0);
+                    let mut values = Vector::<Bt, NB>::new(Bt::new(0.0));
                     #[comptime]
                     if let ComptimeOption::Some(bias) = &bias {
-                        let e = lane + i * PLANE;
+                        let e = (lane + i * PLANE) * bias_vs;
                         let row = stripe_row0 + e / keys;
                         let key = key0 + e % keys;
                         if row < q_len && key < k_len {
-                            value = f32::cast_from(
-                                bias[bias_at + row * bias_row_stride + key * bias_key_stride],
-                            );
+                            values = bias[(bias_at + row * bias_row_stride + key) / bias_vs];
                         }
                     }
-                    bias_next[i] = value;
+                    #[unroll]
+                    for j in 0..bias_vs {
+                        bias_next[i * bias_vs + j] = f32::cast_from(values.extract(j));
+                    }
                 }
                 if t < keys {
                     fill_next = masked_key_logit(key_mask, mask_base, key0 + t, k_len);
@@ -534,8 +555,12 @@ pub(crate) mod kernel {
                 sync_plane();
                 #[unroll]
                 for i in 0..bias_count {
-                    let e = lane + i * PLANE;
-                    s_s[stripe + (e / keys) * key_row + e % keys] = bias_next[i];
+                    let e = (lane + i * PLANE) * bias_vs;
+                    #[unroll]
+                    for j in 0..bias_vs {
+                        s_s[stripe + (e / keys) * key_row + e % keys + j] =
+                            bias_next[i * bias_vs + j];
+                    }
                 }
             }
             sync_cube();

@@ -58,6 +58,27 @@ impl LayerNorm {
         self.forward_reference(x)
     }
 
+    /// [`LayerNorm::forward`] of `x`'s columns: a channel-major input read in place where the
+    /// kernel takes it ([`crate::layer_norm_kernel::try_layer_norm_channel_major`]), else
+    /// transposed into rows first.
+    ///
+    /// # Shapes
+    /// - input: `[d_model, R]`
+    /// - output: `[R, d_model]`
+    pub fn forward_channel_major(&self, x: Tensor<2>) -> Tensor<2> {
+        #[cfg(feature = "cube")]
+        if let Some(out) = crate::layer_norm_kernel::try_layer_norm_channel_major(
+            &x,
+            &self.gamma.val(),
+            &self.beta.val(),
+            self.epsilon as f32,
+        ) {
+            return out;
+        }
+        let [d, rows] = x.dims();
+        self.forward(x.transpose().reshape([rows, d]))
+    }
+
     /// The LayerNorm in Burn tensor operations: the reference for the kernel, and the path on
     /// the CPU backends.
     ///

@@ -120,18 +120,17 @@ impl TriangleMultiplication {
             // 'ikc,jkc->ijc': out[c,i,j] = sum_k left[c,i,k] * right[c,j,k]
             left.matmul(right.swap_dims(1, 2))
         };
-        let m = matrices / b;
-        let product = product
-            .reshape([m, b, n, n])
-            .permute([1, 2, 3, 0])
-            .reshape([rows, m]);
+        // Channel-major [m, rows] as the matmul leaves it; the centre norm writes rows.
+        let normed = self
+            .center_layer_norm
+            .forward_channel_major(product.reshape([matrices / b, rows]));
         let finish = Epilogue {
             relu: false,
             gate: Some(self.gating_linear.forward(act)),
             residual: add_input.then_some(pair),
         };
         matmul_bias_with(
-            self.center_layer_norm.forward(product),
+            normed,
             self.output_projection.weight.val(),
             self.output_projection.bias.as_ref().map(|b| b.val()),
             finish,

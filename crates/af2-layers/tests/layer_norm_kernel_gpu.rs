@@ -5,7 +5,9 @@
 
 mod common;
 
-use af2_layers::layer_norm_kernel::{kernel_enabled, kernel_supports, layer_norm_kernel};
+use af2_layers::layer_norm_kernel::{
+    kernel_enabled, kernel_supports, layer_norm_kernel, try_layer_norm_channel_major,
+};
 use af2_layers::{LayerNorm, LayerNormConfig};
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -131,8 +133,11 @@ fn kernel_matches_reference_f32() {
         ([2, 5, 7, 128], false),
         ([1, 3, 33, 256], false),
         ([1, 9, 11, 64], true),
+        ([1, 4, 6, 64], false),
         ([1, 1, 5, 384], false),
         ([1, 2, 3, 48], false),
+        ([1, 3, 5, 22], false),
+        ([1, 2, 2, 7], false),
         ([1, 1, 1, 1], false),
     ] {
         let (kernel, burn) = errors(&input(shape, 3), DType::F32, swapped, &device);
@@ -149,9 +154,17 @@ fn kernel_matches_reference_f32() {
 #[test]
 fn kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
-    let (kernel, _) = errors(&input([2, 4, 9, 128], 11), DType::F16, false, &device);
-    // Statistics in f32; the output is rounded to f16 (2^-11 relative).
-    assert!(kernel < 1e-3, "relative error {kernel}");
+    // Vectors of 4 (128 wide), of 2 (18 wide) and single elements (a swapped view).
+    for (shape, swapped) in [
+        ([2, 4, 9, 128], false),
+        ([1, 3, 4, 18], false),
+        ([1, 5, 3, 64], true),
+    ] {
+        let (kernel, _) = errors(&input(shape, 11), DType::F16, swapped, &device);
+        eprintln!("f16 {shape:?} swapped {swapped}: kernel {kernel:.2e}");
+        // Statistics in f32; the output is rounded to f16 (2^-11 relative).
+        assert!(kernel < 1e-3, "{shape:?}: relative error {kernel}");
+    }
 }
 
 #[test]
@@ -181,5 +194,88 @@ fn layer_norm_module_uses_the_kernel_when_enabled() {
             error <= 1e-6,
             "module vs reference: relative error {error:.2e}"
         );
+    }
+}
+
+#[test]
+fn rows_of_any_rank_and_swapped_views_give_the_same_bits() {
+    let Some(device) = gpu() else { return };
+    let data = input([2, 5, 7, 64], 31);
+    let norm = layer_norm(64, &device, DType::F32);
+    let x = Tensor::<4>::from_data(data, &device);
+    let run = |x: Tensor<4>| {
+        to_vec(layer_norm_kernel(
+            x,
+            norm.gamma.val(),
+            norm.beta.val(),
+            1e-5,
+        ))
+    };
+    let four = run(x.clone());
+    let two = to_vec(layer_norm_kernel(
+        x.clone().reshape([70, 64]),
+        norm.gamma.val(),
+        norm.beta.val(),
+        1e-5,
+    ));
+    let three = to_vec(layer_norm_kernel(
+        x.clone().reshape([10, 7, 64]),
+        norm.gamma.val(),
+        norm.beta.val(),
+        1e-5,
+    ));
+    assert!(two == four && three == four, "row layouts disagree");
+    // A swapped view, read in place, against the same rows copied into that order first.
+    let swapped = run(x.clone().swap_dims(1, 2));
+    let copied = run(Tensor::<4>::from_data(
+        x.swap_dims(1, 2).into_data(),
+        &device,
+    ));
+    assert!(
+        swapped == copied,
+        "a swapped view normalises differently from its copy"
+    );
+}
+
+/// The channel-major kernel (`[D, R]` in, `[R, D]` out) against the exact LayerNorm of the same
+/// rows; on devices without 32-unit planes it is not offered (with `AF2_EXPECT_MMA=1`, as on
+/// the H100 runs, it must be).
+#[test]
+fn channel_major_kernel_matches_exact() {
+    let Some(device) = gpu() else { return };
+    for (d, rows, dtype) in [
+        (128, 300, DType::F32),
+        (16, 130, DType::F32),
+        (64, 97, DType::F32),
+        (100, 64, DType::F32),
+        (128, 260, DType::F16),
+        (64, 203, DType::F16),
+    ] {
+        let data = input([1, 1, rows, d], 41);
+        let x_rows = tensor_in::<4>(&data, &device, dtype).reshape([rows, d]);
+        let seen = to_vec(x_rows.clone());
+        let channel_major =
+            Tensor::<2>::from_data(x_rows.transpose().into_data(), &device).cast(dtype);
+        let norm = layer_norm(d, &device, dtype);
+        let offered =
+            try_layer_norm_channel_major(&channel_major, &norm.gamma.val(), &norm.beta.val(), 1e-5);
+        let Some(out) = offered else {
+            assert!(
+                std::env::var("AF2_EXPECT_MMA").is_err(),
+                "the channel-major kernel is not offered"
+            );
+            eprintln!("channel-major kernel not offered on this device");
+            return;
+        };
+        assert_eq!(out.dims(), [rows, d]);
+        let (gamma, beta) = (to_vec(norm.gamma.val()), to_vec(norm.beta.val()));
+        let error = relative_error(&to_vec(out.clone()), &exact(&seen, &gamma, &beta));
+        eprintln!("channel-major d {d}, rows {rows}, {dtype:?}: relative error {error:.2e}");
+        // f32: a few ulp of the output, as the row kernel; f16: the output's rounding.
+        let limit = if dtype == DType::F32 { 1e-6 } else { 1e-3 };
+        assert!(error <= limit, "d {d}, rows {rows}: relative error {error}");
+        // The module's channel-major form takes the kernel: the same bits.
+        let through_module = to_vec(norm.forward_channel_major(channel_major));
+        assert!(through_module == to_vec(out), "module and kernel disagree");
     }
 }

@@ -25,7 +25,7 @@ fn sigmoid(x: f32) -> f32 {
 /// projections, the second half their gates, and the cube writes `mask[row] · projection ·
 /// sigmoid(gate)` as `n_block / 2` output rows `(c % blocks) · n_block / 2 ..` of an
 /// `[N / 2, M]` output.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)] // comptime and runtime conditions stay apart
 #[cube(launch_unchecked, address_type = "dynamic")]
 pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
@@ -49,6 +49,16 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     let n_frags = comptime!(plane_cols / MMA);
     let x_row = comptime!(k_dim + PAD);
     let out_row = comptime!(n_block + PAD);
+    // The transposed forms keep the output tile column-major (`out_col` per column), so that
+    // their stores along output columns read whole vectors.
+    let out_col = comptime!(TILE_ROWS + PAD);
+    let column_major = comptime!(transposed || mask.is_some());
+    let out_len = comptime!(if column_major {
+        n_block * (TILE_ROWS + PAD)
+    } else {
+        TILE_ROWS * (n_block + PAD)
+    });
+    let x_len = comptime!(TILE_ROWS * (k_dim + PAD));
     let m = x.shape(0);
     let n = weight.shape(1);
     let blocks = n / n_block;
@@ -63,8 +73,10 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     let with_residual = comptime!(residual.is_some());
     let epilogue = comptime!(relu || gated || with_residual);
 
-    let mut x_s = Shared::<[F]>::new_slice(comptime!(TILE_ROWS * (k_dim + PAD)));
-    let mut out_s = Shared::<[F]>::new_slice(comptime!(TILE_ROWS * (n_block + PAD)));
+    // Both tiles hold whole vectors, so that staging and writing out move 16 bytes a unit
+    // instead of eight 2-byte accesses; the matrix loads and stores address them in elements.
+    let mut x_s = Shared::<[Vector<F, N>]>::new_slice(comptime!(x_len / vs));
+    let mut out_s = Shared::<[Vector<F, N>]>::new_slice(comptime!(out_len / vs));
     // The bias as 16 identical rows, the accumulators' starting value.
     let mut bias_s = Shared::<[f32]>::new_slice(comptime!(MMA * (n_block + PAD)));
     #[unroll]
@@ -136,10 +148,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             if row0 + r < m {
                 v = x[(row0 + r) * x_row_stride / vs + cv];
             }
-            #[unroll]
-            for j in 0..vs {
-                x_s[r * x_row + cv * vs + j] = v.extract(j);
-            }
+            x_s[comptime!(x_row / vs) * r + cv] = v;
         }
         sync_cube();
 
@@ -150,7 +159,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             for kk in 0..k_steps {
                 cmma::load(
                     &mut a_frag,
-                    &x_s[x_at + kk * MMA..comptime!(TILE_ROWS * (k_dim + PAD))],
+                    &x_s[(x_at + kk * MMA) / vs..comptime!(x_len / vs)],
                     x_row as u32,
                 );
                 #[unroll]
@@ -172,16 +181,62 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     }
                 }
             }
-            let out_at = stripe * MMA * out_row + plane_col0;
             #[unroll]
             for nn in 0..n_frags {
                 let rounded = cmma::cast::<f32, F, _>(acc.index(nn));
-                cmma::store(
-                    &mut out_s[out_at + nn * MMA..comptime!(TILE_ROWS * (n_block + PAD))],
-                    &rounded,
-                    out_row as u32,
-                    MatrixLayout::RowMajor,
-                );
+                let col = plane_col0 + nn * MMA;
+                if comptime!(column_major) {
+                    cmma::store(
+                        &mut out_s[(col * out_col + stripe * MMA) / vs..comptime!(out_len / vs)],
+                        &rounded,
+                        out_col as u32,
+                        MatrixLayout::ColMajor,
+                    );
+                } else {
+                    cmma::store(
+                        &mut out_s[(stripe * MMA * out_row + col) / vs..comptime!(out_len / vs)],
+                        &rounded,
+                        out_row as u32,
+                        MatrixLayout::RowMajor,
+                    );
+                }
+            }
+        }
+        // The output stage's own inputs at this unit's positions, loaded before the barrier and
+        // all in flight together: a load placed after a store to the output would wait for
+        // that store (the buffers might alias), one memory latency per vector.
+        let out_vectors = comptime!(TILE_ROWS * n_block / (vs * threads));
+        let mut gate_in = Array::<Vector<F, N>>::new(out_vectors);
+        let mut residual_in = Array::<Vector<F, N>>::new(out_vectors);
+        if comptime!(gated || with_residual) {
+            #[unroll]
+            for i in 0..out_vectors {
+                let e = t + i * threads;
+                let (r, cv) = (e / comptime!(n_block / vs), e % comptime!(n_block / vs));
+                let mut gate_v = Vector::<F, N>::new(F::new(0.0));
+                let mut residual_v = Vector::<F, N>::new(F::new(0.0));
+                if row0 + r < m {
+                    let at = ((row0 + r) * out_row_stride + col0) / vs + cv;
+                    #[comptime]
+                    if let ComptimeOption::Some(gate) = &gate {
+                        gate_v = gate[at];
+                    }
+                    #[comptime]
+                    if let ComptimeOption::Some(residual) = &residual {
+                        residual_v = residual[at];
+                    }
+                }
+                gate_in[i] = gate_v;
+                residual_in[i] = residual_v;
+            }
+        }
+        // The gated edges' mask: every unit writes the same eight rows at each step.
+        let mask_rows = comptime!(TILE_ROWS / vs);
+        let mut mask_v = Vector::<F, N>::new(F::new(0.0));
+        #[comptime]
+        if let ComptimeOption::Some(mask) = &mask {
+            if row0 + (t % mask_rows) * vs < m {
+                mask_v = mask[row0 / vs + t % mask_rows];
             }
         }
         sync_cube();
@@ -190,20 +245,20 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
         // of an output row, or (transposed) of an output column.
         #[comptime]
         match mask {
-            ComptimeOption::Some(mask) => {
+            ComptimeOption::Some(_) => {
                 let half = comptime!(n_block / 2);
                 #[unroll]
                 for i in 0..comptime!(TILE_ROWS * n_block / (2 * vs * threads)) {
                     let e = t + i * threads;
                     let (c, rv) = (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
                     if row0 + rv * vs < m {
-                        let mask_v = mask[row0 / vs + rv];
+                        let projection_v = out_s[comptime!(out_col / vs) * c + rv];
+                        let gate_v = out_s[comptime!(out_col / vs) * (c + half) + rv];
                         let mut v = Vector::<F, N>::empty();
                         #[unroll]
                         for j in 0..vs {
-                            let at = (rv * vs + j) * out_row + c;
-                            let projection = f32::cast_from(out_s[at]);
-                            let gate_value = sigmoid(f32::cast_from(out_s[at + half]));
+                            let projection = f32::cast_from(projection_v.extract(j));
+                            let gate_value = sigmoid(f32::cast_from(gate_v.extract(j)));
                             let masked = f32::cast_from(mask_v.extract(j)) * projection;
                             v.insert(j, F::cast_from(masked * gate_value));
                         }
@@ -215,37 +270,22 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 #[unroll]
                 for i in 0..comptime!(TILE_ROWS * n_block / (vs * threads)) {
                     let e = t + i * threads;
-                    let mut v = Vector::<F, N>::empty();
                     if comptime!(transposed) {
                         let (c, rv) =
                             (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
                         if row0 + rv * vs < m {
-                            #[unroll]
-                            for j in 0..vs {
-                                v.insert(j, out_s[(rv * vs + j) * out_row + c]);
-                            }
-                            out[((col0 + c) * out_row_stride + row0) / vs + rv] = v;
+                            out[((col0 + c) * out_row_stride + row0) / vs + rv] =
+                                out_s[comptime!(out_col / vs) * c + rv];
                         }
                     } else {
                         let (r, cv) = (e / comptime!(n_block / vs), e % comptime!(n_block / vs));
                         if row0 + r < m {
                             let at = ((row0 + r) * out_row_stride + col0) / vs + cv;
-                            #[unroll]
-                            for j in 0..vs {
-                                v.insert(j, out_s[r * out_row + cv * vs + j]);
-                            }
+                            let mut v = out_s[comptime!(out_row / vs) * r + cv];
                             if comptime!(epilogue) {
-                                // The gate's and residual's vectors at this position (zeros where absent).
-                                let mut gate_v = Vector::<F, N>::new(F::new(0.0));
-                                let mut residual_v = Vector::<F, N>::new(F::new(0.0));
-                                #[comptime]
-                                if let ComptimeOption::Some(gate) = &gate {
-                                    gate_v = gate[at];
-                                }
-                                #[comptime]
-                                if let ComptimeOption::Some(residual) = &residual {
-                                    residual_v = residual[at];
-                                }
+                                // Zeros where the gate or residual is absent.
+                                let gate_v = gate_in[i];
+                                let residual_v = residual_in[i];
                                 #[unroll]
                                 for j in 0..vs {
                                     let mut y = f32::cast_from(v.extract(j));
