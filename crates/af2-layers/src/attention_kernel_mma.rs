@@ -202,7 +202,7 @@ pub(crate) fn try_launch(
     // copy of a tensor L² · H in size), so that a plane's bias rows are contiguous and load
     // as vectors of 4 keys, instead of H-strided elements that fetch H times the bytes.
     let bias = bias.map(|bias| into_contiguous(bias.clone()));
-    let bias_vector = if k.meta.shape()[2].is_multiple_of(BIAS_VECTOR) {
+    let bias_vector = if bias.is_some() && k.meta.shape()[2].is_multiple_of(BIAS_VECTOR) {
         BIAS_VECTOR
     } else {
         1

@@ -59,8 +59,9 @@ impl LayerNorm {
     }
 
     /// [`LayerNorm::forward`] of `x`'s columns: a channel-major input read in place where the
-    /// kernel takes it ([`crate::layer_norm_kernel::try_layer_norm_channel_major`]), else
-    /// transposed into rows first.
+    /// columns kernel takes it ([`crate::layer_norm_kernel::try_layer_norm_channel_major`]),
+    /// else [`LayerNorm::forward`] of its transposed view (copied into rows on the CPU
+    /// backends; the GPU's row kernel reads the strided view, slower).
     ///
     /// # Shapes
     /// - input: `[d_model, R]`

@@ -37,7 +37,8 @@ const ROWS_PER_CUBE: usize = 8;
 /// LayerNorm over the last axis as a backend operation.
 #[backend_extension(Cube, Fusion)]
 pub trait LayerNormOps: Backend {
-    /// `(x - mean) / sqrt(var + epsilon) * gamma + beta` over the rows of `x` `[R, D]`.
+    /// `(x - mean) / sqrt(var + epsilon) * gamma + beta` over the rows of `x` `[..., D]` (rank
+    /// 4 at most; the rows read through their strides).
     #[fusion(dtype = x, shape = x)]
     fn layer_norm_rows(
         x: FloatTensor<Self>,
@@ -195,7 +196,7 @@ pub fn try_layer_norm_channel_major(
     if !kernel_enabled() || !kernel_supports(x) || !planes_are_rows(client.properties()) {
         return None;
     }
-    if d > columns::MAX_CHANNELS || rows == 0 {
+    if d == 0 || d > columns::MAX_CHANNELS || rows == 0 {
         return None;
     }
     Some(Tensor::<2>::from_dispatch(Dispatch::layer_norm_columns(
@@ -249,20 +250,21 @@ fn launch(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f32) -> C
     out
 }
 
-/// Elements a unit loads at once: 4 (or 2) where the rows are contiguous and their width,
-/// their stride and the offsets of gamma and beta allow it, else 1 (strided views).
+/// Elements a unit loads at once: 4 (or 2) where each row is contiguous, its width and the
+/// stride of every row dimension (of more than one row) are multiples of it, and gamma and beta
+/// are contiguous; else 1 (strided views).
 fn vector_size(x: &CubeTensor, gamma: &CubeTensor, beta: &CubeTensor) -> usize {
     let unit_stride = |t: &CubeTensor| t.meta.strides()[0] == 1;
-    if !(unit_stride(gamma) && unit_stride(beta)) {
+    let (shape, strides) = (x.meta.shape(), x.meta.strides());
+    let last = shape.num_dims() - 1;
+    if !(unit_stride(gamma) && unit_stride(beta)) || strides[last] != 1 {
         return 1;
     }
-    let last = x.meta.shape().num_dims() - 1;
-    cubecl::tensor_vector_size_parallel(
-        [4, 2, 1].into_iter(),
-        x.meta.shape(),
-        x.meta.strides(),
-        last,
-    )
+    let fits = |vs: usize| {
+        shape[last].is_multiple_of(vs)
+            && (0..last).all(|i| shape[i] == 1 || strides[i].is_multiple_of(vs))
+    };
+    [4, 2].into_iter().find(|&vs| fits(vs)).unwrap_or(1)
 }
 
 /// The address type of a launch over `tensors` and the dtypes of the kernels' `x`, gamma and

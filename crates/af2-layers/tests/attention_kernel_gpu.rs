@@ -245,6 +245,8 @@ fn tensor_core_kernel_matches_reference_f16() {
         Case::new(128, 4, 33, 64, 32, Some(4)),
         // No bias (MSA column attention), Q != K.
         Case::new(96, 8, 21, 100, 32, None),
+        // A bias loaded 4 keys at a time (K a multiple of 4) over a partial last key tile.
+        Case::new(64, 4, 36, 100, 32, Some(2)),
     ];
     let mut views = Case::new(64, 4, 45, 45, 32, Some(2));
     views.swapped = true;

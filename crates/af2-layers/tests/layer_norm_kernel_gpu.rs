@@ -154,11 +154,13 @@ fn kernel_matches_reference_f32() {
 #[test]
 fn kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
-    // Vectors of 4 (128 wide), of 2 (18 wide) and single elements (a swapped view).
+    // Vectors of 4 (128 wide; 64 wide, rows of a swapped view), of 2 (18 wide) and single
+    // elements (33 wide, swapped).
     for (shape, swapped) in [
         ([2, 4, 9, 128], false),
         ([1, 3, 4, 18], false),
         ([1, 5, 3, 64], true),
+        ([1, 4, 5, 33], true),
     ] {
         let (kernel, _) = errors(&input(shape, 11), DType::F16, swapped, &device);
         eprintln!("f16 {shape:?} swapped {swapped}: kernel {kernel:.2e}");
@@ -278,4 +280,25 @@ fn channel_major_kernel_matches_exact() {
         let through_module = to_vec(norm.forward_channel_major(channel_major));
         assert!(through_module == to_vec(out), "module and kernel disagree");
     }
+}
+
+/// Wider than the columns kernel takes: `forward_channel_major` falls back to the row kernel on
+/// the transposed view, still the exact LayerNorm.
+#[test]
+fn channel_major_fallback_matches_exact() {
+    let Some(device) = gpu() else { return };
+    let (d, rows) = (160, 50);
+    let data = input([1, 1, rows, d], 43);
+    let x_rows = Tensor::<4>::from_data(data, &device).reshape([rows, d]);
+    let seen = to_vec(x_rows.clone());
+    let channel_major = Tensor::<2>::from_data(x_rows.transpose().into_data(), &device);
+    let norm = layer_norm(d, &device, DType::F32);
+    let (gamma_t, beta_t) = (norm.gamma.val(), norm.beta.val());
+    assert!(try_layer_norm_channel_major(&channel_major, &gamma_t, &beta_t, 1e-5).is_none());
+    let out = norm.forward_channel_major(channel_major);
+    assert_eq!(out.dims(), [rows, d]);
+    let (gamma, beta) = (to_vec(gamma_t), to_vec(beta_t));
+    let error = relative_error(&to_vec(out), &exact(&seen, &gamma, &beta));
+    eprintln!("channel-major fallback d {d}: relative error {error:.2e}");
+    assert!(error <= 1e-6, "relative error {error}");
 }

@@ -3,9 +3,10 @@
 //! batched matmul leaves it, instead of after a copy into rows.
 //!
 //! A cube of 8 planes stages 16 rows (columns of `x`) in shared memory, as f32, with loads of 4
-//! consecutive rows of a channel; then each plane normalises 2 of the rows as the row kernel
-//! does (lane `l` holds channels `l, l + 32, ..`; shift by the row's first element, two-pass
-//! variance, plane sums) and writes them out along the row.
+//! consecutive rows of a channel; then each plane normalises 2 of the rows with the row
+//! kernel's arithmetic (shift by the row's first element, two-pass variance, plane sums; lane
+//! `l` holds channels `l, l + 32, ..`, so the sums run in another order than the row kernel's
+//! vectors) and writes them out along the row.
 
 use burn::tensor::Shape;
 use burn_cubecl::kernel::{into_contiguous, untile};
@@ -13,7 +14,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeDim;
 
-use super::{LANES, launch_types};
+use super::{LANES, launch_types, planes_are_rows};
 use crate::attention_kernel::cube_count;
 use kernel::layer_norm_columns_kernel;
 
@@ -44,6 +45,10 @@ pub(super) fn launch(
     assert!(
         d <= MAX_CHANNELS && gamma.meta.shape()[0] == d && beta.meta.shape()[0] == d,
         "layer norm kernel: {d} channels (at most {MAX_CHANNELS}), gamma and beta [{d}]"
+    );
+    assert!(
+        planes_are_rows(x.client.properties()),
+        "layer norm kernel: the columns kernel needs planes of {LANES} units"
     );
     let client = x.client.clone();
     let dtype = x.dtype;
@@ -110,8 +115,9 @@ mod kernel {
         let t = plane * LANES + lane;
         let threads = comptime!(LANES * PLANES);
         let row0 = CUBE_POS * tile_rows;
-        // Staged row `r`, channel `c` at `r * tile_row + c` (an odd row length: the column
-        // stores of consecutive rows fall in different banks).
+        // Staged row `r`, channel `c` at `r * tile_row + c` (`d + 1`: for the even channel
+        // counts of the model, an odd row length, so that the column stores of consecutive rows
+        // fall in different banks).
         let tile_row = comptime!(d + 1);
         let mut tile = Shared::<[f32]>::new_slice(comptime!(tile_rows * (d + 1)));
 

@@ -266,7 +266,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     }
                 }
             }
-            ComptimeOption::None => {
+            ComptimeOption::None =>
+            {
                 #[unroll]
                 for i in 0..comptime!(TILE_ROWS * n_block / (vs * threads)) {
                     let e = t + i * threads;
@@ -283,9 +284,6 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                             let at = ((row0 + r) * out_row_stride + col0) / vs + cv;
                             let mut v = out_s[comptime!(out_row / vs) * r + cv];
                             if comptime!(epilogue) {
-                                // Zeros where the gate or residual is absent.
-                                let gate_v = gate_in[i];
-                                let residual_v = residual_in[i];
                                 #[unroll]
                                 for j in 0..vs {
                                     let mut y = f32::cast_from(v.extract(j));
@@ -293,10 +291,10 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                                         y = y.max(0.0f32);
                                     }
                                     if comptime!(gated) {
-                                        y *= sigmoid(f32::cast_from(gate_v.extract(j)));
+                                        y *= sigmoid(f32::cast_from(gate_in[i].extract(j)));
                                     }
                                     if comptime!(with_residual) {
-                                        y += f32::cast_from(residual_v.extract(j));
+                                        y += f32::cast_from(residual_in[i].extract(j));
                                     }
                                     v.insert(j, F::cast_from(y));
                                 }
