@@ -28,6 +28,7 @@ use cubecl::prelude::{CubeDim, DeviceProperties};
 use kernel::{RowLayoutLaunch, layer_norm_rows_kernel};
 
 use crate::attention_kernel::{address_type, cube_count};
+use crate::with_cube_properties;
 
 /// Units sharing one row.
 const LANES: usize = 32;
@@ -180,23 +181,19 @@ pub fn try_layer_norm_channel_major(
     beta: &Tensor<1>,
     epsilon: f32,
 ) -> Option<Tensor<2>> {
-    let [d, rows] = x.dims();
+    let [d, _] = x.dims();
     assert!(
         gamma.dims() == [d] && beta.dims() == [d],
         "layer norm kernel: gamma {:?} and beta {:?} must be [{d}]",
         gamma.dims(),
         beta.dims()
     );
-    let device = x.device();
-    #[allow(irrefutable_let_patterns)] // Only cubecl backends in some builds.
-    let DispatchDevice::Cube(device) = device.as_dispatch() else {
-        return None;
-    };
-    let client = device.client();
-    if !kernel_enabled() || !kernel_supports(x) || !planes_are_rows(client.properties()) {
-        return None;
-    }
-    if d == 0 || d > columns::MAX_CHANNELS || rows == 0 {
+    // `kernel_supports` refuses R = 0 (its last axis) and devices other than cubecl's.
+    let offered = kernel_enabled()
+        && kernel_supports(x)
+        && (1..=columns::MAX_CHANNELS).contains(&d)
+        && with_cube_properties(&x.device(), planes_are_rows).unwrap_or(false);
+    if !offered {
         return None;
     }
     Some(Tensor::<2>::from_dispatch(Dispatch::layer_norm_columns(

@@ -67,10 +67,22 @@ pub const MAX_LOGITS_PER_CHUNK: usize = 1 << 26;
 /// `None` on the CPU backends, and always without the `cube` feature.
 pub fn device_name(device: &burn::tensor::Device) -> Option<String> {
     #[cfg(feature = "cube")]
-    if let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() {
-        let name = cube.client().properties().identity.name.clone();
+    if let Some(name) = with_cube_properties(device, |props| props.identity.name.clone()) {
         return (!name.is_empty()).then_some(name);
     }
     let _ = device;
     None
+}
+
+/// `f` of a cubecl device's properties; `None` for other devices.
+#[cfg(feature = "cube")]
+pub(crate) fn with_cube_properties<T>(
+    device: &burn::tensor::Device,
+    f: impl FnOnce(&cubecl::prelude::DeviceProperties) -> T,
+) -> Option<T> {
+    #[allow(irrefutable_let_patterns)] // Only cubecl backends in some builds.
+    let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return None;
+    };
+    Some(f(cube.client().properties()))
 }

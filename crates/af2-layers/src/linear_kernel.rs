@@ -31,7 +31,7 @@
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::{into_contiguous, untile};
@@ -42,6 +42,7 @@ use cubecl::prelude::CubeDim;
 use crate::attention_kernel::{address_type, cube_count};
 use crate::attention_kernel_mma::runs_f16_instructions;
 use crate::linear::Epilogue;
+use crate::with_cube_properties;
 use kernel::linear_mma_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
@@ -260,15 +261,11 @@ fn epilogues_disabled() -> bool {
 /// accumulators in planes of [`PLANE`] units, and gives a cube the shared memory the kernel
 /// declares for `k` inputs and `n` outputs.
 fn device_supports(x: &Tensor<2>, k: usize, n: usize) -> bool {
-    let device = x.device();
-    #[allow(irrefutable_let_patterns)] // Only cubecl backends in some builds.
-    let DispatchDevice::Cube(device) = device.as_dispatch() else {
-        return false;
-    };
-    let client = device.client();
-    let props = client.properties();
-    runs_f16_instructions(props)
-        && shared_bytes(k, block_width(n)) <= props.hardware.max_shared_memory_size
+    with_cube_properties(&x.device(), |props| {
+        runs_f16_instructions(props)
+            && shared_bytes(k, block_width(n)) <= props.hardware.max_shared_memory_size
+    })
+    .unwrap_or(false)
 }
 
 /// Bytes of shared memory the kernel declares: the input and output tiles (f16) and the bias
