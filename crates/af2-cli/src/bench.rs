@@ -203,6 +203,16 @@ pub fn run(args: &Args) -> Result<()> {
                 row.mean / b,
                 row.designs_per_hour()
             );
+            // Whether the row's passes were recorded once and replayed (GPU builds; layouts
+            // over the recording limit have no entry).
+            let layout = format!("B={batch} N={n}:");
+            for status in model
+                .pass_recordings()
+                .iter()
+                .filter(|s| s.starts_with(&layout))
+            {
+                println!("{:>6} passes of {status}", "");
+            }
             rows.push(row);
         }
     }

@@ -10,9 +10,11 @@
 //! Every batch of frames is flattened to one leading axis `B`. A frame maps local coordinates
 //! to global ones: `x_global = rot · x_local + trans`.
 
+pub mod constant;
 mod quat_affine;
 mod rigid;
 
+pub use constant::constant;
 pub use quat_affine::{QuatAffine, quat_multiply_by_vec, quat_to_rot};
 pub use rigid::Rigid;
 

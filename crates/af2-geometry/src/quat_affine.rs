@@ -3,6 +3,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::Rigid;
+use crate::constant::constant;
 use crate::rigid::rotate;
 
 /// Coefficients of the rotation entries in the quaternion products: `R[k] = Σ C[i][j][k] q_i q_j`
@@ -51,17 +52,21 @@ const QUAT_MULTIPLY_BY_VEC: [(usize, usize, usize, f32); 12] = [
 ];
 
 /// A dense `[rows * cols, outputs]` matrix from sparse `(i, j, k, coefficient)` entries, to
-/// multiply the flattened products `a_i b_j` (`i` over `rows`, `j` over `cols`).
+/// multiply the flattened products `a_i b_j` (`i` over `rows`, `j` over `cols`); uploaded once
+/// per device as the constant `name`.
 fn bilinear_coefficients(
+    name: &'static str,
     entries: &[(usize, usize, usize, f32)],
     [rows, cols, outputs]: [usize; 3],
     device: &Device,
 ) -> Tensor<2> {
-    let mut dense = vec![0.0f32; rows * cols * outputs];
-    for &(i, j, k, c) in entries {
-        dense[(i * cols + j) * outputs + k] += c;
-    }
-    Tensor::from_data(TensorData::new(dense, [rows * cols, outputs]), device)
+    constant(name, [rows * cols, outputs], device, || {
+        let mut dense = vec![0.0f32; rows * cols * outputs];
+        for &(i, j, k, c) in entries {
+            dense[(i * cols + j) * outputs + k] += c;
+        }
+        TensorData::new(dense, [rows * cols, outputs])
+    })
 }
 
 /// `Σ C[i][j][k] a_i b_j` for every row: one outer product and one small matmul, where the
@@ -89,7 +94,7 @@ fn bilinear(a: Tensor<2>, b: Tensor<2>, coefficients: Tensor<2>) -> Tensor<2> {
 /// - output: `[B, 3, 3]`
 pub fn quat_to_rot(q: Tensor<2>) -> Tensor<3> {
     let b = q.dims()[0];
-    let coefficients = bilinear_coefficients(&QUAT_TO_ROT, [4, 4, 9], &q.device());
+    let coefficients = bilinear_coefficients("QUAT_TO_ROT", &QUAT_TO_ROT, [4, 4, 9], &q.device());
     bilinear(q.clone(), q, coefficients).reshape([b, 3, 3])
 }
 
@@ -101,7 +106,12 @@ pub fn quat_to_rot(q: Tensor<2>) -> Tensor<3> {
 /// - v: `[B, 3]`
 /// - output: `[B, 4]`
 pub fn quat_multiply_by_vec(q: Tensor<2>, v: Tensor<2>) -> Tensor<2> {
-    let coefficients = bilinear_coefficients(&QUAT_MULTIPLY_BY_VEC, [4, 3, 4], &q.device());
+    let coefficients = bilinear_coefficients(
+        "QUAT_MULTIPLY_BY_VEC",
+        &QUAT_MULTIPLY_BY_VEC,
+        [4, 3, 4],
+        &q.device(),
+    );
     bilinear(q, v, coefficients)
 }
 
@@ -141,7 +151,10 @@ impl QuatAffine {
 
     /// `b` identity frames (AlphaFold's `generate_new_affine`).
     pub fn identity(b: usize, device: &Device) -> Self {
-        let quaternion = Tensor::<2>::from_floats([[1.0, 0.0, 0.0, 0.0]], device).repeat_dim(0, b);
+        let quaternion = constant("identity quaternion", [1, 4], device, || {
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0], [1, 4])
+        })
+        .repeat_dim(0, b);
         Self::from_unit_quaternion(quaternion, Tensor::zeros([b, 3], device))
     }
 

@@ -18,6 +18,12 @@ pub fn parameters_loaded() {
     LOADS.fetch_add(1, Ordering::SeqCst);
 }
 
+/// How many times [`parameters_loaded`] was called: a value computed from parameters (a
+/// recorded graph that reads them) before the last load is stale.
+pub fn load_count() -> u64 {
+    LOADS.load(Ordering::SeqCst)
+}
+
 /// What a derived value was computed from: the parameters (replacing a parameter gives it a
 /// new id), their dtype and device (a cast or a move keeps the ids), and the load count.
 #[derive(Clone, Debug, PartialEq)]

@@ -14,6 +14,8 @@ pub mod attention;
 pub mod attention_kernel;
 #[cfg(feature = "cube")]
 pub mod attention_kernel_mma;
+#[cfg(feature = "cube")]
+pub mod copy_into;
 pub mod derived;
 pub mod global_attention;
 pub mod layer_norm;
@@ -72,6 +74,22 @@ pub fn device_name(device: &burn::tensor::Device) -> Option<String> {
     }
     let _ = device;
     None
+}
+
+/// The GPU device for tests that need one, or `None` (after saying the test was skipped) when
+/// `AF2_GPU_TESTS` is unset: Vulkan with the `vulkan` feature, else wgpu's default.
+#[cfg(feature = "cube")]
+#[doc(hidden)]
+pub fn gpu_for_tests() -> Option<burn::tensor::Device> {
+    if std::env::var_os("AF2_GPU_TESTS").is_none() {
+        eprintln!("skipped: set AF2_GPU_TESTS=1 to run the GPU tests");
+        return None;
+    }
+    #[cfg(feature = "vulkan")]
+    let device = burn::tensor::Device::vulkan(Default::default());
+    #[cfg(not(feature = "vulkan"))]
+    let device = burn::tensor::Device::wgpu(Default::default());
+    Some(device)
 }
 
 /// `f` of a cubecl device's properties; `None` for other devices.

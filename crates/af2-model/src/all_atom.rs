@@ -7,8 +7,8 @@
 //! as AlphaFold does explicitly (`jnp.minimum(aatype, 20)`) or implicitly (JAX clamps
 //! out-of-range gather indices).
 
-use af2_geometry::Rigid;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use af2_geometry::{Rigid, constant};
+use burn::tensor::{Device, Float, Int, Tensor, TensorData};
 
 use crate::residue_constants::{self as rc, GLY_INDEX, UNK_RESTYPE_INDEX};
 
@@ -18,18 +18,28 @@ mod tests;
 /// Squared-norm regulariser of the torsion-angle normalisation (AlphaFold's `1e-8`).
 const TORSION_NORM_EPSILON: f32 = 1e-8;
 
-/// A float table with 21 restype rows, flattened to `[21, K]`.
-fn table_f32(data: impl IntoIterator<Item = f32>, device: &Device) -> Tensor<2> {
+/// A float table with 21 restype rows, flattened to `[21, K]`, uploaded once per device as the
+/// constant `name`.
+fn table_f32(
+    name: &'static str,
+    data: impl IntoIterator<Item = f32>,
+    device: &Device,
+) -> Tensor<2> {
     let data: Vec<f32> = data.into_iter().collect();
     let k = data.len() / 21;
-    Tensor::from_data(TensorData::new(data, [21, k]), device)
+    constant(name, [21, k], device, || TensorData::new(data, [21, k]))
 }
 
-/// An index table with 21 restype rows, flattened to `[21, K]`.
-fn table_int(data: impl IntoIterator<Item = usize>, device: &Device) -> Tensor<2, Int> {
+/// An index table with 21 restype rows, flattened to `[21, K]`, uploaded once per device as
+/// the constant `name`.
+fn table_int(
+    name: &'static str,
+    data: impl IntoIterator<Item = usize>,
+    device: &Device,
+) -> Tensor<2, Int> {
     let data: Vec<i64> = data.into_iter().map(|v| v as i64).collect();
     let k = data.len() / 21;
-    Tensor::from_data(TensorData::new(data, [21, k]), device)
+    constant(name, [21, k], device, || TensorData::new(data, [21, k]))
 }
 
 /// Restype indices with everything above UNK mapped to UNK.
@@ -45,7 +55,12 @@ fn clamp_aatype<const D: usize>(aatype: Tensor<D, Int>) -> Tensor<D, Int> {
 pub fn atom14_atom_exists(aatype: Tensor<1, Int>) -> Tensor<2> {
     let device = aatype.device();
     let d = rc::derived();
-    table_f32(d.atom14_mask.iter().flatten().copied(), &device).select(0, clamp_aatype(aatype))
+    table_f32(
+        "atom14_mask",
+        d.atom14_mask.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, clamp_aatype(aatype))
 }
 
 /// Per-residue atom37 existence mask (`atom37_atom_exists`).
@@ -56,8 +71,12 @@ pub fn atom14_atom_exists(aatype: Tensor<1, Int>) -> Tensor<2> {
 pub fn atom37_atom_exists(aatype: Tensor<1, Int>) -> Tensor<2> {
     let device = aatype.device();
     let d = rc::derived();
-    table_f32(d.atom37_atom_exists.iter().flatten().copied(), &device)
-        .select(0, clamp_aatype(aatype))
+    table_f32(
+        "atom37_atom_exists",
+        d.atom37_atom_exists.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, clamp_aatype(aatype))
 }
 
 /// Frame `g` of every residue from frames stored `[N * 8]` residue-major.
@@ -96,6 +115,7 @@ pub fn torsion_angles_to_frames(
     let d = rc::derived();
     let frames = &d.rigid_group_default_frame;
     let rot_table = table_f32(
+        "rigid_group_default_frame rotations",
         frames
             .iter()
             .flatten()
@@ -103,6 +123,7 @@ pub fn torsion_angles_to_frames(
         &device,
     );
     let trans_table = table_f32(
+        "rigid_group_default_frame translations",
         frames
             .iter()
             .flatten()
@@ -181,15 +202,22 @@ pub fn frames_and_literature_positions_to_atom14_pos(
     let d = rc::derived();
 
     // Index of the frame that carries each atom: residue * 8 + group.
-    let group_idx = table_int(d.atom14_to_rigid_group.iter().flatten().copied(), &device)
-        .select(0, aatype.clone());
-    let residue_base = Tensor::<1, Int>::arange(0..n as i64, &device)
-        .mul_scalar(8)
-        .unsqueeze_dim::<2>(1);
+    let group_idx = table_int(
+        "atom14_to_rigid_group",
+        d.atom14_to_rigid_group.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, aatype.clone());
+    let residue_base = constant::<1, Int>("residue index", [n], &device, || {
+        TensorData::new((0..n as i64).collect::<Vec<_>>(), [n])
+    })
+    .mul_scalar(8)
+    .unsqueeze_dim::<2>(1);
     let frame_idx = (group_idx + residue_base).reshape([n * 14]);
     let atom_frames = frames.select(frame_idx);
 
     let lit = table_f32(
+        "atom14_rigid_group_positions",
         d.atom14_rigid_group_positions
             .iter()
             .flatten()
@@ -199,9 +227,13 @@ pub fn frames_and_literature_positions_to_atom14_pos(
     )
     .select(0, aatype.clone())
     .reshape([n * 14, 3]);
-    let mask = table_f32(d.atom14_mask.iter().flatten().copied(), &device)
-        .select(0, aatype)
-        .reshape([n * 14, 1]);
+    let mask = table_f32(
+        "atom14_mask",
+        d.atom14_mask.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, aatype)
+    .reshape([n * 14, 1]);
 
     (atom_frames.apply_vec(lit) * mask).reshape([n, 14, 3])
 }
@@ -222,10 +254,14 @@ pub fn atom14_to_atom37(atom14: Tensor<3>, aatype: Tensor<1, Int>) -> (Tensor<3>
     let aatype = clamp_aatype(aatype);
     let d = rc::derived();
 
-    let idx = table_int(d.atom37_to_atom14.iter().flatten().copied(), &device)
-        .select(0, aatype.clone())
-        .unsqueeze_dim::<3>(2)
-        .repeat_dim(2, 3);
+    let idx = table_int(
+        "atom37_to_atom14",
+        d.atom37_to_atom14.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, aatype.clone())
+    .unsqueeze_dim::<3>(2)
+    .repeat_dim(2, 3);
     let exists = atom37_atom_exists(aatype);
     let positions = atom14.gather(1, idx) * exists.clone().unsqueeze_dim::<3>(2);
     (positions, exists)
@@ -317,6 +353,7 @@ pub fn atom37_to_torsion_angles(
 
     // Chi torsions: gather the 4 x 4 defining atoms of every residue.
     let chi_idx = table_int(
+        "chi_atom_indices",
         d.chi_atom_indices.iter().flatten().flatten().copied(),
         &device,
     )
@@ -332,8 +369,12 @@ pub fn atom37_to_torsion_angles(
         .reshape([t * n, 4, 4]);
     let am = |k| chi_atom_mask.clone().narrow(2, k, 1).reshape([t * n, 4]);
     let chi_atoms_present = ((am(0) * am(1)) * am(2)) * am(3);
-    let chi_mask = (table_f32(d.chi_angles_mask.iter().flatten().copied(), &device)
-        .select(0, aatype.clone())
+    let chi_mask = (table_f32(
+        "chi_angles_mask",
+        d.chi_angles_mask.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, aatype.clone())
         * chi_atoms_present)
         .reshape([t, n, 4]);
 
@@ -363,14 +404,20 @@ pub fn atom37_to_torsion_angles(
     let sin_cos = Tensor::cat(vec![z, y], 1) / norm;
 
     // psi was measured to O, which sits opposite to the next N: mirror it.
-    let psi_mirror = Tensor::<1>::from_floats([1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0], &device)
-        .reshape([1, 1, 7, 1]);
+    let psi_mirror = constant::<1, Float>("psi mirror", [7], &device, || {
+        TensorData::new(vec![1.0f32, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0], [7])
+    })
+    .reshape([1, 1, 7, 1]);
     let sin_cos = sin_cos.reshape([t, n, 7, 2]) * psi_mirror;
 
     // Alternative angles: pi-periodic chis shifted by pi.
-    let periodic = table_f32(rc::CHI_PI_PERIODIC.iter().flatten().copied(), &device)
-        .select(0, aatype)
-        .reshape([t, n, 4]);
+    let periodic = table_f32(
+        "CHI_PI_PERIODIC",
+        rc::CHI_PI_PERIODIC.iter().flatten().copied(),
+        &device,
+    )
+    .select(0, aatype)
+    .reshape([t, n, 4]);
     let alt_mirror = Tensor::cat(
         vec![
             Tensor::ones([t, n, 3], &device),

@@ -6,7 +6,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use af2_io::npz::NdArray;
 use af2_io::weights::ModelDims;
@@ -15,7 +15,7 @@ use crate::evoformer::{
     EvoformerBlockConfig, EvoformerStack, EvoformerStackConfig, PairLayersConfig,
 };
 use crate::extra_msa_stack::{ExtraMsaStack, ExtraMsaStackConfig};
-use crate::features::{BatchFeatures, Features, to_int_tensor};
+use crate::features::{BatchFeatures, Features};
 use crate::heads::{BatchHeadLogits, HeadLogits, Heads, HeadsConfig};
 use crate::input_embedder::{InputEmbedder, InputEmbedderConfig};
 use crate::precision::module_dtype;
@@ -23,7 +23,7 @@ use crate::recycling_embedder::{RecyclingEmbedder, RecyclingEmbedderConfig};
 use crate::structure_module::{
     BatchStructureOutput, StructureModule, StructureModuleConfig, StructureOutput,
 };
-use crate::template_embedding::{TemplateEmbedding, TemplateEmbeddingConfig, TemplateInputs};
+use crate::template_embedding::{TemplateEmbedding, TemplateEmbeddingConfig};
 use crate::template_torsion_embedding::{TemplateTorsionEmbedding, TemplateTorsionEmbeddingConfig};
 
 /// Residue type of glycine in AlphaFold order; its pseudo-beta is CA.
@@ -138,6 +138,7 @@ impl AlphaFoldConfig {
             evoformer: self.evoformer.init(device),
             structure_module: self.structure_module.init(device),
             heads: self.heads.init(device),
+            pass_graph: Default::default(),
         }
     }
 }
@@ -161,7 +162,15 @@ pub struct AlphaFold {
     pub structure_module: StructureModule,
     /// Output heads.
     pub heads: Heads,
+    /// The recorded passes of the last input layouts (GPU builds), kept between predictions.
+    #[module(skip)]
+    pass_graph: PassGraphSlot,
 }
+
+/// Without the `wgpu` feature nothing is recorded.
+#[cfg(not(feature = "wgpu"))]
+#[derive(Clone, Debug, Default)]
+struct PassGraphSlot;
 
 /// Design `d` of a tensor with a leading design axis: `[B, ...]` -> `[...]` (rank `E = D - 1`).
 pub fn design_slice<const D: usize, const E: usize>(t: &Tensor<D>, d: usize) -> Tensor<E> {
@@ -320,19 +329,13 @@ impl BatchOutput {
 /// Pseudo-beta positions: CB, or CA for glycine (`pseudo_beta_fn`), of a batch of designs.
 ///
 /// # Shapes
-/// - aatype: `[B * N]`, design after design
+/// - is_glycine: `[B, N, 1]`, 1 for glycine, else 0
 /// - positions: `[B, N, 37, 3]` -> `[B, N, 3]`
-pub fn pseudo_beta(aatype: &[i64], positions: Tensor<4>) -> Tensor<3> {
+pub fn pseudo_beta(is_glycine: Tensor<3>, positions: Tensor<4>) -> Tensor<3> {
     let [b, n, _, _] = positions.dims();
-    let device = positions.device();
-    let is_gly: Vec<f32> = aatype
-        .iter()
-        .map(|&a| f32::from(u8::from(a == GLYCINE)))
-        .collect();
-    let gly = Tensor::<3>::from_data(TensorData::new(is_gly, [b, n, 1]), &device);
     let ca = positions.clone().narrow(2, ATOM_CA, 1).reshape([b, n, 3]);
     let cb = positions.narrow(2, ATOM_CB, 1).reshape([b, n, 3]);
-    ca * gly.clone() + cb * (gly.neg() + 1.0)
+    ca * is_glycine.clone() + cb * (is_glycine.neg() + 1.0)
 }
 
 fn one_hot_rows(values: &[i64], classes: usize) -> Vec<f32> {
@@ -463,22 +466,28 @@ impl AlphaFold {
         memo: &mut TemplateMemo,
         clock: &mut StageClock<'_>,
     ) -> BatchOutput {
-        let (b, n) = (f.len(), f.num_residues());
-        let num_clusters = f.num_msa_rows();
-        let seq_mask: Tensor<2> = f.stacked(|d| &d.seq_mask, device);
+        let inputs = PassInputs::prepare(self, f, template_pair_mask, memo, device);
+        self.pass(&inputs, prev, clock)
+    }
+
+    /// One pass on inputs already on the device (Algorithm 2, lines 3-22). It uploads
+    /// nothing, so that it can be recorded as a graph and replayed.
+    fn pass(&self, x: &PassInputs, prev: BatchRecycled, clock: &mut StageClock<'_>) -> BatchOutput {
+        let [b, n] = x.seq_mask.dims();
+        let num_clusters = x.msa_feat.dims()[1];
+        let seq_mask = x.seq_mask.clone();
         let pair_mask =
             seq_mask.clone().unsqueeze_dim::<3>(2) * seq_mask.clone().unsqueeze_dim::<3>(1);
 
         let (msa, pair) = self.input_embedder.forward(
-            f.stacked(|d| &d.target_feat, device),
-            f.stacked(|d| &d.msa_feat, device),
-            f.relpos_classes(device),
+            x.target_feat.clone(),
+            x.msa_feat.clone(),
+            x.relpos.clone(),
         );
-        let aatype = f.aatype();
         let (row_update, pair_update) = self.recycling_embedder.forward(
             prev.msa_first_row,
             prev.pair,
-            pseudo_beta(&aatype, prev.positions),
+            pseudo_beta(x.is_glycine.clone(), prev.positions),
         );
         let c_m = msa.dims()[3];
         let first = msa.clone().narrow(1, 0, 1) + row_update.reshape([b, 1, n, c_m]);
@@ -488,38 +497,28 @@ impl AlphaFold {
             first
         };
         let mut pair = pair + pair_update;
-        let mut msa_mask: Tensor<3> = f.stacked(|d| &d.msa_mask, device);
-
-        if f.num_templates().is_some() {
-            memo.keep_if_same_inputs(f);
-        }
-        if let (Some(embedding), Some(t)) = (&self.template_embedding, f.num_templates()) {
-            let memory = memo.pair_memory(|| {
-                let templates: Vec<TemplateInputs> =
-                    (0..t).map(|i| template_inputs(f, i, device)).collect();
-                embedding.embed_templates(pair_mask.clone(), &templates, template_pair_mask)
-            });
-            let mask = f.stacked_templates(|t| &t.mask, device);
+        let mut msa_mask = x.msa_mask.clone();
+        let template_memory = x
+            .templates
+            .as_ref()
+            .and_then(|t| Some((t.pair_memory.clone()?, t.mask.clone())));
+        if let (Some(embedding), Some((memory, mask))) = (&self.template_embedding, template_memory)
+        {
             pair = pair.clone() + embedding.attend(pair, memory, mask);
         }
         clock.lap(|t| &mut t.embeddings);
         // The stacks compute in their parameters' dtype (f16 in half precision).
         let extra_dtype = module_dtype(&self.extra_msa_stack);
         pair = self.extra_msa_stack.forward(
-            f.stacked::<4>(|d| &d.extra_feat, device).cast(extra_dtype),
-            f.stacked::<3>(|d| &d.extra_msa_mask, device)
-                .cast(extra_dtype),
+            x.extra_feat.clone().cast(extra_dtype),
+            x.extra_msa_mask.clone().cast(extra_dtype),
             pair.cast(extra_dtype),
             pair_mask.clone().cast(extra_dtype),
         );
         clock.lap(|t| &mut t.extra_msa);
-        if let (Some(torsion), Some(_)) = (&self.template_torsion_embedding, f.num_templates()) {
-            let (rows, psi_mask) = memo.torsion_rows(|| {
-                let (features, psi_mask) = template_torsion_features(f, device);
-                (torsion.forward(features), psi_mask)
-            });
-            msa = Tensor::cat(vec![msa, rows], 1);
-            msa_mask = Tensor::cat(vec![msa_mask, psi_mask], 1);
+        if let Some((rows, psi_mask)) = x.templates.as_ref().and_then(|t| t.torsion_rows.as_ref()) {
+            msa = Tensor::cat(vec![msa, rows.clone()], 1);
+            msa_mask = Tensor::cat(vec![msa_mask, psi_mask.clone()], 1);
         }
         let trunk = module_dtype(&self.evoformer);
         let (msa, pair, single) = self.evoformer.forward(
@@ -533,10 +532,9 @@ impl AlphaFold {
         let msa = msa.narrow(1, 0, num_clusters);
         clock.lap(|t| &mut t.evoformer);
 
-        let aatype = to_int_tensor::<2>(&aatype, vec![b, n], device);
         let structure =
             self.structure_module
-                .forward(single.clone(), pair.clone(), seq_mask, aatype);
+                .forward(single.clone(), pair.clone(), seq_mask, x.aatype.clone());
         clock.lap(|t| &mut t.structure_module);
         let logits = self.heads.forward(
             msa.clone(),
@@ -625,6 +623,12 @@ impl AlphaFold {
     /// design. `template_pair_mask` is `[B, N, N]`, as in
     /// [`AlphaFold::forward_iteration_batch`].
     ///
+    /// On a GPU, passes of a layout this model has run before are replayed from a recording
+    /// (see `model::graph`, off with `AF2_GRAPH=0` or an early stop): the outputs handed to
+    /// `on_pass` and returned are then the recording's own tensors, which the next pass of the
+    /// same layout rewrites, on this thread or another. Read (or copy) what you keep before
+    /// running the model again; `predict_batch` returns host copies.
+    ///
     /// # Panics
     /// If `passes` is empty, or its batches differ in size.
     pub fn forward_recycled_batch_observed<'a>(
@@ -650,16 +654,24 @@ impl AlphaFold {
         let mut prev_ca: Option<Vec<f32>> = None;
         let mut last = None;
         let mut memo = TemplateMemo::default();
+        // Early stop keeps the outputs of some passes, which a replay would overwrite.
+        let recorded = options.early_stop_tolerance.is_none() && self.records_passes(device);
         for (r, features) in passes.enumerate() {
             assert_eq!(features.len(), b, "every pass needs the same designs");
-            let out = self.iteration(
-                &features,
-                prev,
-                template_pair_mask,
-                device,
-                &mut memo,
-                &mut StageClock::off(),
-            );
+            let out = if recorded {
+                let inputs =
+                    PassInputs::prepare(self, &features, template_pair_mask, &mut memo, device);
+                self.replayed_pass(&inputs, prev, device)
+            } else {
+                self.iteration(
+                    &features,
+                    prev,
+                    template_pair_mask,
+                    device,
+                    &mut memo,
+                    &mut StageClock::off(),
+                )
+            };
             let ca = host_ca(&out.structure.final_atom37);
             let status: Vec<DesignPass> = (0..b)
                 .map(|d| {
@@ -722,6 +734,44 @@ impl AlphaFold {
             |_, _, _| {},
         )
         .last
+    }
+
+    /// Whether the recycling loop records its passes as a graph and replays them on `device`
+    /// (see `model::graph`): on cubecl devices in GPU builds, unless `AF2_GRAPH=0`.
+    fn records_passes(&self, device: &Device) -> bool {
+        #[cfg(feature = "wgpu")]
+        return graph::graphs_enabled(device);
+        #[cfg(not(feature = "wgpu"))]
+        {
+            let _ = device;
+            false
+        }
+    }
+
+    /// One pass through the recorded graph of its layout where [`AlphaFold::records_passes`].
+    fn replayed_pass(&self, x: &PassInputs, prev: BatchRecycled, device: &Device) -> BatchOutput {
+        #[cfg(feature = "wgpu")]
+        return self.pass_recorded(x, prev, device);
+        #[cfg(not(feature = "wgpu"))]
+        {
+            let _ = device;
+            self.pass(x, prev, &mut StageClock::off())
+        }
+    }
+
+    /// How the passes of each input layout run on this model (see `model::graph`), for
+    /// reports; empty where nothing was recorded or tried.
+    #[cfg(not(feature = "wgpu"))]
+    pub fn pass_recordings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Drops the recorded passes (GPU builds): call it after giving the model other parameter
+    /// values by any means but [`crate::weights::load_module`] or
+    /// [`AlphaFold::with_precision`] (which do), since a recording reads the parameters'
+    /// buffers as they were when it was made.
+    pub fn forget_recordings(&mut self) {
+        self.pass_graph = Default::default();
     }
 
     /// The all-zero recycled state for `n` residues at this model's widths.
@@ -840,5 +890,11 @@ impl<'a> StageClock<'a> {
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "wgpu")]
+mod graph;
+mod pass_inputs;
 mod templates;
-use templates::{TemplateMemo, template_inputs, template_torsion_features};
+#[cfg(feature = "wgpu")]
+use graph::PassGraphSlot;
+use pass_inputs::PassInputs;
+use templates::TemplateMemo;

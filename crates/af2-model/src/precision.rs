@@ -92,6 +92,9 @@ impl AlphaFold {
         let dtype = precision.trunk_dtype();
         self.extra_msa_stack = cast_module(self.extra_msa_stack, dtype);
         self.evoformer = cast_module(self.evoformer, dtype);
+        // A recording reads the parameters' old buffers: a round trip back to the old dtype
+        // would otherwise match it.
+        self.forget_recordings();
         self
     }
 

@@ -2,8 +2,9 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Float, Tensor, TensorData};
 
+use af2_geometry::constant;
 use af2_layers::{LayerNorm, LayerNormConfig, Linear, linear};
 
 /// Distogram bins of the recycled pseudo-beta positions.
@@ -65,15 +66,18 @@ pub fn dgram_from_positions(
         })
         .collect();
     let upper: Vec<f32> = lower[1..].iter().copied().chain([1e8f32]).collect();
-    let as_bins = |v: Vec<f32>| {
-        Tensor::<1>::from_floats(v.as_slice(), &device)
-            .reshape([1, 1, 1, num_bins])
-            .expand([b, n, n, num_bins])
+    let as_bins = |name: &str, v: Vec<f32>| {
+        let name = format!("recycling distogram {name} edges {min_bin} {max_bin}");
+        constant::<1, Float>(&name, [num_bins], &device, || {
+            TensorData::new(v, [num_bins])
+        })
+        .reshape([1, 1, 1, num_bins])
+        .expand([b, n, n, num_bins])
     };
     let diff = positions.clone().unsqueeze_dim::<4>(2) - positions.unsqueeze_dim::<4>(1);
     let dist2 = diff.square().sum_dim(3).expand([b, n, n, num_bins]);
-    let above = dist2.clone().greater(as_bins(lower)).float();
-    let below = dist2.lower(as_bins(upper)).float();
+    let above = dist2.clone().greater(as_bins("lower", lower)).float();
+    let below = dist2.lower(as_bins("upper", upper)).float();
     above * below
 }
 

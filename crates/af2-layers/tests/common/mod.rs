@@ -3,18 +3,7 @@
 
 use burn::tensor::{DType, Device, Tensor, TensorData, f16};
 
-/// The GPU device, or `None` (after saying so) when `AF2_GPU_TESTS` is unset.
-pub fn gpu() -> Option<Device> {
-    if std::env::var_os("AF2_GPU_TESTS").is_none() {
-        eprintln!("skipped: set AF2_GPU_TESTS=1 to run the kernel GPU tests");
-        return None;
-    }
-    #[cfg(feature = "vulkan")]
-    let device = Device::vulkan(Default::default());
-    #[cfg(not(feature = "vulkan"))]
-    let device = Device::wgpu(Default::default());
-    Some(device)
-}
+pub use af2_layers::gpu_for_tests as gpu;
 
 pub fn cpu() -> Device {
     #[allow(deprecated)] // ndarray is the CPU reference backend.

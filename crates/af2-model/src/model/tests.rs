@@ -31,7 +31,7 @@ fn device() -> Device {
     Device::ndarray()
 }
 
-fn model(device: &Device) -> AlphaFold {
+pub(super) fn model(device: &Device) -> AlphaFold {
     let weights = af2_io::weights::load_weights(
         &Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/msa_template_n16/params.npz"),
