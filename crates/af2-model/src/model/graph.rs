@@ -254,7 +254,7 @@ impl Field<'_> {
 }
 
 /// Writes the recycled state into the buffers of `slots` in place.
-fn write_state(state: &BatchRecycled, slots: &BatchRecycled) -> Vec<Box<dyn std::any::Any>> {
+fn write_state(state: &BatchRecycled, slots: &BatchRecycled) -> Vec<Box<dyn Any>> {
     use af2_layers::copy_into::copy_into;
     vec![
         Box::new(copy_into(&slots.msa_first_row, state.msa_first_row.clone())),
