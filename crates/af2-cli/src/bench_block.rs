@@ -159,36 +159,16 @@ fn print_graph_replay(
     block: &EvoformerBlock,
     x: &Inputs,
 ) -> Result<()> {
-    let mut graph = burn::tensor::capture(device, || whole_block(block, x));
-    let replay = |graph: &mut burn::tensor::Graph<Tensor<4>, _>| {
-        // Safety: every tensor the block reads (its parameters and `x`) outlives `graph`,
-        // and nothing else runs on the device meanwhile.
-        unsafe { graph.replay() };
-    };
-    for _ in 0..4 {
-        replay(&mut graph);
-        device.sync()?;
-    }
-    let mut best: Option<Timing> = None;
-    for _ in 0..2 {
-        let start = std::time::Instant::now();
-        for _ in 0..args.common.repeats {
-            replay(&mut graph);
-        }
-        let submit_ms = start.elapsed().as_secs_f64() * 1e3 / args.common.repeats as f64;
-        device.sync()?;
-        let total_ms = start.elapsed().as_secs_f64() * 1e3 / args.common.repeats as f64;
-        if best.as_ref().is_none_or(|b| total_ms < b.total_ms) {
-            best = Some(Timing {
-                total_ms,
-                submit_ms,
-            });
-        }
-    }
+    let graph = std::cell::RefCell::new(burn::tensor::capture(device, || whole_block(block, x)));
     let Timing {
         total_ms,
         submit_ms,
-    } = best.expect("two rounds");
+    } = time(device, args.common.repeats, || {
+        // Safety: every tensor the block reads (its parameters and `x`) outlives `graph`,
+        // and nothing else runs on the device meanwhile.
+        unsafe { graph.borrow_mut().replay() };
+    })?;
+    let graph = graph.into_inner();
     let fresh = whole_block(block, x);
     let diff: f32 = (graph.output().clone() - fresh)
         .abs()

@@ -24,7 +24,8 @@ use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use burn::backend::{Backend, BackendGraph, Dispatch};
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::module::ParamId;
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
 
 use super::pass_inputs::{PassInputs, TemplateTensors};
 use super::{AlphaFold, BatchOutput, BatchRecycled, StageClock};
@@ -60,31 +61,28 @@ struct Key {
     inputs: Vec<(Vec<usize>, DType)>,
     state: Vec<(Vec<usize>, DType)>,
     device: Device,
-    parameters: Vec<String>,
+    dtypes: [FloatDType; 6],
+    first_parameter: ParamId,
+    templates: bool,
     loads: u64,
 }
 
 impl Key {
     fn of(model: &AlphaFold, x: &PassInputs, prev: &BatchRecycled, device: &Device) -> Self {
-        let dtypes = [
-            module_dtype(&model.input_embedder),
-            module_dtype(&model.recycling_embedder),
-            module_dtype(&model.extra_msa_stack),
-            module_dtype(&model.evoformer),
-            module_dtype(&model.structure_module),
-            module_dtype(&model.heads),
-        ];
-        let mut parameters: Vec<String> = dtypes.iter().map(|d| format!("{d:?}")).collect();
-        parameters.push(format!(
-            "{:?}",
-            model.input_embedder.preprocess_1d.weight.id
-        ));
-        parameters.push(format!("{:?}", model.template_embedding.is_some()));
         Self {
             inputs: x.layout(),
             state: state_layout(prev),
             device: device.clone(),
-            parameters,
+            dtypes: [
+                module_dtype(&model.input_embedder),
+                module_dtype(&model.recycling_embedder),
+                module_dtype(&model.extra_msa_stack),
+                module_dtype(&model.evoformer),
+                module_dtype(&model.structure_module),
+                module_dtype(&model.heads),
+            ],
+            first_parameter: model.input_embedder.preprocess_1d.weight.id,
+            templates: model.template_embedding.is_some(),
             loads: af2_layers::derived::load_count(),
         }
     }
