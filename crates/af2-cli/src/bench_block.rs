@@ -92,7 +92,7 @@ fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
         ),
         (
             "msa transition",
-            Box::new(move || block.msa_transition.forward(msa())),
+            Box::new(move || block.msa_transition.forward_residual(msa())),
         ),
         (
             "outer product mean",
@@ -132,7 +132,7 @@ fn layer_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> {
         ),
         (
             "pair transition",
-            Box::new(move || block.pair_transition.forward(pair())),
+            Box::new(move || block.pair_transition.forward_residual(pair())),
         ),
         ("whole block", Box::new(move || whole_block(block, x))),
     ]
@@ -234,7 +234,11 @@ fn primitive_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> 
         ),
         (
             "pair transition whole",
-            Box::new(move || block.pair_transition.forward_chunked(pair(), usize::MAX)),
+            Box::new(move || {
+                block
+                    .pair_transition
+                    .forward_chunked(pair(), usize::MAX, true)
+            }),
         ),
         ("copy (x + 1)", Box::new(move || pair() + 1.0)),
     ]

@@ -360,18 +360,30 @@ impl GatedAttention {
         let [_, h, key_dim] = self.query_w.dims();
         let value_dim = self.value_w.dims()[2];
         let shared = self.shared_projection();
-        let projected = matmul_bias(x.reshape([b * n, c]), shared.weight, shared.bias);
+        let (keys, values) = (h * key_dim, h * value_dim);
+        let x = x.reshape([b * n, c]);
+        // Scaled after the projection, as AlphaFold does: folded into an f16 weight, the scale
+        // would add a rounding of every query weight. The linear kernel scales the query
+        // columns as it writes them; elsewhere the queries are scaled after the projection.
+        let scale = self.query_scale();
+        let (projected, queries_scaled) =
+            match shared_projection_scaled(&x, &shared, keys, scale as f32) {
+                Some(projected) => (projected, true),
+                None => (matmul_bias(x, shared.weight, shared.bias), false),
+            };
         let part = |offset: usize, width: usize| {
             projected
                 .clone()
                 .narrow(1, offset, h * width)
                 .reshape([b, n, h, width])
         };
-        let (keys, values) = (h * key_dim, h * value_dim);
-        // Scaled after the projection, as AlphaFold does: folded into an f16 weight, the scale
-        // would add a rounding of every query weight.
+        let q = part(0, key_dim);
         Projected {
-            q: part(0, key_dim).mul_scalar(self.query_scale()),
+            q: if queries_scaled {
+                q
+            } else {
+                q.mul_scalar(scale)
+            },
             k: part(keys, key_dim),
             v: part(2 * keys, value_dim),
             gate: self.gate().map(|_| part(2 * keys + values, value_dim)),
@@ -472,6 +484,32 @@ struct Projected {
     gate: Option<Tensor<4>>,
 }
 
+/// The shared projection with its first `queries` columns scaled, on the linear kernel where
+/// it takes them (f16 on a GPU with matrix instructions, a bias present), else `None`.
+#[cfg_attr(not(feature = "cube"), allow(unused_variables))]
+fn shared_projection_scaled(
+    x: &Tensor<2>,
+    shared: &SharedProjection,
+    queries: usize,
+    scale: f32,
+) -> Option<Tensor<2>> {
+    #[cfg(feature = "cube")]
+    {
+        let epilogue = Epilogue {
+            scale_columns: Some((queries, scale)),
+            ..Epilogue::default()
+        };
+        crate::linear_kernel::try_linear_kernel_with(
+            x,
+            &shared.weight,
+            shared.bias.as_ref(),
+            &epilogue,
+        )
+    }
+    #[cfg(not(feature = "cube"))]
+    None
+}
+
 /// Query, key, value and gate projections side by side, `[c, H * (2 key_dim + 2 value_dim)]`
 /// (without the gate where the layer has none), with the gate's bias after zeros.
 #[derive(Clone, Debug)]
@@ -570,6 +608,28 @@ fn add_grouped_bias(logits: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
     }
     (logits.reshape([groups, b / groups, h, q_len, k_len]) + bias.unsqueeze_dim::<5>(1))
         .reshape([b, h, q_len, k_len])
+}
+
+/// `attention` with its projections (not the gate's bias) drawn from N(0, 0.5), the shapes kept:
+/// for tests of the layers built on it.
+#[cfg(test)]
+pub(crate) fn randomized(mut attention: GatedAttention) -> GatedAttention {
+    use burn::tensor::Distribution;
+    let redraw = |param: &Param<Tensor<3>>| {
+        let value = param.val();
+        let device = value.device();
+        Param::from_tensor(Tensor::random(
+            value.dims(),
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ))
+    };
+    attention.query_w = redraw(&attention.query_w);
+    attention.key_w = redraw(&attention.key_w);
+    attention.value_w = redraw(&attention.value_w);
+    attention.gating_w = attention.gating_w.as_ref().map(redraw);
+    attention.output_w = redraw(&attention.output_w);
+    attention
 }
 
 #[cfg(test)]

@@ -110,9 +110,12 @@ fn default_planes(max_shared_memory: usize, keys: usize, pad: bool) -> usize {
         4
     }
 }
-/// Below this many planes in all (256 cubes of 4) the scalar kernel, which can split the keys
-/// over cubes, fills the GPU better (an H100 has 132 multiprocessors).
-const MIN_PLANES: usize = 1024;
+
+/// Below this many planes in all the scalar kernel, which can split the keys over cubes, takes
+/// the problem. At 1024 (the earlier value) an L=128 single design's MSA row attention (2 rows
+/// × 8 heads × 8 planes) ran on the scalar kernel and its combine pass, ~80 µs; on tensor cores
+/// the block took 0.08 ms less (H200, `AF2_MMA_MIN_PLANES=64`, docs/PERFORMANCE.md).
+const MIN_PLANES: usize = 64;
 
 /// Planes per cube for `q_len` query rows: `preferred`, or fewer where the rows fill fewer
 /// (an MSA column has a few sequences), at least 2.

@@ -73,9 +73,10 @@ pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> 
     }
 }
 
-/// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it: `max(y, 0)`
-/// with `relu`, then `y · sigmoid(gate)`, then `y + residual`. On the f16 linear kernel these
-/// run in f32 on the f16-rounded product and the result is rounded once more.
+/// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it: the scale of
+/// its first columns, `max(y, 0)` with `relu`, `y · sigmoid(gate)`, then `y + residual`. On the
+/// f16 linear kernel these run in f32 on the f16-rounded product and the result is rounded once
+/// more.
 #[derive(Clone, Debug, Default)]
 pub struct Epilogue {
     /// ReLU.
@@ -84,6 +85,9 @@ pub struct Epilogue {
     pub gate: Option<Tensor<2>>,
     /// `[M, N]`, added last.
     pub residual: Option<Tensor<2>>,
+    /// `(columns, scale)`: the first `columns` output columns times `scale` (the queries of a
+    /// shared projection).
+    pub scale_columns: Option<(usize, f32)>,
 }
 
 /// `x · weight (+ bias)` finished by `epilogue`: on the tensor-core kernel in one pass where it
@@ -107,6 +111,11 @@ pub fn matmul_bias_with(
         return output;
     }
     let mut output = matmul_bias(x, weight, bias);
+    if let Some((columns, scale)) = epilogue.scale_columns {
+        let width = output.dims()[1];
+        let scaled = output.clone().narrow(1, 0, columns).mul_scalar(scale);
+        output = Tensor::cat(vec![scaled, output.narrow(1, columns, width - columns)], 1);
+    }
     if epilogue.relu {
         // ReLU as one clamp, which Burn's fusion folds into the matmul's output stage
         // (`clamp_min` it does not fuse).
@@ -175,6 +184,7 @@ mod tests {
                 relu,
                 gate: gated.then(|| gate.clone()),
                 residual: added.then(|| residual.clone()),
+                ..Epilogue::default()
             };
             let ours = matmul_bias_with(x.clone(), w.clone(), Some(b.clone()), epilogue);
             let mut expected = plain.clone();
@@ -193,5 +203,30 @@ mod tests {
                 "relu {relu} gate {gated} residual {added}: {diff}"
             );
         }
+    }
+
+    #[test]
+    fn epilogue_scales_leading_columns() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let normal =
+            |shape: [usize; 2]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (x, w) = (normal([7, 5]), normal([5, 4]));
+        let b = normal([1, 4]).reshape([4]);
+        let scaled = Epilogue {
+            scale_columns: Some((2, 0.25)),
+            ..Epilogue::default()
+        };
+        let ours = matmul_bias_with(x.clone(), w.clone(), Some(b.clone()), scaled);
+        let plain = matmul_bias(x, w, Some(b));
+        let expected = Tensor::cat(
+            vec![
+                plain.clone().narrow(1, 0, 2).mul_scalar(0.25),
+                plain.narrow(1, 2, 2),
+            ],
+            1,
+        );
+        let diff: f32 = (ours - expected).abs().max().into_scalar();
+        assert_eq!(diff, 0.0, "scaled columns");
     }
 }

@@ -1,7 +1,7 @@
-//! A tensor-core kernel for the f16 linear layers of the pair stack (feature `cube`):
-//! `y = x · W + b` for `x` `[M, K]` with `K ≤ 128` input channels (a multiple of 16) and `N` a
-//! multiple of 64 output channels; optionally written transposed (`yᵀ`, `[N, M]`), as the
-//! triangle multiplication's channel-major edge projections want it.
+//! A tensor-core kernel for the f16 linear layers of the trunk (feature `cube`): `y = x · W + b`
+//! for `x` `[M, K]` with `K ≤ 128` input channels (a multiple of 16) or up to 2048 in multiples
+//! of 128, and `N` a multiple of 64 output channels; optionally written transposed (`yᵀ`,
+//! `[N, M]`), as the triangle multiplication's channel-major edge projections want it.
 //!
 //! A cube of 4 planes owns a block of up to 128 output columns; each plane keeps its 16 or 32
 //! columns of the weight in registers as 16×16×16 fragments for the whole run, so the weight is
@@ -13,11 +13,15 @@
 //! forms), and the cube writes the tile out with 16-byte vectors read whole from it (along
 //! output rows, or along output columns when transposed). An output stage's own inputs (gate,
 //! residual, mask) are loaded before the tile's barrier, all in flight together. Rows past `M`
-//! are read as zero and not written.
+//! are read as zero and not written. Inputs wider than 128 channels (the MSA stack's 256, the
+//! transitions' 512 and 1024) are taken in 128-wide chunks: each chunk of a tile is staged in
+//! turn and its weight fragments are loaded again (from L2) for every tile, while the four
+//! stripes' accumulators stay in registers.
 //!
 //! The output stage can finish a layer on the way out ([`Epilogue`]; in f32 from the f16-rounded
 //! product, rounded once more): a ReLU (the transitions), a sigmoid gate and a residual add (the
-//! triangle multiplication's output), or a residual add alone; and the transposed form can gate
+//! triangle multiplication's output), a residual add alone, or a scale of the first columns (the
+//! queries of an attention's shared projection); and the transposed form can gate
 //! its own columns ([`try_gated_edges_kernel`]: the triangle multiplication's masked, gated
 //! edges). Where it runs, those elementwise passes over the pair are no kernels of their own.
 //!
@@ -53,8 +57,13 @@ const PLANE: usize = 32;
 const PLANES: usize = 4;
 /// Rows of `x` a cube stages and computes per step (four 16-row stripes a plane).
 const TILE_ROWS: usize = 64;
-/// The largest input width: a plane's weight columns stay in registers (16 fragments).
+/// The widest input whose weight columns stay in a plane's registers (16 fragments) for the
+/// whole run; wider inputs, in multiples of it up to [`MAX_CHUNKED_INPUT`], are taken in chunks
+/// of this width whose weight fragments are read again for every tile.
 pub const MAX_INPUT: usize = 128;
+/// The widest input the kernel takes in chunks (the Evoformer's widest layer has 1,024: the
+/// MSA transition's projection back and the outer product mean's output).
+pub const MAX_CHUNKED_INPUT: usize = 2048;
 /// Output columns per cube at most (two accumulator fragments a plane).
 const MAX_BLOCK: usize = 128;
 /// Columns of one block of the gated edges kernel's weight ([`try_gated_edges_kernel`]): the
@@ -139,6 +148,20 @@ pub trait LinearOps: Backend {
         mask: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// `x · weight + bias` with its first `columns` output columns times `scale`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_scaled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+        columns: usize,
+    ) -> FloatTensor<Self>;
+
     /// `x · weight` for `x` `[M, K]`, `weight` `[K, N]`.
     #[fusion(dtype = x, shape = {
         let mut shape = x.clone();
@@ -216,6 +239,20 @@ impl LinearOps for CubeBackend {
         launch(x, weight, Some(bias), stage)
     }
 
+    fn linear_rows_scaled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+        columns: usize,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            scale: Some((scale, columns)),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         launch(x, weight, None, Stage::default())
     }
@@ -231,6 +268,7 @@ struct Stage {
     residual: Option<CubeTensor>,
     transposed: bool,
     mask: Option<CubeTensor>,
+    scale: Option<(f32, usize)>,
 }
 
 /// Whether `AF2_LINEAR_KERNEL=0` turned the kernel off.
@@ -273,13 +311,37 @@ fn device_supports(x: &Tensor<2>, k: usize, n: usize) -> bool {
 /// forms, its columns padded (the larger of the two layouts counts).
 fn shared_bytes(k: usize, n_block: usize) -> usize {
     let (half, single, pad) = (2, 4, 8);
+    let k = k.min(MAX_INPUT);
     let out_tile = (TILE_ROWS * (n_block + pad)).max(n_block * (TILE_ROWS + pad));
     TILE_ROWS * (k + pad) * half + out_tile * half + MMA * (n_block + pad) * single
 }
 
+/// Input widths the kernel takes: up to [`MAX_INPUT`] in multiples of 16 (weights held in
+/// registers), beyond it up to [`MAX_CHUNKED_INPUT`] in multiples of [`MAX_INPUT`] (chunks).
+fn input_width_supported(k: usize) -> bool {
+    if k <= MAX_INPUT {
+        k.is_multiple_of(MMA)
+    } else {
+        k <= chunked_input_limit() && k.is_multiple_of(MAX_INPUT)
+    }
+}
+
+/// [`MAX_CHUNKED_INPUT`], or `AF2_LINEAR_MAX_INPUT` where set lower (128: no chunked inputs).
+fn chunked_input_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("AF2_LINEAR_MAX_INPUT")
+            .ok()
+            .and_then(|value| value.trim().parse().ok())
+            .map_or(MAX_CHUNKED_INPUT, |limit: usize| {
+                limit.min(MAX_CHUNKED_INPUT)
+            })
+    })
+}
+
 /// Whether [`linear_kernel`] takes `x · weight`: f16 on a device with matrix instructions,
-/// `K ≤ 128` in multiples of 16 and `N` in multiples of 64 (`AF2_LINEAR_KERNEL=0` turns it
-/// off).
+/// `K ≤ 128` in multiples of 16 or `K ≤ 2048` in multiples of 128, and `N` in multiples of 64
+/// (`AF2_LINEAR_KERNEL=0` turns it off).
 pub fn kernel_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
     let [m, k] = x.dims();
     let [k_w, n] = weight.dims();
@@ -289,8 +351,7 @@ pub fn kernel_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
         && k == k_w
         && m > 0
         && k > 0
-        && k % MMA == 0
-        && k <= MAX_INPUT
+        && input_width_supported(k)
         && n > 0
         && n % (PLANES * MMA) == 0
         && device_supports(x, k, n)
@@ -322,19 +383,28 @@ pub fn try_linear_kernel(
 }
 
 /// Whether the kernel has this epilogue combination: a bias with a ReLU alone, a gate with a
-/// residual, or a residual alone; without a bias, none of them (`AF2_LINEAR_EPILOGUE=0`: none).
+/// residual, a residual alone, or scaled columns alone; without a bias, none of them
+/// (`AF2_LINEAR_EPILOGUE=0`: none).
 fn offered(epilogue: &Epilogue, biased: bool) -> bool {
-    match (
-        epilogue.relu,
-        epilogue.gate.is_some(),
-        epilogue.residual.is_some(),
-    ) {
-        (false, false, false) => true,
-        (true, false, false) | (false, true, true) | (false, false, true) => {
-            biased && !epilogues_disabled()
-        }
-        _ => false,
+    let Epilogue {
+        relu,
+        gate,
+        residual,
+        scale_columns,
+    } = epilogue;
+    let plain = !relu && gate.is_none() && residual.is_none();
+    if plain && scale_columns.is_none() {
+        return true;
     }
+    let fused = if scale_columns.is_some() {
+        plain
+    } else {
+        matches!(
+            (relu, gate.is_some(), residual.is_some()),
+            (true, false, false) | (false, true, true) | (false, false, true)
+        )
+    };
+    fused && biased && !epilogues_disabled()
 }
 
 /// `x · weight + bias` finished by `epilogue` on the kernel, where [`kernel_supports`] takes the
@@ -355,15 +425,18 @@ pub fn try_linear_kernel_with(
 ) -> Option<Tensor<2>> {
     let shape = [x.dims()[0], weight.dims()[1]];
     let extras = [&epilogue.gate, &epilogue.residual];
+    let fits = |t: &Tensor<2>, expected: [usize; 2], what: &str| {
+        assert_eq!(
+            t.dims(),
+            expected,
+            "linear kernel: {what} must be {expected:?}"
+        );
+        t.dtype() == x.dtype()
+    };
     let extras_fit = extras.iter().all(|extra| {
-        extra.as_ref().is_none_or(|t| {
-            assert_eq!(
-                t.dims(),
-                shape,
-                "linear kernel: epilogue tensors must be {shape:?}"
-            );
-            t.dtype() == x.dtype()
-        })
+        extra
+            .as_ref()
+            .is_none_or(|t| fits(t, shape, "epilogue tensors"))
     });
     if !extras_fit || !offered(epilogue, bias.is_some()) || !kernel_supports(x, weight) {
         return None;
@@ -371,16 +444,25 @@ pub fn try_linear_kernel_with(
     let bias = bias.map(|bias| checked_bias(bias, weight.dims()[1]));
     let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
     let extra = |t: &Option<Tensor<2>>| t.clone().map(Tensor::into_dispatch);
-    let out = match (bias, extra(&epilogue.gate), extra(&epilogue.residual)) {
-        (None, _, _) => Dispatch::linear_rows_unbiased(x, weight),
-        (Some(bias), None, None) => Dispatch::linear_rows(x, weight, bias, epilogue.relu),
-        (Some(bias), Some(gate), Some(residual)) => {
+    let Some(bias) = bias else {
+        return Some(Tensor::<2>::from_dispatch(Dispatch::linear_rows_unbiased(
+            x, weight,
+        )));
+    };
+    let out = match (
+        epilogue.scale_columns,
+        extra(&epilogue.gate),
+        extra(&epilogue.residual),
+    ) {
+        (Some((columns, scale)), _, _) => {
+            Dispatch::linear_rows_scaled(x, weight, bias, scale, columns)
+        }
+        (None, None, None) => Dispatch::linear_rows(x, weight, bias, epilogue.relu),
+        (None, Some(gate), Some(residual)) => {
             Dispatch::linear_rows_gated_residual(x, weight, bias, gate, residual)
         }
-        (Some(bias), None, Some(residual)) => {
-            Dispatch::linear_rows_residual(x, weight, bias, residual)
-        }
-        (Some(_), Some(_), None) => unreachable!("a gate without a residual is not offered"),
+        (None, None, Some(residual)) => Dispatch::linear_rows_residual(x, weight, bias, residual),
+        (None, Some(_), None) => unreachable!("a gate without a residual is not offered"),
     };
     Some(Tensor::<2>::from_dispatch(out))
 }
@@ -493,12 +575,19 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         residual,
         transposed,
         mask,
+        scale,
     } = stage;
     let (gate, residual, mask) = (
         gate.map(contiguous),
         residual.map(contiguous),
         mask.map(contiguous),
     );
+    if let Some((_, columns)) = scale {
+        assert!(
+            columns.is_multiple_of(VECTOR) && !transposed && mask.is_none(),
+            "linear kernel: scaled columns come in whole vectors of row-major outputs"
+        );
+    }
     // The backend operations are public: the kernel's unchecked reads and writes rest on these.
     for extra in [&gate, &residual].into_iter().flatten() {
         assert_eq!(
@@ -562,11 +651,14 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             mask.map(CubeTensor::into_tensor_arg).into(),
             out.clone().into_tensor_arg(),
             cubes_per_block,
+            scale.map_or(1.0, |(scale, _)| scale),
+            scale.map_or(0, |(_, columns)| columns),
             k,
             n_block,
             VECTOR,
             transposed,
             relu,
+            scale.is_some(),
             dtypes,
         );
     }

@@ -42,55 +42,87 @@ impl Transition {
     /// Returns the update (the residual is added by the caller).
     ///
     /// Rows are processed in chunks so that the widened hidden activation never exceeds
-    /// [`MAX_LOGITS_PER_CHUNK`] elements: at L=1024 the pair transition's whole hidden layer
-    /// (`[L, L, 4 * 128]`) would be a 2 GiB buffer, over wgpu's buffer limit.
+    /// [`MAX_LOGITS_PER_CHUNK`] f32 elements' bytes (twice the elements in f16): at L=1024 the
+    /// pair transition's whole hidden layer (`[L, L, 4 * 128]`) would be a 2 GiB buffer, over
+    /// wgpu's buffer limit.
     ///
     /// # Shapes
     /// - x: `[..., channels]`
     /// - output: `[..., channels]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let hidden = self.transition1.weight.dims()[1];
-        self.forward_chunked(x, (MAX_LOGITS_PER_CHUNK / hidden.max(1)).max(1))
+        let max_rows = self.max_rows(&x);
+        self.forward_chunked(x, max_rows, false)
     }
 
-    /// [`Transition::forward`] on at most `max_rows` rows (all leading axes flattened) at a
-    /// time.
-    pub fn forward_chunked<const D: usize>(&self, x: Tensor<D>, max_rows: usize) -> Tensor<D> {
+    /// `x + self.forward(x)`, the residual added in the projection back's output stage where the
+    /// linear kernel takes it (one pass over the output fewer).
+    ///
+    /// # Shapes
+    /// - x: `[..., channels]`
+    /// - output: `[..., channels]`
+    pub fn forward_residual<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let max_rows = self.max_rows(&x);
+        self.forward_chunked(x, max_rows, true)
+    }
+
+    /// Rows per chunk: a hidden activation of at most [`MAX_LOGITS_PER_CHUNK`] f32 elements'
+    /// bytes.
+    fn max_rows<const D: usize>(&self, x: &Tensor<D>) -> usize {
+        let hidden = self.transition1.weight.dims()[1];
+        let bytes = MAX_LOGITS_PER_CHUNK * std::mem::size_of::<f32>();
+        (bytes / (hidden * x.dtype().size()).max(1)).max(1)
+    }
+
+    /// [`Transition::forward`] (with `residual`, [`Transition::forward_residual`]) on at most
+    /// `max_rows` rows (all leading axes flattened) at a time.
+    pub fn forward_chunked<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        max_rows: usize,
+        residual: bool,
+    ) -> Tensor<D> {
         let shape = x.dims();
         let channels = shape[D - 1];
         let rows: usize = shape[..D - 1].iter().product();
-        if rows <= max_rows {
-            return self.forward_rows(x);
-        }
         let flat = x.reshape([rows, channels]);
-        let chunks = (0..rows)
-            .step_by(max_rows)
-            .map(|start| {
-                self.forward_rows(flat.clone().narrow(0, start, max_rows.min(rows - start)))
-            })
-            .collect();
-        Tensor::cat(chunks, 0).reshape(shape)
+        let out = if rows <= max_rows {
+            self.forward_rows(flat, residual)
+        } else {
+            let chunks = (0..rows)
+                .step_by(max_rows)
+                .map(|start| {
+                    let chunk = flat.clone().narrow(0, start, max_rows.min(rows - start));
+                    self.forward_rows(chunk, residual)
+                })
+                .collect();
+            Tensor::cat(chunks, 0)
+        };
+        out.reshape(shape)
     }
 
-    /// The transition on `x` flattened to rows: the LayerNorm and both linear layers see one
-    /// 2-D tensor, and only the two outer reshapes are recorded.
-    fn forward_rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let shape = x.dims();
-        let rows = shape[..D - 1].iter().product();
-        let x = self
-            .input_layer_norm
-            .forward(x.reshape([rows, shape[D - 1]]));
+    /// The transition on rows: the LayerNorm and both linear layers see one 2-D tensor.
+    fn forward_rows(&self, x: Tensor<2>, residual: bool) -> Tensor<2> {
+        let normed = self.input_layer_norm.forward(x.clone());
         let relu = Epilogue {
             relu: true,
             ..Epilogue::default()
         };
         let hidden = matmul_bias_with(
-            x,
+            normed,
             self.transition1.weight.val(),
             self.transition1.bias.as_ref().map(|b| b.val()),
             relu,
         );
-        self.transition2.forward(hidden).reshape(shape)
+        let back = Epilogue {
+            residual: residual.then_some(x),
+            ..Epilogue::default()
+        };
+        matmul_bias_with(
+            hidden,
+            self.transition2.weight.val(),
+            self.transition2.bias.as_ref().map(|b| b.val()),
+            back,
+        )
     }
 }
 
@@ -116,10 +148,19 @@ mod tests {
         transition.transition2.weight = random([8, 4]);
         let x = Tensor::<3>::random([3, 5, 4], Distribution::Normal(0.0, 1.0), &device);
         let whole = transition.forward(x.clone());
+        let with_residual = transition.forward_residual(x.clone());
+        let diff: f32 = (x.clone() + whole.clone() - with_residual.clone())
+            .abs()
+            .max()
+            .into_scalar();
+        assert_eq!(diff, 0.0, "forward_residual is x + forward");
         for max_rows in [1, 4, 7, 15] {
-            let chunked = transition.forward_chunked(x.clone(), max_rows);
+            let chunked = transition.forward_chunked(x.clone(), max_rows, false);
             let diff: f32 = (whole.clone() - chunked).abs().max().into_scalar();
             assert_eq!(diff, 0.0, "chunks of {max_rows} rows");
+            let chunked = transition.forward_chunked(x.clone(), max_rows, true);
+            let diff: f32 = (with_residual.clone() - chunked).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "chunks of {max_rows} rows with the residual");
         }
     }
 }

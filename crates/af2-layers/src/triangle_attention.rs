@@ -116,13 +116,6 @@ mod tests {
     fn residual_form_adds_the_input() {
         #[allow(deprecated)] // ndarray is the CPU reference backend.
         let device = Device::ndarray();
-        let normal = |shape: [usize; 3]| {
-            Param::from_tensor(Tensor::random(
-                shape,
-                Distribution::Normal(0.0, 0.5),
-                &device,
-            ))
-        };
         let pair = Tensor::<4>::random([2, 5, 5, 4], Distribution::Normal(0.0, 1.0), &device);
         let mask = Tensor::<3>::random([2, 5, 5], Distribution::Uniform(0.0, 1.0), &device)
             .greater_elem(0.3)
@@ -136,12 +129,7 @@ mod tests {
                 Distribution::Normal(0.0, 1.0),
                 &device,
             ));
-            let attention = &mut tri.attention;
-            attention.query_w = normal([4, 2, 3]);
-            attention.key_w = normal([4, 2, 3]);
-            attention.value_w = normal([4, 2, 3]);
-            attention.gating_w = Some(normal([4, 2, 3]));
-            attention.output_w = normal([2, 3, 4]);
+            tri.attention = crate::attention::randomized(tri.attention);
             let expected = pair.clone() + tri.forward(pair.clone(), mask.clone());
             let ours = tri.forward_residual(pair.clone(), mask.clone());
             let scale: f32 = expected.clone().abs().max().into_scalar();

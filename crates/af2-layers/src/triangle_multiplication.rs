@@ -125,9 +125,9 @@ impl TriangleMultiplication {
             .center_layer_norm
             .forward_channel_major(product.reshape([matrices / b, rows]));
         let finish = Epilogue {
-            relu: false,
             gate: Some(self.gating_linear.forward(act)),
             residual: add_input.then_some(pair),
+            ..Epilogue::default()
         };
         matmul_bias_with(
             normed,

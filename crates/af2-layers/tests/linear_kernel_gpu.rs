@@ -26,12 +26,19 @@ fn reference(x: &TensorData, w: &TensorData, b: Option<&TensorData>) -> Vec<f32>
     out.into_data().try_to_vec::<f32>().unwrap()
 }
 
+/// A kernel output's values on the host, as f32.
+fn host_f32(t: Tensor<2>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().try_to_vec().unwrap()
+}
+
 #[test]
 fn kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
     // (rows, in, out, bias): the pair stack's 128 -> 128 and 128 -> 512 layers with a row
     // count that ends inside a 64-row tile, the template stack's 64 channels without bias, a
-    // short tile, three 64-column blocks, and enough rows that cubes walk several tiles.
+    // short tile, three 64-column blocks, and enough rows that cubes walk several tiles; then
+    // inputs taken in 128-wide chunks: the MSA stack's 256 -> 1024 and 1024 -> 256, the pair
+    // transition's 512 -> 128 over several tiles a cube, 384 -> 64 without bias.
     let cases = [
         (1000, 128, 128, true),
         (64, 128, 512, true),
@@ -39,6 +46,10 @@ fn kernel_matches_reference_f16() {
         (5, 16, 64, true),
         (100, 32, 192, true),
         (70_000, 128, 128, false),
+        (300, 256, 1024, true),
+        (257, 1024, 256, true),
+        (70_001, 512, 128, true),
+        (1000, 384, 64, false),
     ];
     for (seed, &(m, k, n, with_bias)) in cases.iter().enumerate() {
         let seed = seed as u64 * 10;
@@ -84,7 +95,8 @@ fn kernel_refuses_what_it_cannot_take() {
     let f32 = |shape: [usize; 2]| Tensor::<2>::zeros(shape, (&device, DType::F32));
     // f32, more than 128 inputs, inputs not in 16s, outputs not in 64s.
     assert!(!kernel_supports(&f32([64, 128]), &f32([128, 128])));
-    assert!(!kernel_supports(&f16([64, 256]), &f16([256, 128])));
+    assert!(!kernel_supports(&f16([64, 192]), &f16([192, 128])));
+    assert!(!kernel_supports(&f16([64, 4096]), &f16([4096, 128])));
     assert!(!kernel_supports(&f16([64, 24]), &f16([24, 128])));
     assert!(!kernel_supports(&f16([64, 128]), &f16([128, 4])));
     assert!(!kernel_supports(&f16([64, 128]), &f16([128, 48])));
@@ -96,8 +108,12 @@ fn kernel_refuses_what_it_cannot_take() {
 fn transposed_kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
     // The triangle multiplication's four edge projections (128 -> 4 x 128) over rows that end
-    // inside a 64-row tile, and the template stack's (64 -> 4 x 64).
-    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256)].iter().enumerate() {
+    // inside a 64-row tile, the template stack's (64 -> 4 x 64), and a 256-wide input taken
+    // in chunks.
+    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256), (1000, 256, 128)]
+        .iter()
+        .enumerate()
+    {
         let seed = 100 + seed as u64 * 10;
         let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
         let w = TensorData::new(values(k * n, seed + 1, (k as f32).powf(-0.5)), [k, n]);
@@ -150,6 +166,8 @@ fn epilogues_match_reference_f16() {
         (false, false, true, 128, 128),
         (true, false, false, 64, 64),
         (false, true, true, 64, 64),
+        (false, false, true, 512, 128),
+        (true, false, false, 256, 1024),
     ]
     .into_iter()
     .enumerate()
@@ -168,6 +186,7 @@ fn epilogues_match_reference_f16() {
             relu,
             gate: gated.then(|| on_gpu(&gate)),
             residual: added.then(|| on_gpu(&residual)),
+            ..Epilogue::default()
         };
         let bias = tensor_in::<1>(&b, &device, DType::F16);
         let what = format!("epilogue relu {relu} gate {gated} residual {added} [{k}, {n}]");
@@ -175,12 +194,7 @@ fn epilogues_match_reference_f16() {
         if !offered(out.is_some(), &what) {
             return;
         }
-        let out: Vec<f32> = out
-            .unwrap()
-            .cast(DType::F32)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let out = host_f32(out.unwrap());
         let plain = reference(&x, &w, Some(&b));
         let (gate, residual) = (
             through_f16(&gate).try_to_vec::<f32>().unwrap(),
@@ -267,4 +281,36 @@ fn gated_edges_match_reference_f16() {
             );
         }
     }
+}
+
+#[test]
+fn scaled_columns_match_reference_f16() {
+    let Some(device) = gpu() else { return };
+    let (m, k, n) = (1000, 128, 128);
+    let data = |len: usize, seed: u64, scale: f32, shape: Vec<usize>| {
+        TensorData::new(values(len, seed, scale), shape)
+    };
+    let on_gpu = |d: &TensorData| tensor_in::<2>(d, &device, DType::F16);
+    let x = data(m * k, 700, 2.0, vec![m, k]);
+    let w = data(k * n, 701, (k as f32).powf(-0.5), vec![k, n]);
+    let b = data(n, 702, 1.0, vec![n]);
+    let bias = tensor_in::<1>(&b, &device, DType::F16);
+    // The queries of a shared projection: the first 64 of 128 columns scaled.
+    let epilogue = Epilogue {
+        scale_columns: Some((64, 0.125)),
+        ..Epilogue::default()
+    };
+    let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
+    if !offered(out.is_some(), "scaled columns") {
+        return;
+    }
+    let out = host_f32(out.unwrap());
+    let expected: Vec<f32> = reference(&x, &w, Some(&b))
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| if i % n < 64 { y * 0.125 } else { y })
+        .collect();
+    let error = relative_error(&out, &expected);
+    println!("scaled columns: relative error {error:.2e}");
+    assert!(error <= 2e-3, "scaled columns: relative error {error:.3e}");
 }

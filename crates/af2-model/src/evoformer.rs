@@ -110,9 +110,9 @@ pub(crate) fn msa_half(
     (msa, msa_mask): (Tensor<4>, Tensor<3>),
     pair: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>) {
-    let msa = msa.clone() + row.forward(msa, msa_mask.clone(), pair.clone());
+    let msa = row.forward_residual(msa, msa_mask.clone(), pair.clone());
     let msa = msa.clone() + column(msa, msa_mask.clone());
-    let msa = msa.clone() + transition.forward(msa);
+    let msa = transition.forward_residual(msa);
     let pair = pair + outer_product_mean.forward(msa.clone(), msa_mask);
     (msa, pair)
 }
@@ -156,11 +156,6 @@ impl PairLayersConfig {
     }
 }
 
-/// Adds a layer's update to its input (AlphaFold's residual `dropout_wrapper` at inference).
-fn residual(pair: Tensor<4>, update: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
-    pair.clone() + update(pair)
-}
-
 impl PairLayers<'_> {
     /// Evoformer order: multiplications, then attentions, then transition.
     ///
@@ -171,7 +166,7 @@ impl PairLayers<'_> {
         let pair = self.incoming.forward_residual(pair, mask.clone());
         let pair = self.starting_node.forward_residual(pair, mask.clone());
         let pair = self.ending_node.forward_residual(pair, mask);
-        residual(pair, |p| self.transition.forward(p))
+        self.transition.forward_residual(pair)
     }
 
     /// Template pair stack order (Algorithm 16): attentions first, then multiplications.
@@ -183,7 +178,7 @@ impl PairLayers<'_> {
         let pair = self.ending_node.forward_residual(pair, mask.clone());
         let pair = self.outgoing.forward_residual(pair, mask.clone());
         let pair = self.incoming.forward_residual(pair, mask);
-        residual(pair, |p| self.transition.forward(p))
+        self.transition.forward_residual(pair)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The CubeCL source of the linear kernel; see the parent module's documentation.
 
-use super::{MMA, PLANE, PLANES, TILE_ROWS};
+use super::{MAX_INPUT, MMA, PLANE, PLANES, TILE_ROWS};
 use crate::attention_kernel_mma::kernel::fragment;
 use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
 use cubecl::prelude::*;
@@ -19,7 +19,7 @@ fn sigmoid(x: f32) -> f32 {
 /// columns `p · n_block / 4 ..` of the block.
 ///
 /// The output stage, per element `y` (the f32 accumulator rounded to `F`), in f32 and rounded
-/// once: `max(y, 0)` with `relu`, `y · sigmoid(gate)` with a gate, `+ residual` with a residual
+/// once: `y · scale` in the first `scaled_cols` columns with `scaled`, `max(y, 0)` with `relu`, `y · sigmoid(gate)` with a gate, `+ residual` with a residual
 /// (gate and residual `[M, N]` like the output, contiguous). With a mask the output is
 /// transposed and gated from the cube's own columns: the first half of each column block holds
 /// projections, the second half their gates, and the cube writes `mask[row] · projection ·
@@ -36,18 +36,28 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     mask: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     cubes_per_block: usize,
+    scale: f32,
+    scaled_cols: usize,
     #[comptime] k_dim: usize,
     #[comptime] n_block: usize,
     #[comptime] vs: usize,
     #[comptime] transposed: bool,
     #[comptime] relu: bool,
+    #[comptime] scaled: bool,
     #[define(F, Bt)] _dtypes: [ElemType; 2],
 ) {
     let threads = comptime!(PLANE * PLANES);
-    let k_steps = comptime!(k_dim / MMA);
+    // Inputs wider than MAX_INPUT are taken in MAX_INPUT-wide chunks: each chunk of the tile
+    // is staged in turn and its weight fragments are read again for every tile (from L2),
+    // while the four stripes' accumulators stay in registers across the chunks.
+    let chunked = comptime!(k_dim > MAX_INPUT);
+    let k_chunk = comptime!(if chunked { MAX_INPUT } else { k_dim });
+    let chunks = comptime!(k_dim / k_chunk);
+    let stripes = comptime!(TILE_ROWS / MMA);
+    let k_steps = comptime!(k_chunk / MMA);
     let plane_cols = comptime!(n_block / PLANES);
     let n_frags = comptime!(plane_cols / MMA);
-    let x_row = comptime!(k_dim + PAD);
+    let x_row = comptime!(k_chunk + PAD);
     let out_row = comptime!(n_block + PAD);
     // The transposed forms keep the output tile column-major (`out_col` per column), so that
     // their stores along output columns read whole vectors.
@@ -58,7 +68,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     } else {
         TILE_ROWS * (n_block + PAD)
     });
-    let x_len = comptime!(TILE_ROWS * (k_dim + PAD));
+    let x_len = comptime!(TILE_ROWS * (k_chunk + PAD));
     let m = x.shape(0);
     let n = weight.shape(1);
     let blocks = n / n_block;
@@ -71,7 +81,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     let plane_col0 = plane * plane_cols;
     let gated = comptime!(gate.is_some());
     let with_residual = comptime!(residual.is_some());
-    let epilogue = comptime!(relu || gated || with_residual);
+    let epilogue = comptime!(relu || gated || with_residual || scaled);
 
     // Both tiles hold whole vectors, so that staging and writing out move 16 bytes a unit
     // instead of eight 2-byte accesses; the matrix loads and stores address them in elements.
@@ -93,7 +103,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
         }
     }
 
-    // The plane's weight columns, fragment (kk, nn) at `kk * n_frags + nn`, read once.
+    // The plane's weight columns of one chunk, fragment (kk, nn) at `kk * n_frags + nn`: read
+    // once where the input is one chunk, else per chunk of every tile.
     let mut w_frags = Sequence::<Matrix<F>>::new();
     let w_row_stride = weight.stride(0);
     let w_len = weight.shape(0) * w_row_stride;
@@ -102,15 +113,19 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
         #[unroll]
         for nn in 0..n_frags {
             let mut frag = fragment::<F>(MatrixIdent::B, MatrixLayout::RowMajor);
-            let at = kk * MMA * w_row_stride + col0 + plane_col0 + nn * MMA;
-            cmma::load(&mut frag, &weight[at..w_len], w_row_stride as u32);
+            if comptime!(!chunked) {
+                let at = kk * MMA * w_row_stride + col0 + plane_col0 + nn * MMA;
+                cmma::load(&mut frag, &weight[at..w_len], w_row_stride as u32);
+            }
             w_frags.push(frag);
         }
     }
     let mut a_frag = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
+    // One accumulator per column fragment, reused stripe after stripe; chunked, one per stripe
+    // and column fragment (stripe-major), kept over the chunks.
     let mut acc = Sequence::<Matrix<f32>>::new();
     #[unroll]
-    for _ in 0..n_frags {
+    for _ in 0..comptime!(if chunked { stripes * n_frags } else { n_frags }) {
         acc.push(fragment::<f32>(
             MatrixIdent::Accumulator,
             MatrixLayout::Undefined,
@@ -132,72 +147,117 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
         bias_frags.push(frag);
     }
 
-    let x_row_stride = x.stride(0);
     let out_row_stride = out.stride(0);
     let tiles = m.div_ceil(TILE_ROWS);
     let mut tile = first_tile;
     while tile < tiles {
         let row0 = tile * TILE_ROWS;
-        // The 64-row tile of x, zero past M: consecutive units read consecutive 16-byte
-        // vectors.
-        #[unroll]
-        for i in 0..comptime!(TILE_ROWS * k_dim / (vs * threads)) {
-            let e = t + i * threads;
-            let (r, cv) = (e / comptime!(k_dim / vs), e % comptime!(k_dim / vs));
-            let mut v = Vector::<F, N>::new(F::new(0.0));
-            if row0 + r < m {
-                v = x[(row0 + r) * x_row_stride / vs + cv];
-            }
-            x_s[comptime!(x_row / vs) * r + cv] = v;
-        }
-        sync_cube();
-
-        #[unroll]
-        for stripe in 0..comptime!(TILE_ROWS / MMA) {
-            let x_at = stripe * MMA * x_row;
+        if comptime!(chunked) {
+            // Every stripe's accumulators start from the bias rows.
             #[unroll]
-            for kk in 0..k_steps {
-                cmma::load(
-                    &mut a_frag,
-                    &x_s[(x_at + kk * MMA) / vs..comptime!(x_len / vs)],
-                    x_row as u32,
+            for i in 0..comptime!(stripes * n_frags) {
+                cmma::load_with_layout(
+                    acc.index_mut(i),
+                    &bias_s[plane_col0 + (i % n_frags) * MMA..comptime!(MMA * (n_block + PAD))],
+                    out_row as u32,
+                    MatrixLayout::RowMajor,
                 );
+            }
+            for chunk in 0..chunks {
+                stage_rows(x, &mut x_s, row0, chunk * k_chunk, t, k_chunk, vs);
                 #[unroll]
-                for nn in 0..n_frags {
-                    if comptime!(kk == 0) {
-                        cmma::execute(
-                            &a_frag,
-                            w_frags.index(nn),
-                            bias_frags.index(nn),
-                            acc.index(nn),
-                        );
-                    } else {
-                        cmma::execute(
-                            &a_frag,
-                            w_frags.index(kk * n_frags + nn),
-                            acc.index(nn),
-                            acc.index(nn),
+                for kk in 0..k_steps {
+                    #[unroll]
+                    for nn in 0..n_frags {
+                        let at = (chunk * k_chunk + kk * MMA) * w_row_stride
+                            + col0
+                            + plane_col0
+                            + nn * MMA;
+                        cmma::load(
+                            w_frags.index_mut(kk * n_frags + nn),
+                            &weight[at..w_len],
+                            w_row_stride as u32,
                         );
                     }
                 }
+                sync_cube();
+                #[unroll]
+                for stripe in 0..stripes {
+                    #[unroll]
+                    for kk in 0..k_steps {
+                        cmma::load(
+                            &mut a_frag,
+                            &x_s[(stripe * MMA * x_row + kk * MMA) / vs..comptime!(x_len / vs)],
+                            x_row as u32,
+                        );
+                        #[unroll]
+                        for nn in 0..n_frags {
+                            let d = acc.index(stripe * n_frags + nn);
+                            cmma::execute(&a_frag, w_frags.index(kk * n_frags + nn), d, d);
+                        }
+                    }
+                }
+                // The next chunk overwrites the staged one.
+                sync_cube();
             }
             #[unroll]
-            for nn in 0..n_frags {
-                let rounded = cmma::cast::<f32, F, _>(acc.index(nn));
-                let col = plane_col0 + nn * MMA;
-                if comptime!(column_major) {
-                    cmma::store(
-                        &mut out_s[(col * out_col + stripe * MMA) / vs..comptime!(out_len / vs)],
-                        &rounded,
-                        out_col as u32,
-                        MatrixLayout::ColMajor,
+            for stripe in 0..stripes {
+                #[unroll]
+                for nn in 0..n_frags {
+                    let d = acc.index(stripe * n_frags + nn);
+                    store_rounded(
+                        &mut out_s,
+                        d,
+                        plane_col0 + nn * MMA,
+                        stripe,
+                        n_block,
+                        column_major,
+                        vs,
                     );
-                } else {
-                    cmma::store(
-                        &mut out_s[(stripe * MMA * out_row + col) / vs..comptime!(out_len / vs)],
-                        &rounded,
-                        out_row as u32,
-                        MatrixLayout::RowMajor,
+                }
+            }
+        } else {
+            stage_rows(x, &mut x_s, row0, 0, t, k_chunk, vs);
+            sync_cube();
+            #[unroll]
+            for stripe in 0..stripes {
+                let x_at = stripe * MMA * x_row;
+                #[unroll]
+                for kk in 0..k_steps {
+                    cmma::load(
+                        &mut a_frag,
+                        &x_s[(x_at + kk * MMA) / vs..comptime!(x_len / vs)],
+                        x_row as u32,
+                    );
+                    #[unroll]
+                    for nn in 0..n_frags {
+                        if comptime!(kk == 0) {
+                            cmma::execute(
+                                &a_frag,
+                                w_frags.index(nn),
+                                bias_frags.index(nn),
+                                acc.index(nn),
+                            );
+                        } else {
+                            cmma::execute(
+                                &a_frag,
+                                w_frags.index(kk * n_frags + nn),
+                                acc.index(nn),
+                                acc.index(nn),
+                            );
+                        }
+                    }
+                }
+                #[unroll]
+                for nn in 0..n_frags {
+                    store_rounded(
+                        &mut out_s,
+                        acc.index(nn),
+                        plane_col0 + nn * MMA,
+                        stripe,
+                        n_block,
+                        column_major,
+                        vs,
                     );
                 }
             }
@@ -287,6 +347,11 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                                 #[unroll]
                                 for j in 0..vs {
                                     let mut y = f32::cast_from(v.extract(j));
+                                    if comptime!(scaled) {
+                                        if col0 + cv * vs < scaled_cols {
+                                            y *= scale;
+                                        }
+                                    }
                                     if comptime!(relu) {
                                         y = y.max(0.0f32);
                                     }
@@ -306,5 +371,67 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             }
         }
         tile += cubes_per_block;
+    }
+}
+
+/// Stages columns `col0 .. col0 + k_chunk` of the 64-row tile of `x` from `row0` into `x_s`
+/// (rows of `k_chunk + PAD` elements), zero past M: consecutive units read consecutive 16-byte
+/// vectors.
+#[cube]
+fn stage_rows<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    x_s: &mut Shared<[Vector<F, N>]>,
+    row0: usize,
+    col0: usize,
+    t: usize,
+    #[comptime] k_chunk: usize,
+    #[comptime] vs: usize,
+) {
+    let threads = comptime!(PLANE * PLANES);
+    let m = x.shape(0);
+    let x_row_stride = x.stride(0);
+    #[unroll]
+    for i in 0..comptime!(TILE_ROWS * k_chunk / (vs * threads)) {
+        let e = t + i * threads;
+        let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
+        let mut v = Vector::<F, N>::new(F::new(0.0));
+        if row0 + r < m {
+            v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
+        }
+        x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = v;
+    }
+}
+
+/// Rounds an accumulator (rows `stripe · 16 ..` of the tile, columns `col ..`) to `F` into the
+/// shared output tile: row-major, or column-major for the transposed forms.
+#[cube]
+fn store_rounded<F: Float, N: Size>(
+    out_s: &mut Shared<[Vector<F, N>]>,
+    acc: &Matrix<f32>,
+    col: usize,
+    stripe: usize,
+    #[comptime] n_block: usize,
+    #[comptime] column_major: bool,
+    #[comptime] vs: usize,
+) {
+    let rounded = cmma::cast::<f32, F, _>(acc);
+    if comptime!(column_major) {
+        let out_col = comptime!(TILE_ROWS + PAD);
+        let len = comptime!(n_block * (TILE_ROWS + PAD) / vs);
+        cmma::store(
+            &mut out_s[(col * out_col + stripe * MMA) / vs..len],
+            &rounded,
+            out_col as u32,
+            MatrixLayout::ColMajor,
+        );
+    } else {
+        let out_row = comptime!(n_block + PAD);
+        let len = comptime!(TILE_ROWS * (n_block + PAD) / vs);
+        cmma::store(
+            &mut out_s[(stripe * MMA * out_row + col) / vs..len],
+            &rounded,
+            out_row as u32,
+            MatrixLayout::RowMajor,
+        );
     }
 }
