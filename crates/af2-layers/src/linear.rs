@@ -52,7 +52,8 @@ impl Linear {
 }
 
 /// `x · weight (+ bias)`: the tensor-core kernel where it applies (f16 on a GPU with matrix
-/// instructions, inputs in 16s up to 128, outputs in 64s: [`crate::linear_kernel`]), else
+/// instructions, inputs in 16s up to 128 or in 128s up to 2048, outputs in 64s:
+/// [`crate::linear_kernel`]), else
 /// one Burn matmul and the bias add. There the bias is shaped before the matmul is recorded, so
 /// that the add directly follows the matmul in the op stream and Burn's fusion folds it into
 /// the matmul's output stage (one GPU kernel instead of a matmul and a separate add).

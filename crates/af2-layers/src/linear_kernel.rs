@@ -6,7 +6,7 @@
 //! A cube of 4 planes owns a block of up to 128 output columns; each plane keeps its 16 or 32
 //! columns of the weight in registers as 16×16×16 fragments for the whole run, so the weight is
 //! read once per cube, and its bias as accumulator fragments that the first product of every
-//! stripe adds to. The cube walks 64-row tiles of `x`: it stages the tile in shared memory with
+//! stripe adds to (inputs of at most 128 channels; wider ones below). The cube walks 64-row tiles of `x`: it stages the tile in shared memory with
 //! 16-byte loads and stores (the shared tiles hold vectors; the matrix loads address them in
 //! elements), each plane multiplies its four 16-row stripes by its weight fragments, rounds
 //! the f32 accumulators to f16 into a shared output tile (column-major in the transposed
@@ -64,7 +64,7 @@ pub const MAX_INPUT: usize = 128;
 /// The widest input the kernel takes in chunks (the Evoformer's widest layer has 1,024: the
 /// MSA transition's projection back and the outer product mean's output).
 pub const MAX_CHUNKED_INPUT: usize = 2048;
-/// Output columns per cube at most (two accumulator fragments a plane).
+/// Output columns per cube at most (two column fragments a plane).
 const MAX_BLOCK: usize = 128;
 /// Columns of one block of the gated edges kernel's weight ([`try_gated_edges_kernel`]): the
 /// first half projections, the second half their gates, channel for channel.
@@ -438,7 +438,15 @@ pub fn try_linear_kernel_with(
             .as_ref()
             .is_none_or(|t| fits(t, shape, "epilogue tensors"))
     });
-    if !extras_fit || !offered(epilogue, bias.is_some()) || !kernel_supports(x, weight) {
+    // Scaled columns come in whole 16-byte vectors of the output's rows.
+    let scale_fits = epilogue
+        .scale_columns
+        .is_none_or(|(columns, _)| columns.is_multiple_of(VECTOR) && columns <= shape[1]);
+    if !extras_fit
+        || !scale_fits
+        || !offered(epilogue, bias.is_some())
+        || !kernel_supports(x, weight)
+    {
         return None;
     }
     let bias = bias.map(|bias| checked_bias(bias, weight.dims()[1]));
@@ -596,7 +604,7 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             "linear kernel: gate/residual shape"
         );
     }
-    if relu || gate.is_some() || residual.is_some() || mask.is_some() {
+    if relu || gate.is_some() || residual.is_some() || mask.is_some() || scale.is_some() {
         FUSED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     if let Some(mask) = &mask {

@@ -286,31 +286,34 @@ fn gated_edges_match_reference_f16() {
 #[test]
 fn scaled_columns_match_reference_f16() {
     let Some(device) = gpu() else { return };
-    let (m, k, n) = (1000, 128, 128);
-    let data = |len: usize, seed: u64, scale: f32, shape: Vec<usize>| {
-        TensorData::new(values(len, seed, scale), shape)
-    };
-    let on_gpu = |d: &TensorData| tensor_in::<2>(d, &device, DType::F16);
-    let x = data(m * k, 700, 2.0, vec![m, k]);
-    let w = data(k * n, 701, (k as f32).powf(-0.5), vec![k, n]);
-    let b = data(n, 702, 1.0, vec![n]);
-    let bias = tensor_in::<1>(&b, &device, DType::F16);
-    // The queries of a shared projection: the first 64 of 128 columns scaled.
-    let epilogue = Epilogue {
-        scale_columns: Some((64, 0.125)),
-        ..Epilogue::default()
-    };
-    let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
-    if !offered(out.is_some(), "scaled columns") {
-        return;
+    // (rows, in, out, scaled): one column block; the MSA row attention's shared projection
+    // (256 inputs in chunks, 1024 outputs in 8 blocks, the first two blocks scaled).
+    for (m, k, n, columns) in [(1000, 128, 128, 64), (300, 256, 1024, 256)] {
+        let data = |len: usize, seed: u64, scale: f32, shape: Vec<usize>| {
+            TensorData::new(values(len, seed, scale), shape)
+        };
+        let on_gpu = |d: &TensorData| tensor_in::<2>(d, &device, DType::F16);
+        let x = data(m * k, 700, 2.0, vec![m, k]);
+        let w = data(k * n, 701, (k as f32).powf(-0.5), vec![k, n]);
+        let b = data(n, 702, 1.0, vec![n]);
+        let bias = tensor_in::<1>(&b, &device, DType::F16);
+        let epilogue = Epilogue {
+            scale_columns: Some((columns, 0.125)),
+            ..Epilogue::default()
+        };
+        let what = format!("[{m}, {k}] x [{k}, {n}], {columns} columns scaled");
+        let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
+        if !offered(out.is_some(), &what) {
+            return;
+        }
+        let out = host_f32(out.unwrap());
+        let expected: Vec<f32> = reference(&x, &w, Some(&b))
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| if i % n < columns { y * 0.125 } else { y })
+            .collect();
+        let error = relative_error(&out, &expected);
+        println!("{what}: relative error {error:.2e}");
+        assert!(error <= 2e-3, "{what}: relative error {error:.3e}");
     }
-    let out = host_f32(out.unwrap());
-    let expected: Vec<f32> = reference(&x, &w, Some(&b))
-        .iter()
-        .enumerate()
-        .map(|(i, &y)| if i % n < 64 { y * 0.125 } else { y })
-        .collect();
-    let error = relative_error(&out, &expected);
-    println!("scaled columns: relative error {error:.2e}");
-    assert!(error <= 2e-3, "scaled columns: relative error {error:.3e}");
 }
