@@ -210,8 +210,9 @@ impl GatedAttention {
         self.attend_self(x, key_mask, bias, None, max_logits)
     }
 
-    /// `residual + forward_self(x, ..)`, the add done by the output projection's kernel where
-    /// it runs (f16 on a GPU with matrix instructions).
+    /// `residual + forward_self(x, ..)` where a residual is given (the add done by the output
+    /// projection's kernel where it runs: f16 on a GPU with matrix instructions), else
+    /// `forward_self(x, ..)`.
     ///
     /// # Shapes
     /// - x: `[B, N, q_channels]`
@@ -223,9 +224,9 @@ impl GatedAttention {
         x: Tensor<3>,
         key_mask: Tensor<2>,
         bias: Option<Tensor<4>>,
-        residual: Tensor<3>,
+        residual: Option<Tensor<3>>,
     ) -> Tensor<3> {
-        self.attend_self(x, key_mask, bias, Some(residual), MAX_LOGITS_PER_CHUNK)
+        self.attend_self(x, key_mask, bias, residual, MAX_LOGITS_PER_CHUNK)
     }
 
     /// Self-attention of `x` plus `residual` where given, at most `max_logits` logits at a time.

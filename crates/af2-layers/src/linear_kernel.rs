@@ -6,17 +6,17 @@
 //! A cube of 4 planes owns a block of up to 128 output columns; each plane keeps its 16 or 32
 //! columns of the weight in registers as 16×16×16 fragments for the whole run, so the weight is
 //! read once per cube, and its bias as accumulator fragments that the first product of every
-//! stripe adds to (inputs of at most 128 channels; wider ones below). The cube walks 64-row tiles of `x`: it stages the tile in shared memory with
-//! 16-byte loads and stores (the shared tiles hold vectors; the matrix loads address them in
-//! elements), each plane multiplies its four 16-row stripes by its weight fragments, rounds
-//! the f32 accumulators to f16 into a shared output tile (column-major in the transposed
-//! forms), and the cube writes the tile out with 16-byte vectors read whole from it (along
-//! output rows, or along output columns when transposed). An output stage's own inputs (gate,
-//! residual, mask) are loaded before the tile's barrier, all in flight together. Rows past `M`
-//! are read as zero and not written. Inputs wider than 128 channels (the MSA stack's 256, the
-//! transitions' 512 and 1024) are taken in 128-wide chunks: each chunk of a tile is staged in
-//! turn and its weight fragments are loaded again (from L2) for every tile, while the four
-//! stripes' accumulators stay in registers.
+//! stripe adds to (inputs of at most 128 channels; wider ones below). The cube walks 64-row
+//! tiles of `x`: it stages the tile in shared memory with 16-byte loads and stores (the shared
+//! tiles hold vectors; the matrix loads address them in elements), each plane multiplies its
+//! four 16-row stripes by its weight fragments, rounds the f32 accumulators to f16 into a shared
+//! output tile (column-major in the transposed forms), and the cube writes the tile out with
+//! 16-byte vectors read whole from it (along output rows, or along output columns when
+//! transposed). An output stage's own inputs (gate, residual, mask) are loaded before the tile's
+//! barrier, all in flight together. Rows past `M` are read as zero and not written. Inputs
+//! wider than 128 channels (the MSA stack's 256, the transitions' 512 and 1024) are taken in
+//! 128-wide chunks: each chunk of a tile is staged in turn and its weight fragments are loaded
+//! again (from L2) for every tile, while the four stripes' accumulators stay in registers.
 //!
 //! The output stage can finish a layer on the way out ([`Epilogue`]; in f32 from the f16-rounded
 //! product, rounded once more): a ReLU (the transitions), a sigmoid gate and a residual add (the
@@ -386,25 +386,19 @@ pub fn try_linear_kernel(
 /// residual, a residual alone, or scaled columns alone; without a bias, none of them
 /// (`AF2_LINEAR_EPILOGUE=0`: none).
 fn offered(epilogue: &Epilogue, biased: bool) -> bool {
-    let Epilogue {
-        relu,
-        gate,
-        residual,
-        scale_columns,
-    } = epilogue;
-    let plain = !relu && gate.is_none() && residual.is_none();
-    if plain && scale_columns.is_none() {
-        return true;
+    match (
+        epilogue.relu,
+        epilogue.gate.is_some(),
+        epilogue.residual.is_some(),
+        epilogue.scale_columns.is_some(),
+    ) {
+        (false, false, false, false) => true,
+        (true, false, false, false)
+        | (false, true, true, false)
+        | (false, false, true, false)
+        | (false, false, false, true) => biased && !epilogues_disabled(),
+        _ => false,
     }
-    let fused = if scale_columns.is_some() {
-        plain
-    } else {
-        matches!(
-            (relu, gate.is_some(), residual.is_some()),
-            (true, false, false) | (false, true, true) | (false, false, true)
-        )
-    };
-    fused && biased && !epilogues_disabled()
 }
 
 /// `x · weight + bias` finished by `epilogue` on the kernel, where [`kernel_supports`] takes the
@@ -425,18 +419,15 @@ pub fn try_linear_kernel_with(
 ) -> Option<Tensor<2>> {
     let shape = [x.dims()[0], weight.dims()[1]];
     let extras = [&epilogue.gate, &epilogue.residual];
-    let fits = |t: &Tensor<2>, expected: [usize; 2], what: &str| {
-        assert_eq!(
-            t.dims(),
-            expected,
-            "linear kernel: {what} must be {expected:?}"
-        );
-        t.dtype() == x.dtype()
-    };
     let extras_fit = extras.iter().all(|extra| {
-        extra
-            .as_ref()
-            .is_none_or(|t| fits(t, shape, "epilogue tensors"))
+        extra.as_ref().is_none_or(|t| {
+            assert_eq!(
+                t.dims(),
+                shape,
+                "linear kernel: epilogue tensors must be {shape:?}"
+            );
+            t.dtype() == x.dtype()
+        })
     });
     // Scaled columns come in whole 16-byte vectors of the output's rows.
     let scale_fits = epilogue

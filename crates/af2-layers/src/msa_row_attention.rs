@@ -95,17 +95,13 @@ impl MsaRowAttentionWithPairBias {
 
     fn apply(&self, msa: Tensor<4>, msa_mask: Tensor<3>, pair: Tensor<4>, add: bool) -> Tensor<4> {
         let [b, s, n, c] = msa.dims();
-        let rows = msa.clone().reshape([b * s, n, c]);
+        let residual = add.then(|| msa.clone().reshape([b * s, n, c]));
         let normed = self.query_norm.forward(msa).reshape([b * s, n, c]);
         let bias = pair_bias(self.feat_2d_norm.forward(pair), self.feat_2d_weights.val());
         let mask = msa_mask.reshape([b * s, n]);
-        let out = if add {
-            self.attention
-                .forward_self_plus(normed, mask, Some(bias), rows)
-        } else {
-            self.attention.forward_self(normed, mask, Some(bias))
-        };
-        out.reshape([b, s, n, c])
+        self.attention
+            .forward_self_plus(normed, mask, Some(bias), residual)
+            .reshape([b, s, n, c])
     }
 }
 

@@ -92,13 +92,10 @@ impl TriangleAttention {
         let bias = pair_bias(pair.clone(), self.feat_2d_weights.val());
         let rows = pair.reshape([b * n, n, c]);
         let mask = mask.reshape([b * n, n]);
-        let out = match input {
-            Some(input) => self
-                .attention
-                .forward_self_plus(rows, mask, Some(bias), input),
-            None => self.attention.forward_self(rows, mask, Some(bias)),
-        }
-        .reshape([b, n, n, c]);
+        let out = self
+            .attention
+            .forward_self_plus(rows, mask, Some(bias), input)
+            .reshape([b, n, n, c]);
         if self.ending_node {
             out.swap_dims(1, 2)
         } else {

@@ -19,8 +19,9 @@ fn sigmoid(x: f32) -> f32 {
 /// columns `p · n_block / 4 ..` of the block.
 ///
 /// The output stage, per element `y` (the f32 accumulator rounded to `F`), in f32 and rounded
-/// once: `y · scale` in the first `scaled_cols` columns with `scaled`, `max(y, 0)` with `relu`, `y · sigmoid(gate)` with a gate, `+ residual` with a residual
-/// (gate and residual `[M, N]` like the output, contiguous). With a mask the output is
+/// once: `y · scale` in the first `scaled_cols` columns with `scaled`, `max(y, 0)` with `relu`,
+/// `y · sigmoid(gate)` with a gate, `+ residual` with a residual (gate and residual `[M, N]` like
+/// the output, contiguous). With a mask the output is
 /// transposed and gated from the cube's own columns: the first half of each column block holds
 /// projections, the second half their gates, and the cube writes `mask[row] · projection ·
 /// sigmoid(gate)` as `n_block / 2` output rows `(c % blocks) · n_block / 2 ..` of an
