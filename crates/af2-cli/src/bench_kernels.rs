@@ -30,8 +30,18 @@ pub struct Args {
     pub f16: bool,
 }
 
-/// Rows of the linear-kernel table of `af2 bench-kernels` (with `--f16`): `[rows, 128]`
-/// inputs, the pair stack's shapes.
+/// Arguments of `af2 bench-kernels`.
+#[derive(clap::Args, Debug)]
+pub struct KernelArgs {
+    #[command(flatten)]
+    pub common: Args,
+    /// Time the kernels alone, not the reference forms beside them (no speedup column).
+    #[arg(long)]
+    pub kernels_only: bool,
+}
+
+/// Rows of the linear-kernel table of `af2 bench-kernels` (with `--f16`): the pair stack's row
+/// counts at L=128 B=16 and L=256 B=8.
 #[cfg(feature = "wgpu")]
 const LINEAR_ROWS: [usize; 2] = [262_144, 524_288];
 
@@ -150,7 +160,9 @@ fn time_round<T>(device: &Device, repeats: usize, f: &impl Fn() -> T) -> Result<
 }
 
 /// Runs the command.
-pub fn run(args: &Args) -> Result<()> {
+pub fn run(kernel_args: &KernelArgs) -> Result<()> {
+    let args = &kernel_args.common;
+    let reference = !kernel_args.kernels_only;
     if args.lengths.contains(&0) || args.repeats == 0 {
         bail!("--lengths and --repeats must be positive");
     }
@@ -161,6 +173,10 @@ pub fn run(args: &Args) -> Result<()> {
         describe_device(&args.device, &device),
         args.repeats
     );
+    #[cfg(feature = "wgpu")]
+    if let Some(features) = af2_layers::describe_matrix_features(&device) {
+        println!("matrix instructions: {features}");
+    }
     println!(
         "{:<18} {:>5} {:>16} {:>11} {:>11} {:>8} {:>11} {:>10}",
         "shape", "L", "[B, H, Q=K, C]", "kernel ms", "ref ms", "speedup", "max|diff|", "max|ref|"
@@ -175,11 +191,6 @@ pub fn run(args: &Args) -> Result<()> {
             let launches = tensor_core_launches();
             let kernel_ms = time(&device, args.repeats, || problem.kernel())?.total_ms;
             let tensor_cores = tensor_core_launches() > launches;
-            let reference_ms = time(&device, args.repeats, || problem.reference())?.total_ms;
-            let kernel = problem.kernel().cast(DType::F32);
-            let reference = problem.reference().cast(DType::F32);
-            let diff: f32 = (kernel - reference.clone()).abs().max().into_scalar();
-            let peak: f32 = reference.abs().max().into_scalar();
             let path = if tensor_cores {
                 " (tensor cores)"
             } else if attention_core_uses_kernel(&problem.q, &problem.k, &problem.v) {
@@ -187,65 +198,84 @@ pub fn run(args: &Args) -> Result<()> {
             } else {
                 " (no kernel: reference twice)"
             };
+            let shape = format!("[{b}, {h}, {l}, {c}]");
+            if !reference {
+                println!(
+                    "{:<18} {l:>5} {shape:>16} {kernel_ms:>11.3} {:>11} {:>8} {:>11} {:>10}{path}",
+                    problem.name, "-", "-", "-", "-"
+                );
+                continue;
+            }
+            let reference_ms = time(&device, args.repeats, || problem.reference())?.total_ms;
+            let kernel = problem.kernel().cast(DType::F32);
+            let reference = problem.reference().cast(DType::F32);
+            let diff: f32 = (kernel - reference.clone()).abs().max().into_scalar();
+            let peak: f32 = reference.abs().max().into_scalar();
             println!(
-                "{:<18} {l:>5} {:>16} {kernel_ms:>11.3} {reference_ms:>11.3} {:>7.2}x {diff:>11.2e} {peak:>10.3}{path}",
+                "{:<18} {l:>5} {shape:>16} {kernel_ms:>11.3} {reference_ms:>11.3} {:>7.2}x {diff:>11.2e} {peak:>10.3}{path}",
                 problem.name,
-                format!("[{b}, {h}, {l}, {c}]"),
                 reference_ms / kernel_ms,
             );
         }
     }
     #[cfg(feature = "wgpu")]
     if args.f16 {
-        linear_table(&device, args.repeats)?;
+        linear_table(&device, args.repeats, reference)?;
     }
     Ok(())
 }
 
-/// The f16 linear kernel (plain, transposed, with a ReLU) against Burn's matmul and bias add,
-/// on the pair stack's `[rows, 128] · [128, N]` products.
+/// The f16 linear kernel (plain, transposed, gated, with a ReLU or a residual) against Burn's
+/// matmul and bias add, on the pair stack's `[rows, K] · [K, N]` products.
 #[cfg(feature = "wgpu")]
-fn linear_table(device: &Device, repeats: usize) -> Result<()> {
+fn linear_table(device: &Device, repeats: usize, reference: bool) -> Result<()> {
     use af2_layers::activation;
     use af2_layers::linear::Epilogue;
     use af2_layers::linear_kernel::{
         EDGE_BLOCK, try_gated_edges_kernel, try_linear_kernel_transposed, try_linear_kernel_with,
     };
     println!(
-        "{:<26} {:>8} {:>5} {:>11} {:>11} {:>8} {:>9}",
-        "linear [rows, 128] x [128, N]", "rows", "N", "kernel ms", "burn ms", "speedup", "GB/s"
+        "{:<26} {:>8} {:>5} {:>5} {:>11} {:>11} {:>8} {:>9}",
+        "linear [rows, K] x [K, N]", "rows", "K", "N", "kernel ms", "burn ms", "speedup", "GB/s"
     );
     let normal = |shape: [usize; 2], scale: f64| {
         Tensor::<2>::random(shape, Distribution::Normal(0.0, scale), device).cast(DType::F16)
     };
     for rows in LINEAR_ROWS {
-        for (name, n) in [
-            ("plain", 128),
-            ("plain", 512),
-            ("transposed", 512),
-            ("gated edges", 512),
-            ("relu", 512),
+        for (name, k, n) in [
+            ("plain", 128, 128),
+            ("plain", 128, 512),
+            ("transposed", 128, 512),
+            ("gated edges", 128, 512),
+            ("relu", 128, 512),
+            ("residual", 512, 128),
+            ("cube-scope", 128, 128),
+            ("cube-scope", 128, 512),
+            ("cube-scope", 512, 128),
         ] {
-            let x = normal([rows, 128], 1.0);
-            let w = normal([128, n], 128f64.powf(-0.5));
+            let x = normal([rows, k], 1.0);
+            let w = normal([k, n], (k as f64).powf(-0.5));
             let b = normal([1, n], 1.0).reshape([n]);
+            let residual = (name == "residual").then(|| normal([rows, n], 1.0));
             let epilogue = Epilogue {
                 relu: name == "relu",
+                residual: residual.clone(),
                 ..Epilogue::default()
             };
             let mask = Tensor::<1>::ones([rows], device).cast(DType::F16);
             let kernel = || match name {
                 "transposed" => try_linear_kernel_transposed(&x, &w, &b),
                 "gated edges" => try_gated_edges_kernel(&x, &w, &b, &mask),
+                "cube-scope" => af2_layers::linear_kernel::linear_cube(&x, &w),
                 _ => try_linear_kernel_with(&x, &w, Some(&b), &epilogue),
             };
             if kernel().is_none() {
-                println!("{name:<26} {rows:>8} {n:>5} (kernel not offered)");
+                println!("{name:<26} {rows:>8} {k:>5} {n:>5} (kernel not offered)");
                 continue;
             }
             let kernel_ms = time(device, repeats, || kernel().unwrap())?.total_ms;
             // Burn's form of each: the fallbacks the layers use.
-            let burn_ms = time(device, repeats, || match name {
+            let burn = || match name {
                 "gated edges" => {
                     let y = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
                     let [projection, gate] = [0, 1].map(|half| {
@@ -263,17 +293,37 @@ fn linear_table(device: &Device, repeats: usize) -> Result<()> {
                 }
                 "relu" => (x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>())
                     .clamp(0.0, f32::INFINITY),
+                "residual" => {
+                    x.clone().matmul(w.clone())
+                        + b.clone().unsqueeze::<2>()
+                        + residual.clone().expect("residual row")
+                }
                 _ => x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>(),
-            })?
-            .total_ms;
-            // f16 bytes read (x) and written (y; half of it for the gated edges).
+            };
+            let burn_ms = if reference {
+                time(device, repeats, burn)?.total_ms
+            } else {
+                f64::NAN
+            };
+            // f16 bytes read (x, a residual) and written (y; half of it for the gated edges).
             let written = if name == "gated edges" { n / 2 } else { n };
-            let bytes = 2.0 * (rows * (128 + written)) as f64;
+            let read = k + if residual.is_some() { n } else { 0 };
+            let bytes = 2.0 * (rows * (read + written)) as f64;
             println!(
-                "{name:<26} {rows:>8} {n:>5} {kernel_ms:>11.3} {burn_ms:>11.3} {:>7.2}x {:>9.0}",
+                "{name:<26} {rows:>8} {k:>5} {n:>5} {kernel_ms:>11.3} {burn_ms:>11.3} {:>7.2}x {:>9.0}",
                 burn_ms / kernel_ms,
                 bytes / kernel_ms / 1e6,
             );
+            if name == "cube-scope" {
+                let got = kernel().unwrap().cast(DType::F32);
+                let want = x
+                    .clone()
+                    .cast(DType::F32)
+                    .matmul(w.clone().cast(DType::F32));
+                let diff: f32 = (got - want.clone()).abs().max().into_scalar();
+                let peak: f32 = want.abs().max().into_scalar();
+                println!("    max|diff| {diff:.3e} of max|y| {peak:.3}");
+            }
         }
     }
     Ok(())

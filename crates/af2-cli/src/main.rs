@@ -44,7 +44,7 @@ enum Command {
     /// Time predictions (single sequence + one template) on a backend.
     Bench(bench::Args),
     /// Time the fused attention kernel against the reference attention core.
-    BenchKernels(bench_kernels::Args),
+    BenchKernels(bench_kernels::KernelArgs),
     /// Time one Evoformer block layer by layer, and the primitives the layers use.
     BenchBlock(bench_block::Args),
 }

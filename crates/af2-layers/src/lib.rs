@@ -24,6 +24,8 @@ pub mod layer_norm_kernel;
 pub mod linear;
 #[cfg(feature = "cube")]
 pub mod linear_kernel;
+#[cfg(feature = "cube")]
+pub mod linear_kernel_cube;
 pub mod msa_column_attention;
 pub mod msa_column_global_attention;
 pub mod msa_row_attention;
@@ -103,4 +105,39 @@ pub(crate) fn with_cube_properties<T>(
         return None;
     };
     Some(f(cube.client().properties()))
+}
+
+/// One line on a cubecl device's matrix instructions, for benchmark headers: the plane-scope
+/// configurations (what the kernels use), the cube-scope ones (`VK_NV_cooperative_matrix2` on
+/// Vulkan) and whether tensor-addressed loads are offered, and the shared memory a cube may
+/// declare. `None` for other devices.
+#[cfg(feature = "cube")]
+pub fn describe_matrix_features(device: &burn::tensor::Device) -> Option<String> {
+    with_cube_properties(device, |props| {
+        use cubecl::ir::{ElemType, FloatKind};
+        let matmul = &props.features.matmul;
+        let f16 = ElemType::Float(FloatKind::F16);
+        let f32 = ElemType::Float(FloatKind::F32);
+        let cube_f16 = matmul
+            .cube_mma
+            .iter()
+            .find(|config| config.a_type == f16 && config.cd_type == f32)
+            .map_or(String::new(), |c| {
+                format!(
+                    " (f16 -> f32: granularity {}x{}x{}, at most {}, {:?} units)",
+                    c.m_granularity, c.n_granularity, c.k_granularity, c.m_max, c.units_per_block
+                )
+            });
+        format!(
+            "plane-scope MMA configurations {}, cube-scope {}{cube_f16}, tensor addressing {}, shared memory {} KiB a cube",
+            matmul.cmma.len(),
+            matmul.cube_mma.len(),
+            if matmul.cmma_tensor_addressing {
+                "yes"
+            } else {
+                "no"
+            },
+            props.hardware.max_shared_memory_size / 1024
+        )
+    })
 }

@@ -169,6 +169,14 @@ pub trait LinearOps: Backend {
         shape
     })]
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Experiment: `x · weight` with cube-scope matrices.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_cube(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl LinearOps for CubeBackend {
@@ -256,6 +264,22 @@ impl LinearOps for CubeBackend {
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         launch(x, weight, None, Stage::default())
     }
+
+    fn linear_rows_cube(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::linear_kernel_cube::launch(x, weight)
+    }
+}
+
+/// Experiment: `x · weight` with cube-scope matrices (see `linear_kernel_cube`).
+pub fn linear_cube(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
+    let (tm, tn, _) = crate::linear_kernel_cube::shape();
+    if !x.dims()[0].is_multiple_of(tm) || !weight.dims()[1].is_multiple_of(tn) {
+        return None;
+    }
+    let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
+    Some(Tensor::<2>::from_dispatch(Dispatch::linear_rows_cube(
+        x, weight,
+    )))
 }
 
 /// What the kernel writes (see the kernel's documentation): `[M, N]` with the [`Epilogue`]'s
@@ -620,7 +644,13 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     let n_block = block_width(n);
     let column_blocks = n / n_block;
     let tiles = m.div_ceil(TILE_ROWS);
-    let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
+    let target = knob("AF2_LINEAR_CUBES").unwrap_or(TARGET_CUBES);
+    let cubes_per_block = if target == 0 {
+        tiles
+    } else {
+        tiles.min(target.div_ceil(column_blocks)).max(1)
+    };
+    let ablate = knob("AF2_LINEAR_ABLATE").unwrap_or(0) as u32;
     let address_type = address_type(
         [&x, &weight, &out]
             .into_iter()
@@ -658,10 +688,16 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             transposed,
             relu,
             scale.is_some(),
+            ablate,
             dtypes,
         );
     }
     out
+}
+
+/// An experiment knob (temporary).
+fn knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
 /// Output columns a cube computes: [`MAX_BLOCK`] where it divides `N`, else 64 (`N` is a

@@ -45,8 +45,15 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     #[comptime] transposed: bool,
     #[comptime] relu: bool,
     #[comptime] scaled: bool,
+    #[comptime] ablate: u32,
     #[define(F, Bt)] _dtypes: [ElemType; 2],
 ) {
+    // Experiment: 1 = no products, 2 = no staging loads, 4 = no global writes (unless
+    // cubes_per_block == 0, never), 8 = no output-tile stores.
+    let no_mma = comptime!(ablate & 1 != 0);
+    let no_stage = comptime!(ablate & 2 != 0);
+    let no_write = comptime!(ablate & 4 != 0);
+    let no_out_s = comptime!(ablate & 8 != 0);
     let threads = comptime!(PLANE * PLANES);
     // Inputs wider than MAX_INPUT are taken in MAX_INPUT-wide chunks: each chunk of the tile
     // is staged in turn and its weight fragments are read again for every tile (from L2),
@@ -165,7 +172,9 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 );
             }
             for chunk in 0..chunks {
-                stage_rows(x, &mut x_s, row0, chunk * k_chunk, t, k_chunk, vs);
+                if comptime!(!no_stage) {
+                    stage_rows(x, &mut x_s, row0, chunk * k_chunk, t, k_chunk, vs);
+                }
                 #[unroll]
                 for kk in 0..k_steps {
                     #[unroll]
@@ -194,7 +203,9 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                         #[unroll]
                         for nn in 0..n_frags {
                             let d = acc.index(stripe * n_frags + nn);
-                            cmma::execute(&a_frag, w_frags.index(kk * n_frags + nn), d, d);
+                            if comptime!(!no_mma) {
+                                cmma::execute(&a_frag, w_frags.index(kk * n_frags + nn), d, d);
+                            }
                         }
                     }
                 }
@@ -206,19 +217,23 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 #[unroll]
                 for nn in 0..n_frags {
                     let d = acc.index(stripe * n_frags + nn);
-                    store_rounded(
-                        &mut out_s,
-                        d,
-                        plane_col0 + nn * MMA,
-                        stripe,
-                        n_block,
-                        column_major,
-                        vs,
-                    );
+                    if comptime!(!no_out_s) {
+                        store_rounded(
+                            &mut out_s,
+                            d,
+                            plane_col0 + nn * MMA,
+                            stripe,
+                            n_block,
+                            column_major,
+                            vs,
+                        );
+                    }
                 }
             }
         } else {
-            stage_rows(x, &mut x_s, row0, 0, t, k_chunk, vs);
+            if comptime!(!no_stage) {
+                stage_rows(x, &mut x_s, row0, 0, t, k_chunk, vs);
+            }
             sync_cube();
             #[unroll]
             for stripe in 0..stripes {
@@ -232,7 +247,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     );
                     #[unroll]
                     for nn in 0..n_frags {
-                        if comptime!(kk == 0) {
+                        if comptime!(no_mma) {
+                        } else if comptime!(kk == 0) {
                             cmma::execute(
                                 &a_frag,
                                 w_frags.index(nn),
@@ -251,15 +267,17 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
                 #[unroll]
                 for nn in 0..n_frags {
-                    store_rounded(
-                        &mut out_s,
-                        acc.index(nn),
-                        plane_col0 + nn * MMA,
-                        stripe,
-                        n_block,
-                        column_major,
-                        vs,
-                    );
+                    if comptime!(!no_out_s) {
+                        store_rounded(
+                            &mut out_s,
+                            acc.index(nn),
+                            plane_col0 + nn * MMA,
+                            stripe,
+                            n_block,
+                            column_major,
+                            vs,
+                        );
+                    }
                 }
             }
         }
@@ -301,6 +319,10 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             }
         }
         sync_cube();
+        let mut write = true;
+        if comptime!(no_write) {
+            write = cubes_per_block == 0;
+        }
 
         // The output tile, rows below M: consecutive units write consecutive 16-byte vectors
         // of an output row, or (transposed) of an output column.
@@ -312,7 +334,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 for i in 0..comptime!(TILE_ROWS * n_block / (2 * vs * threads)) {
                     let e = t + i * threads;
                     let (c, rv) = (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
-                    if row0 + rv * vs < m {
+                    if row0 + rv * vs < m && write {
                         let projection_v = out_s[comptime!(out_col / vs) * c + rv];
                         let gate_v = out_s[comptime!(out_col / vs) * (c + half) + rv];
                         let mut v = Vector::<F, N>::empty();
@@ -335,13 +357,13 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     if comptime!(transposed) {
                         let (c, rv) =
                             (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
-                        if row0 + rv * vs < m {
+                        if row0 + rv * vs < m && write {
                             out[((col0 + c) * out_row_stride + row0) / vs + rv] =
                                 out_s[comptime!(out_col / vs) * c + rv];
                         }
                     } else {
                         let (r, cv) = (e / comptime!(n_block / vs), e % comptime!(n_block / vs));
-                        if row0 + r < m {
+                        if row0 + r < m && write {
                             let at = ((row0 + r) * out_row_stride + col0) / vs + cv;
                             let mut v = out_s[comptime!(out_row / vs) * r + cv];
                             if comptime!(epilogue) {
