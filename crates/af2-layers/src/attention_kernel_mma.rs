@@ -238,10 +238,6 @@ pub(crate) fn try_launch(
             keys,
             padding(pad),
             bias_vector,
-            std::env::var("AF2_MMA_ABLATE")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0u32),
             dtypes,
         );
     }
@@ -282,16 +278,8 @@ pub(crate) mod kernel {
         #[comptime] keys: usize,
         #[comptime] pad: usize,
         #[comptime] bias_vs: usize,
-        #[comptime] ablate: u32,
         #[define(F, M, Bt)] _dtypes: [ElemType; 3],
     ) {
-        // Experiment: 1 = no Q·Kᵀ products, 2 = no softmax arithmetic, 4 = no P·V (products,
-        // store, accumulation), 8 = no K/V loads, 16 = no bias loads.
-        let no_qk = comptime!(ablate & 1 != 0);
-        let no_softmax = comptime!(ablate & 2 != 0);
-        let no_pv = comptime!(ablate & 4 != 0);
-        let no_kv = comptime!(ablate & 8 != 0);
-        let no_bias = comptime!(ablate & 16 != 0);
         let threads = comptime!(PLANE * planes);
         let rows = comptime!(planes * MMA);
         let half_keys = comptime!(keys / 2);
@@ -428,7 +416,7 @@ pub(crate) mod kernel {
                     let key = key0 + kv_first + i * kv_step;
                     let mut kv = F::new(0.0);
                     let mut vv = F::new(0.0);
-                    if key < k_len && comptime!(!no_kv) {
+                    if key < k_len {
                         kv = k[k_base + key * k_row_stride];
                         vv = v[v_base + key * v_row_stride];
                     }
@@ -446,7 +434,7 @@ pub(crate) mod kernel {
                         let e = (lane + i * PLANE) * bias_vs;
                         let row = stripe_row0 + e / keys;
                         let key = key0 + e % keys;
-                        if row < q_len && key < k_len && comptime!(!no_bias) {
+                        if row < q_len && key < k_len {
                             values = bias[(bias_at + row * bias_row_stride + key) / bias_vs];
                         }
                     }
@@ -476,12 +464,10 @@ pub(crate) mod kernel {
                         key_row as u32,
                         MatrixLayout::RowMajor,
                     );
-                    if comptime!(!no_qk) {
-                        cmma::load(&mut k_frag, &k_s[k_at..k_end], head_row as u32);
-                        cmma::execute(&q_lo, &k_frag, &scores, &scores);
-                        cmma::load(&mut k_frag, &k_s[k_at + MMA..k_end], head_row as u32);
-                        cmma::execute(&q_hi, &k_frag, &scores, &scores);
-                    }
+                    cmma::load(&mut k_frag, &k_s[k_at..k_end], head_row as u32);
+                    cmma::execute(&q_lo, &k_frag, &scores, &scores);
+                    cmma::load(&mut k_frag, &k_s[k_at + MMA..k_end], head_row as u32);
+                    cmma::execute(&q_hi, &k_frag, &scores, &scores);
                     cmma::store(
                         &mut s_s[s_at..stripe_end],
                         &scores,
@@ -511,10 +497,7 @@ pub(crate) mod kernel {
                 #[unroll]
                 for j in 0..half_keys {
                     let col = my_half * half_keys + (j + rotation) % half_keys;
-                    let mut p = logits[j];
-                    if comptime!(!no_softmax) {
-                        p = (logits[j] - m_new).exp();
-                    }
+                    let p = (logits[j] - m_new).exp();
                     sum += p;
                     qp_s[p_row_at + col] = F::cast_from(p);
                 }
@@ -531,7 +514,7 @@ pub(crate) mod kernel {
                 cmma::fill(&mut pv_lo, 0.0f32);
                 cmma::fill(&mut pv_hi, 0.0f32);
                 #[unroll]
-                for half in 0..comptime!(if no_pv { 0 } else { parts }) {
+                for half in 0..parts {
                     let p_at = qp_at + half * MMA;
                     cmma::load(&mut p_frag, &qp_s[p_at..qp_end], key_row as u32);
                     let v_at = kv_buffer + half * MMA * head_row;
@@ -554,11 +537,9 @@ pub(crate) mod kernel {
                     MatrixLayout::RowMajor,
                 );
                 sync_plane();
-                if comptime!(!no_pv) {
-                    #[unroll]
-                    for r in 0..MMA {
-                        acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
-                    }
+                #[unroll]
+                for r in 0..MMA {
+                    acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
                 }
             }
             if step < num_tiles {

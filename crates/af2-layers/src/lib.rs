@@ -24,8 +24,6 @@ pub mod layer_norm_kernel;
 pub mod linear;
 #[cfg(feature = "cube")]
 pub mod linear_kernel;
-#[cfg(feature = "cube")]
-pub mod linear_kernel_cube;
 pub mod msa_column_attention;
 pub mod msa_column_global_attention;
 pub mod msa_row_attention;

@@ -3,10 +3,10 @@
 //! of 128, and `N` a multiple of 64 output channels; optionally written transposed (`yᵀ`,
 //! `[N, M]`), as the triangle multiplication's channel-major edge projections want it.
 //!
-//! A cube of 4 planes owns a block of up to 128 output columns; each plane keeps its 16 or 32
-//! columns of the weight in registers as 16×16×16 fragments for the whole run, so the weight is
-//! read once per cube, and its bias as accumulator fragments that the first product of every
-//! stripe adds to (inputs of at most 128 channels; wider ones below). The cube walks 64-row
+//! A cube of 8 planes (4 for a 64-column block) owns a block of up to 128 output columns; each
+//! plane keeps its 16 columns of the weight in registers as 16×16×16 fragments for the whole
+//! run, so the weight is read once per cube, and its bias as accumulator fragments that the
+//! first product of every stripe adds to (inputs of at most 128 channels; wider ones below). The cube walks 64-row
 //! tiles of `x`: it stages the tile in shared memory with 16-byte loads and stores (the shared
 //! tiles hold vectors; the matrix loads address them in elements), each plane multiplies its
 //! four 16-row stripes by its weight fragments, rounds the f32 accumulators to f16 into a shared
@@ -31,7 +31,11 @@
 //! element-wise (2-byte) loads and stores (213 µs), prefetching the next tile into registers
 //! (141 µs), transposed stores with consecutive units on consecutive columns (944 µs). Whole
 //! vectors in shared memory took the triangle multiplication's gated edges from 890 to 803 µs
-//! (`[524288, 128] · [128, 512]`, in a block); 32-row tiles were slower than 64.
+//! (`[524288, 128] · [128, 512]`, in a block); 32-row tiles were slower than 64. Eight planes of
+//! 16 columns instead of four of 32 took an Evoformer block 4-6% less time (eleventh session).
+//! Slower or no better there: a cube-scope (`VK_NV_cooperative_matrix2`) product loaded straight
+//! from global memory (0.57 against 0.38 ms for `[262144, 128] · [128, 512]`), half or double
+//! the number of cubes.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
@@ -53,7 +57,7 @@ use kernel::linear_mma_kernel;
 const MMA: usize = 16;
 /// Units of a plane the kernel is written for.
 const PLANE: usize = 32;
-/// Planes per cube; each takes a quarter of the cube's columns.
+/// Planes per cube of a 64-column block (16 columns a plane); see [`planes_for`].
 const PLANES: usize = 4;
 /// Rows of `x` a cube stages and computes per step (four 16-row stripes a plane).
 const TILE_ROWS: usize = 64;
@@ -64,7 +68,7 @@ pub const MAX_INPUT: usize = 128;
 /// The widest input the kernel takes in chunks (the Evoformer's widest layer has 1,024: the
 /// MSA transition's projection back and the outer product mean's output).
 pub const MAX_CHUNKED_INPUT: usize = 2048;
-/// Output columns per cube at most (two column fragments a plane).
+/// Output columns per cube at most.
 const MAX_BLOCK: usize = 128;
 /// Columns of one block of the gated edges kernel's weight ([`try_gated_edges_kernel`]): the
 /// first half projections, the second half their gates, channel for channel.
@@ -169,14 +173,6 @@ pub trait LinearOps: Backend {
         shape
     })]
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
-
-    /// Experiment: `x · weight` with cube-scope matrices.
-    #[fusion(dtype = x, shape = {
-        let mut shape = x.clone();
-        shape[1] = weight[1];
-        shape
-    })]
-    fn linear_rows_cube(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl LinearOps for CubeBackend {
@@ -264,22 +260,6 @@ impl LinearOps for CubeBackend {
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         launch(x, weight, None, Stage::default())
     }
-
-    fn linear_rows_cube(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        crate::linear_kernel_cube::launch(x, weight)
-    }
-}
-
-/// Experiment: `x · weight` with cube-scope matrices (see `linear_kernel_cube`).
-pub fn linear_cube(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
-    let (tm, tn, _) = crate::linear_kernel_cube::shape();
-    if !x.dims()[0].is_multiple_of(tm) || !weight.dims()[1].is_multiple_of(tn) {
-        return None;
-    }
-    let (x, weight) = (x.clone().into_dispatch(), weight.clone().into_dispatch());
-    Some(Tensor::<2>::from_dispatch(Dispatch::linear_rows_cube(
-        x, weight,
-    )))
 }
 
 /// What the kernel writes (see the kernel's documentation): `[M, N]` with the [`Epilogue`]'s
@@ -642,15 +622,10 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         x.dtype,
     );
     let n_block = block_width(n);
+    let planes = planes_for(n_block);
     let column_blocks = n / n_block;
     let tiles = m.div_ceil(TILE_ROWS);
-    let target = knob("AF2_LINEAR_CUBES").unwrap_or(TARGET_CUBES);
-    let cubes_per_block = if target == 0 {
-        tiles
-    } else {
-        tiles.min(target.div_ceil(column_blocks)).max(1)
-    };
-    let ablate = knob("AF2_LINEAR_ABLATE").unwrap_or(0) as u32;
+    let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
     let address_type = address_type(
         [&x, &weight, &out]
             .into_iter()
@@ -669,7 +644,7 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         linear_mma_kernel::launch_unchecked(
             &client,
             cube_count(cubes_per_block * column_blocks),
-            CubeDim::new_2d(PLANE as u32, PLANES as u32),
+            CubeDim::new_2d(PLANE as u32, planes as u32),
             address_type,
             VECTOR,
             x.into_tensor_arg(),
@@ -684,20 +659,32 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             scale.map_or(0, |(_, columns)| columns),
             k,
             n_block,
+            planes,
             VECTOR,
             transposed,
             relu,
             scale.is_some(),
-            ablate,
             dtypes,
         );
     }
     out
 }
 
-/// An experiment knob (temporary).
-fn knob(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+/// Planes per cube for a block of `n_block` columns: 16 columns a plane, so 8 planes for a
+/// 128-column block (4 with `AF2_LINEAR_PLANE_COLS=32`, 32 columns a plane: the layout before
+/// the eleventh session) and 4 for a 64-column block. On an H100, 8 planes took an Evoformer
+/// block 4-6% less time than 4 (docs/PERFORMANCE.md): each plane holds half the weight
+/// fragments, and twice the planes share a staged tile.
+fn planes_for(n_block: usize) -> usize {
+    static WIDE_PLANES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let wide = *WIDE_PLANES.get_or_init(|| {
+        std::env::var("AF2_LINEAR_PLANE_COLS").is_ok_and(|value| value.trim() == "32")
+    });
+    if n_block == MAX_BLOCK && !wide {
+        2 * PLANES
+    } else {
+        PLANES
+    }
 }
 
 /// Output columns a cube computes: [`MAX_BLOCK`] where it divides `N`, else 64 (`N` is a
@@ -722,6 +709,16 @@ mod tests {
         assert_eq!(shared_bytes(128, 128), 44_544);
         assert!(shared_bytes(MAX_INPUT, MAX_BLOCK) <= 48 * 1024);
         assert_eq!(shared_bytes(128, 64), 31_232);
+    }
+
+    #[test]
+    fn wide_blocks_take_eight_planes_of_sixteen_columns() {
+        // AF2_LINEAR_PLANE_COLS is unset in the tests.
+        assert_eq!(planes_for(MAX_BLOCK), 8);
+        assert_eq!(planes_for(64), PLANES);
+        for n_block in [64, MAX_BLOCK] {
+            assert_eq!(n_block / planes_for(n_block), MMA);
+        }
     }
 
     #[test]

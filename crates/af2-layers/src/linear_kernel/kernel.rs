@@ -1,6 +1,6 @@
 //! The CubeCL source of the linear kernel; see the parent module's documentation.
 
-use super::{MAX_INPUT, MMA, PLANE, PLANES, TILE_ROWS};
+use super::{MAX_INPUT, MMA, PLANE, TILE_ROWS};
 use crate::attention_kernel_mma::kernel::fragment;
 use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
 use cubecl::prelude::*;
@@ -15,8 +15,8 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// See the module documentation. Cube `c` computes output columns `(c % blocks) · n_block ..`
-/// of the 64-row tiles `c / blocks`, `c / blocks + cubes_per_block`, ...; plane `p` takes
-/// columns `p · n_block / 4 ..` of the block.
+/// of the 64-row tiles `c / blocks`, `c / blocks + cubes_per_block`, ...; plane `p` of the
+/// `planes` takes columns `p · n_block / planes ..` of the block.
 ///
 /// The output stage, per element `y` (the f32 accumulator rounded to `F`), in f32 and rounded
 /// once: `y · scale` in the first `scaled_cols` columns with `scaled`, `max(y, 0)` with `relu`,
@@ -41,20 +41,14 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     scaled_cols: usize,
     #[comptime] k_dim: usize,
     #[comptime] n_block: usize,
+    #[comptime] planes: usize,
     #[comptime] vs: usize,
     #[comptime] transposed: bool,
     #[comptime] relu: bool,
     #[comptime] scaled: bool,
-    #[comptime] ablate: u32,
     #[define(F, Bt)] _dtypes: [ElemType; 2],
 ) {
-    // Experiment: 1 = no products, 2 = no staging loads, 4 = no global writes (unless
-    // cubes_per_block == 0, never), 8 = no output-tile stores.
-    let no_mma = comptime!(ablate & 1 != 0);
-    let no_stage = comptime!(ablate & 2 != 0);
-    let no_write = comptime!(ablate & 4 != 0);
-    let no_out_s = comptime!(ablate & 8 != 0);
-    let threads = comptime!(PLANE * PLANES);
+    let threads = comptime!(PLANE * planes);
     // Inputs wider than MAX_INPUT are taken in MAX_INPUT-wide chunks: each chunk of the tile
     // is staged in turn and its weight fragments are read again for every tile (from L2),
     // while the four stripes' accumulators stay in registers across the chunks.
@@ -63,7 +57,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     let chunks = comptime!(k_dim / k_chunk);
     let stripes = comptime!(TILE_ROWS / MMA);
     let k_steps = comptime!(k_chunk / MMA);
-    let plane_cols = comptime!(n_block / PLANES);
+    let plane_cols = comptime!(n_block / planes);
     let n_frags = comptime!(plane_cols / MMA);
     let x_row = comptime!(k_chunk + PAD);
     let out_row = comptime!(n_block + PAD);
@@ -98,7 +92,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     // The bias as 16 identical rows, the accumulators' starting value.
     let mut bias_s = Shared::<[f32]>::new_slice(comptime!(MMA * (n_block + PAD)));
     #[unroll]
-    for i in 0..comptime!((MMA * n_block).div_ceil(PLANE * PLANES)) {
+    for i in 0..comptime!((MMA * n_block).div_ceil(threads)) {
         let e = t + i * threads;
         if e < comptime!(MMA * n_block) {
             let (r, c) = (e / n_block, e % n_block);
@@ -172,9 +166,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 );
             }
             for chunk in 0..chunks {
-                if comptime!(!no_stage) {
-                    stage_rows(x, &mut x_s, row0, chunk * k_chunk, t, k_chunk, vs);
-                }
+                stage_rows(x, &mut x_s, row0, chunk * k_chunk, t, k_chunk, threads, vs);
                 #[unroll]
                 for kk in 0..k_steps {
                     #[unroll]
@@ -203,9 +195,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                         #[unroll]
                         for nn in 0..n_frags {
                             let d = acc.index(stripe * n_frags + nn);
-                            if comptime!(!no_mma) {
-                                cmma::execute(&a_frag, w_frags.index(kk * n_frags + nn), d, d);
-                            }
+                            cmma::execute(&a_frag, w_frags.index(kk * n_frags + nn), d, d);
                         }
                     }
                 }
@@ -217,23 +207,19 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 #[unroll]
                 for nn in 0..n_frags {
                     let d = acc.index(stripe * n_frags + nn);
-                    if comptime!(!no_out_s) {
-                        store_rounded(
-                            &mut out_s,
-                            d,
-                            plane_col0 + nn * MMA,
-                            stripe,
-                            n_block,
-                            column_major,
-                            vs,
-                        );
-                    }
+                    store_rounded(
+                        &mut out_s,
+                        d,
+                        plane_col0 + nn * MMA,
+                        stripe,
+                        n_block,
+                        column_major,
+                        vs,
+                    );
                 }
             }
         } else {
-            if comptime!(!no_stage) {
-                stage_rows(x, &mut x_s, row0, 0, t, k_chunk, vs);
-            }
+            stage_rows(x, &mut x_s, row0, 0, t, k_chunk, threads, vs);
             sync_cube();
             #[unroll]
             for stripe in 0..stripes {
@@ -247,8 +233,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     );
                     #[unroll]
                     for nn in 0..n_frags {
-                        if comptime!(no_mma) {
-                        } else if comptime!(kk == 0) {
+                        if comptime!(kk == 0) {
                             cmma::execute(
                                 &a_frag,
                                 w_frags.index(nn),
@@ -267,17 +252,15 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
                 #[unroll]
                 for nn in 0..n_frags {
-                    if comptime!(!no_out_s) {
-                        store_rounded(
-                            &mut out_s,
-                            acc.index(nn),
-                            plane_col0 + nn * MMA,
-                            stripe,
-                            n_block,
-                            column_major,
-                            vs,
-                        );
-                    }
+                    store_rounded(
+                        &mut out_s,
+                        acc.index(nn),
+                        plane_col0 + nn * MMA,
+                        stripe,
+                        n_block,
+                        column_major,
+                        vs,
+                    );
                 }
             }
         }
@@ -319,10 +302,6 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             }
         }
         sync_cube();
-        let mut write = true;
-        if comptime!(no_write) {
-            write = cubes_per_block == 0;
-        }
 
         // The output tile, rows below M: consecutive units write consecutive 16-byte vectors
         // of an output row, or (transposed) of an output column.
@@ -334,7 +313,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 for i in 0..comptime!(TILE_ROWS * n_block / (2 * vs * threads)) {
                     let e = t + i * threads;
                     let (c, rv) = (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
-                    if row0 + rv * vs < m && write {
+                    if row0 + rv * vs < m {
                         let projection_v = out_s[comptime!(out_col / vs) * c + rv];
                         let gate_v = out_s[comptime!(out_col / vs) * (c + half) + rv];
                         let mut v = Vector::<F, N>::empty();
@@ -357,13 +336,13 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     if comptime!(transposed) {
                         let (c, rv) =
                             (e / comptime!(TILE_ROWS / vs), e % comptime!(TILE_ROWS / vs));
-                        if row0 + rv * vs < m && write {
+                        if row0 + rv * vs < m {
                             out[((col0 + c) * out_row_stride + row0) / vs + rv] =
                                 out_s[comptime!(out_col / vs) * c + rv];
                         }
                     } else {
                         let (r, cv) = (e / comptime!(n_block / vs), e % comptime!(n_block / vs));
-                        if row0 + r < m && write {
+                        if row0 + r < m {
                             let at = ((row0 + r) * out_row_stride + col0) / vs + cv;
                             let mut v = out_s[comptime!(out_row / vs) * r + cv];
                             if comptime!(epilogue) {
@@ -408,20 +387,28 @@ fn stage_rows<F: Float, N: Size>(
     col0: usize,
     t: usize,
     #[comptime] k_chunk: usize,
+    #[comptime] threads: usize,
     #[comptime] vs: usize,
 ) {
-    let threads = comptime!(PLANE * PLANES);
     let m = x.shape(0);
     let x_row_stride = x.stride(0);
+    let vectors = comptime!(TILE_ROWS * k_chunk / vs);
     #[unroll]
-    for i in 0..comptime!(TILE_ROWS * k_chunk / (vs * threads)) {
+    for i in 0..comptime!(vectors.div_ceil(threads)) {
         let e = t + i * threads;
-        let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
-        let mut v = Vector::<F, N>::new(F::new(0.0));
-        if row0 + r < m {
-            v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
+        // A narrow input has fewer vectors a tile than a cube of 8 planes has units.
+        let mut inside = true;
+        if comptime!(!vectors.is_multiple_of(threads)) {
+            inside = e < vectors;
         }
-        x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = v;
+        if inside {
+            let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
+            let mut v = Vector::<F, N>::new(F::new(0.0));
+            if row0 + r < m {
+                v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
+            }
+            x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = v;
+        }
     }
 }
 
