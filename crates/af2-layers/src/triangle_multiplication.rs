@@ -103,23 +103,26 @@ impl TriangleMultiplication {
         // Pairs as rows throughout: the LayerNorms and linear layers then record no reshapes.
         let pair = pair.reshape([rows, c]);
         let act = self.layer_norm_input.forward(pair.clone());
-        let [left, right] = self.gated_projections_channel_major(act.clone(), pair_mask, [b, n]);
-        let matrices = left.dims()[0];
-        // The triangle sum as one batched matmul over (channel, pair) with the summed index
-        // contiguous in both operands, the layout Burn's matmul is fastest with.
+        // The triangle sum as one batched matmul over (channel, pair) with the summed index k
+        // contiguous in both operands, the layout Burn's matmul is fastest with. Incoming edges
+        // sum over the first index of a pair, so their projections are taken from the pairs in
+        // transposed order ((i, k) rows hold pair (k, i)): one row-permuting copy of the
+        // normalised pairs, where transposing the two channel-major projections took two
+        // element-transposing copies.
         let product = if self.incoming {
             // 'kjc,kic->ijc': out[c,i,j] = sum_k right[c,k,i] * left[c,k,j]
-            let transposed = |x: Tensor<3>| {
-                // Reshaping the transposed view copies it into the transposed layout.
-                x.swap_dims(1, 2)
-                    .reshape([matrices * n, n])
-                    .reshape([matrices, n, n])
-            };
-            transposed(right).matmul(transposed(left).swap_dims(1, 2))
+            let act_transposed = transpose_pairs(act.clone(), [b, n]);
+            let mask_transposed = pair_mask.swap_dims(1, 2);
+            let [left, right] =
+                self.gated_projections_channel_major(act_transposed, mask_transposed, [b, n]);
+            right.matmul(left.swap_dims(1, 2))
         } else {
             // 'ikc,jkc->ijc': out[c,i,j] = sum_k left[c,i,k] * right[c,j,k]
+            let [left, right] =
+                self.gated_projections_channel_major(act.clone(), pair_mask, [b, n]);
             left.matmul(right.swap_dims(1, 2))
         };
+        let matrices = product.dims()[0];
         // Channel-major [m, rows] as the matmul leaves it; the centre norm writes rows.
         let normed = self
             .center_layer_norm
@@ -283,6 +286,15 @@ impl EdgeProjections {
             bias: pick(&self.bias.clone().unsqueeze::<2>(), 1).reshape([4 * m]),
         }
     }
+}
+
+/// Pair rows `[B * N * N, c]` in transposed order: row `(b, i, k)` of the result is row
+/// `(b, k, i)` of `rows` (a copy that moves whole rows).
+fn transpose_pairs(rows: Tensor<2>, [b, n]: [usize; 2]) -> Tensor<2> {
+    let c = rows.dims()[1];
+    rows.reshape([b, n, n, c])
+        .swap_dims(1, 2)
+        .reshape([b * n * n, c])
 }
 
 /// `(act · weight + bias)ᵀ` `[4m, rows]` for `act` `[rows, c]`: the tensor-core kernel where it
