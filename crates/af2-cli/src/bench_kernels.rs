@@ -12,7 +12,7 @@ use af2_layers::attention::{
 
 use crate::device::{describe_device, parse_device};
 
-/// Arguments of `af2 bench-kernels`, shared with `af2 bench-block`.
+/// Arguments shared by `af2 bench-kernels` ([`KernelArgs`]) and `af2 bench-block`.
 #[derive(clap::Args, Debug)]
 #[group(id = "bench_common")]
 pub struct Args {
@@ -162,7 +162,7 @@ fn time_round<T>(device: &Device, repeats: usize, f: &impl Fn() -> T) -> Result<
 /// Runs the command.
 pub fn run(kernel_args: &KernelArgs) -> Result<()> {
     let args = &kernel_args.common;
-    let reference = !kernel_args.kernels_only;
+    let with_reference = !kernel_args.kernels_only;
     if args.lengths.contains(&0) || args.repeats == 0 {
         bail!("--lengths and --repeats must be positive");
     }
@@ -199,7 +199,7 @@ pub fn run(kernel_args: &KernelArgs) -> Result<()> {
                 " (no kernel: reference twice)"
             };
             let shape = format!("[{b}, {h}, {l}, {c}]");
-            if !reference {
+            if !with_reference {
                 println!(
                     "{:<18} {l:>5} {shape:>16} {kernel_ms:>11.3} {:>11} {:>8} {:>11} {:>10}{path}",
                     problem.name, "-", "-", "-", "-"
@@ -220,7 +220,7 @@ pub fn run(kernel_args: &KernelArgs) -> Result<()> {
     }
     #[cfg(feature = "wgpu")]
     if args.f16 {
-        linear_table(&device, args.repeats, reference)?;
+        linear_table(&device, args.repeats, with_reference)?;
     }
     Ok(())
 }
@@ -228,7 +228,7 @@ pub fn run(kernel_args: &KernelArgs) -> Result<()> {
 /// The f16 linear kernel (plain, transposed, gated, with a ReLU or a residual) against Burn's
 /// matmul and bias add, on the pair stack's `[rows, K] · [K, N]` products.
 #[cfg(feature = "wgpu")]
-fn linear_table(device: &Device, repeats: usize, reference: bool) -> Result<()> {
+fn linear_table(device: &Device, repeats: usize, with_reference: bool) -> Result<()> {
     use af2_layers::activation;
     use af2_layers::linear::Epilogue;
     use af2_layers::linear_kernel::{
@@ -296,7 +296,7 @@ fn linear_table(device: &Device, repeats: usize, reference: bool) -> Result<()> 
                 }
                 _ => x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>(),
             };
-            let (burn_ms, speedup) = if reference {
+            let (burn_ms, speedup) = if with_reference {
                 let burn_ms = time(device, repeats, burn)?.total_ms;
                 (
                     format!("{burn_ms:.3}"),

@@ -6,8 +6,8 @@
 //! A cube of 8 planes (4 for a 64-column block) owns a block of up to 128 output columns; each
 //! plane keeps its 16 columns of the weight in registers as 16×16×16 fragments for the whole
 //! run, so the weight is read once per cube, and its bias as accumulator fragments that the
-//! first product of every stripe adds to (inputs of at most 128 channels; wider ones below). The cube walks 64-row
-//! tiles of `x`: it stages the tile in shared memory with 16-byte loads and stores (the shared
+//! first product of every stripe adds to (inputs of at most 128 channels; wider ones below).
+//! The cube walks 64-row tiles of `x`: it stages the tile in shared memory with 16-byte loads and stores (the shared
 //! tiles hold vectors; the matrix loads address them in elements), each plane multiplies its
 //! four 16-row stripes by its weight fragments, rounds the f32 accumulators to f16 into a shared
 //! output tile (column-major in the transposed forms), and the cube writes the tile out with
@@ -61,8 +61,8 @@ const PLANE: usize = 32;
 const PLANES: usize = 4;
 /// Rows of `x` a cube stages and computes per step (four 16-row stripes a plane).
 const TILE_ROWS: usize = 64;
-/// The widest input whose weight columns stay in a plane's registers (16 fragments) for the
-/// whole run; wider inputs, in multiples of it up to [`MAX_CHUNKED_INPUT`], are taken in chunks
+/// The widest input whose weight columns stay in a plane's registers (8 fragments of a
+/// 16-column plane) for the whole run; wider inputs, in multiples of it up to [`MAX_CHUNKED_INPUT`], are taken in chunks
 /// of this width whose weight fragments are read again for every tile.
 pub const MAX_INPUT: usize = 128;
 /// The widest input the kernel takes in chunks (the Evoformer's widest layer has 1,024: the
@@ -76,7 +76,9 @@ pub const EDGE_BLOCK: usize = MAX_BLOCK;
 /// f16 elements a unit moves per global load or store (16 bytes).
 const VECTOR: usize = 8;
 /// Cubes worth launching: beyond this a cube walks several tiles, reusing its weight
-/// fragments (an H100 has 132 multiprocessors; eight cubes each).
+/// fragments (an H100 has 132 multiprocessors; eight cubes each were the aim, though shared
+/// memory lets at most five of these run on one at a time). Half or double this count made no
+/// consistent difference on an H100 (eleventh session).
 const TARGET_CUBES: usize = 1056;
 
 /// Linear layer as a backend operation.
@@ -304,8 +306,10 @@ fn epilogues_disabled() -> bool {
 /// declares for `k` inputs and `n` outputs.
 fn device_supports(x: &Tensor<2>, k: usize, n: usize) -> bool {
     with_cube_properties(&x.device(), |props| {
+        let units = PLANE * planes_for(block_width(n));
         runs_f16_instructions(props)
             && shared_bytes(k, block_width(n)) <= props.hardware.max_shared_memory_size
+            && units <= props.hardware.max_units_per_cube as usize
     })
     .unwrap_or(false)
 }
@@ -680,7 +684,13 @@ fn planes_for(n_block: usize) -> usize {
     let wide = *WIDE_PLANES.get_or_init(|| {
         std::env::var("AF2_LINEAR_PLANE_COLS").is_ok_and(|value| value.trim() == "32")
     });
-    if n_block == MAX_BLOCK && !wide {
+    planes_with(n_block, wide)
+}
+
+/// [`planes_for`] with the knob's choice given: `wide_planes` for 32 columns a plane in
+/// 128-column blocks.
+fn planes_with(n_block: usize, wide_planes: bool) -> usize {
+    if n_block == MAX_BLOCK && !wide_planes {
         2 * PLANES
     } else {
         PLANES
@@ -713,12 +723,14 @@ mod tests {
 
     #[test]
     fn wide_blocks_take_eight_planes_of_sixteen_columns() {
-        // AF2_LINEAR_PLANE_COLS is unset in the tests.
-        assert_eq!(planes_for(MAX_BLOCK), 8);
-        assert_eq!(planes_for(64), PLANES);
+        assert_eq!(planes_with(MAX_BLOCK, false), 8);
+        assert_eq!(planes_with(64, false), PLANES);
         for n_block in [64, MAX_BLOCK] {
-            assert_eq!(n_block / planes_for(n_block), MMA);
+            assert_eq!(n_block / planes_with(n_block, false), MMA);
         }
+        // AF2_LINEAR_PLANE_COLS=32: the earlier four planes of 32 columns.
+        assert_eq!(MAX_BLOCK / planes_with(MAX_BLOCK, true), 2 * MMA);
+        assert_eq!(planes_with(64, true), PLANES);
     }
 
     #[test]

@@ -110,7 +110,8 @@ impl TriangleMultiplication {
         // normalised pairs, where transposing the two channel-major projections took two
         // element-transposing copies.
         let product = if self.incoming {
-            // 'kjc,kic->ijc': out[c,i,j] = sum_k right[c,k,i] * left[c,k,j]
+            // 'kjc,kic->ijc': out[c,i,j] = sum_k right[c,k,i] * left[c,k,j]; from the transposed
+            // pairs, `right` holds right[c,i,k] and `left` left[c,j,k].
             let act_transposed = transpose_pairs(act.clone(), [b, n]);
             let mask_transposed = pair_mask.swap_dims(1, 2);
             let [left, right] =

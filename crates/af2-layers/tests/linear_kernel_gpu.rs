@@ -38,9 +38,9 @@ fn kernel_matches_reference_f16() {
     // count that ends inside a 64-row tile, the template stack's 64 channels without bias, a
     // short tile, three 64-column blocks, and enough rows that cubes walk several tiles; then
     // inputs taken in 128-wide chunks: the MSA stack's 256 -> 1024 and 1024 -> 256, the pair
-    // transition's 512 -> 128 over several tiles a cube, 384 -> 64 without bias; last, a
-    // 16-channel input into a 128-column block (fewer input vectors a tile than 8 planes have
-    // units).
+    // transition's 512 -> 128 over several tiles a cube, 384 -> 64 without bias; last, 16 and
+    // 48 input channels into a 128-column block (input vectors a tile not a multiple of the 256
+    // units of 8 planes: a partial staging pass).
     let cases = [
         (1000, 128, 128, true),
         (64, 128, 512, true),
@@ -53,6 +53,7 @@ fn kernel_matches_reference_f16() {
         (70_001, 512, 128, true),
         (1000, 384, 64, false),
         (300, 16, 128, true),
+        (130, 48, 128, true),
     ];
     for (seed, &(m, k, n, with_bias)) in cases.iter().enumerate() {
         let seed = seed as u64 * 10;

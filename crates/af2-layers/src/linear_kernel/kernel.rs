@@ -396,7 +396,8 @@ fn stage_rows<F: Float, N: Size>(
     #[unroll]
     for i in 0..comptime!(vectors.div_ceil(threads)) {
         let e = t + i * threads;
-        // A narrow input has fewer vectors a tile than a cube of 8 planes has units.
+        // Vectors a tile need not be a multiple of the cube's units (K = 16 or 48 with 8
+        // planes): the last pass is partial.
         let mut inside = true;
         if comptime!(!vectors.is_multiple_of(threads)) {
             inside = e < vectors;
