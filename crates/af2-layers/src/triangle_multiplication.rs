@@ -109,20 +109,24 @@ impl TriangleMultiplication {
         // transposed order ((i, k) rows hold pair (k, i)): one row-permuting copy of the
         // normalised pairs, where transposing the two channel-major projections took two
         // element-transposing copies.
-        let product = if self.incoming {
-            // 'kjc,kic->ijc': out[c,i,j] = sum_k right[c,k,i] * left[c,k,j]; from the transposed
-            // pairs, `right` holds right[c,i,k] and `left` left[c,j,k].
-            let act_transposed = transpose_pairs(act.clone(), [b, n]);
-            let mask_transposed = pair_mask.swap_dims(1, 2);
-            let [left, right] =
-                self.gated_projections_channel_major(act_transposed, mask_transposed, [b, n]);
-            right.matmul(left.swap_dims(1, 2))
+        let (edge_act, edge_mask) = if self.incoming {
+            (
+                transpose_pairs(act.clone(), [b, n]),
+                pair_mask.swap_dims(1, 2),
+            )
         } else {
-            // 'ikc,jkc->ijc': out[c,i,j] = sum_k left[c,i,k] * right[c,j,k]
-            let [left, right] =
-                self.gated_projections_channel_major(act.clone(), pair_mask, [b, n]);
-            left.matmul(right.swap_dims(1, 2))
+            (act.clone(), pair_mask)
         };
+        let [left, right] = self.gated_projections_channel_major(edge_act, edge_mask, [b, n]);
+        // Outgoing 'ikc,jkc->ijc': out[c,i,j] = sum_k left[c,i,k] * right[c,j,k]. Incoming
+        // 'kjc,kic->ijc': out[c,i,j] = sum_k right[c,k,i] * left[c,k,j], which from the
+        // transposed pairs is sum_k right[c,i,k] * left[c,j,k].
+        let (rows_of_out, columns_of_out) = if self.incoming {
+            (right, left)
+        } else {
+            (left, right)
+        };
+        let product = rows_of_out.matmul(columns_of_out.swap_dims(1, 2));
         let matrices = product.dims()[0];
         // Channel-major [m, rows] as the matmul leaves it; the centre norm writes rows.
         let normed = self
