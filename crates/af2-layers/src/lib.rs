@@ -28,6 +28,8 @@ pub mod msa_column_attention;
 pub mod msa_column_global_attention;
 pub mod msa_row_attention;
 pub mod outer_product_mean;
+#[cfg(feature = "cube")]
+pub mod split_k_linear;
 pub mod transition;
 pub mod triangle_attention;
 pub mod triangle_multiplication;

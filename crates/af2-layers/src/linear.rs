@@ -66,6 +66,10 @@ pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> 
     if let Some(output) = crate::linear_kernel::try_linear_kernel(&x, &weight, bias.as_ref()) {
         return output;
     }
+    #[cfg(feature = "cube")]
+    if let Some(output) = crate::split_k_linear::try_split_k_linear(&x, &weight, bias.as_ref()) {
+        return output;
+    }
     let bias = bias.map(|bias| bias.unsqueeze::<2>());
     let output = x.matmul(weight);
     match bias {

@@ -668,20 +668,10 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             transposed,
             relu,
             scale.is_some(),
-            prefetch(),
             dtypes,
         );
     }
     out
-}
-
-/// Whether single-chunk inputs load the next tile into registers while the current one is
-/// computed (`AF2_LINEAR_PREFETCH=0` turns it off).
-fn prefetch() -> bool {
-    static PREFETCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PREFETCH.get_or_init(|| {
-        std::env::var("AF2_LINEAR_PREFETCH").map_or(true, |value| value.trim() != "0")
-    })
 }
 
 /// Planes per cube for a block of `n_block` columns: 16 columns a plane, so 8 planes for a

@@ -46,7 +46,6 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     #[comptime] transposed: bool,
     #[comptime] relu: bool,
     #[comptime] scaled: bool,
-    #[comptime] prefetch: bool,
     #[define(F, Bt)] _dtypes: [ElemType; 2],
 ) {
     let threads = comptime!(PLANE * planes);
@@ -152,22 +151,6 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
 
     let out_row_stride = out.stride(0);
     let tiles = m.div_ceil(TILE_ROWS);
-    // With `prefetch` (single-chunk inputs), the next tile's rows are loaded into registers
-    // while the current tile is computed, and stored to `x_s` at the top of the next step.
-    let staged_vectors = comptime!(TILE_ROWS * k_chunk / vs);
-    let mut x_next = Array::<Vector<F, N>>::new(comptime!(staged_vectors.div_ceil(threads)));
-    if comptime!(prefetch && !chunked) {
-        load_rows(
-            x,
-            &mut x_next,
-            first_tile * TILE_ROWS,
-            0,
-            t,
-            k_chunk,
-            threads,
-            vs,
-        );
-    }
     let mut tile = first_tile;
     while tile < tiles {
         let row0 = tile * TILE_ROWS;
@@ -236,17 +219,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
             }
         } else {
-            if comptime!(prefetch) {
-                store_rows(&x_next, &mut x_s, t, k_chunk, threads, vs);
-                sync_cube();
-                let next = tile + cubes_per_block;
-                if next < tiles {
-                    load_rows(x, &mut x_next, next * TILE_ROWS, 0, t, k_chunk, threads, vs);
-                }
-            } else {
-                stage_rows(x, &mut x_s, row0, 0, t, k_chunk, threads, vs);
-                sync_cube();
-            }
+            stage_rows(x, &mut x_s, row0, 0, t, k_chunk, threads, vs);
+            sync_cube();
             #[unroll]
             for stripe in 0..stripes {
                 let x_at = stripe * MMA * x_row;
@@ -405,30 +379,10 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
 /// Stages columns `col0 .. col0 + k_chunk` of the 64-row tile of `x` from `row0` into `x_s`
 /// (rows of `k_chunk + PAD` elements), zero past M: consecutive units read consecutive 16-byte
 /// vectors.
-#[allow(clippy::too_many_arguments)]
 #[cube]
 fn stage_rows<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     x_s: &mut Shared<[Vector<F, N>]>,
-    row0: usize,
-    col0: usize,
-    t: usize,
-    #[comptime] k_chunk: usize,
-    #[comptime] threads: usize,
-    #[comptime] vs: usize,
-) {
-    let mut staged =
-        Array::<Vector<F, N>>::new(comptime!((TILE_ROWS * k_chunk / vs).div_ceil(threads)));
-    load_rows(x, &mut staged, row0, col0, t, k_chunk, threads, vs);
-    store_rows(&staged, x_s, t, k_chunk, threads, vs);
-}
-
-/// Loads this unit's vectors of [`stage_rows`]'s tile into `staged` (zero past M).
-#[allow(clippy::too_many_arguments)]
-#[cube]
-fn load_rows<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    staged: &mut Array<Vector<F, N>>,
     row0: usize,
     col0: usize,
     t: usize,
@@ -442,38 +396,19 @@ fn load_rows<F: Float, N: Size>(
     #[unroll]
     for i in 0..comptime!(vectors.div_ceil(threads)) {
         let e = t + i * threads;
-        let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
-        let mut v = Vector::<F, N>::new(F::new(0.0));
         // Vectors a tile need not be a multiple of the cube's units (K = 16 or 48 with 8
         // planes): the last pass is partial.
-        if e < vectors && row0 + r < m {
-            v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
-        }
-        staged[i] = v;
-    }
-}
-
-/// Stores [`load_rows`]'s vectors into the shared tile (rows of `k_chunk + PAD` elements).
-#[cube]
-fn store_rows<F: Float, N: Size>(
-    staged: &Array<Vector<F, N>>,
-    x_s: &mut Shared<[Vector<F, N>]>,
-    t: usize,
-    #[comptime] k_chunk: usize,
-    #[comptime] threads: usize,
-    #[comptime] vs: usize,
-) {
-    let vectors = comptime!(TILE_ROWS * k_chunk / vs);
-    #[unroll]
-    for i in 0..comptime!(vectors.div_ceil(threads)) {
-        let e = t + i * threads;
         let mut inside = true;
         if comptime!(!vectors.is_multiple_of(threads)) {
             inside = e < vectors;
         }
         if inside {
             let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
-            x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = staged[i];
+            let mut v = Vector::<F, N>::new(F::new(0.0));
+            if row0 + r < m {
+                v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
+            }
+            x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = v;
         }
     }
 }
