@@ -78,6 +78,20 @@ pub fn matmul_bias(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> 
     }
 }
 
+/// `a · b` over the last two dimensions (leading dimensions equal). On cubecl devices f32
+/// matrices of few rows run on [`crate::split_k_linear`] (the structure module's attention),
+/// else Burn's matmul.
+///
+/// # Shapes
+/// - a: `[..., M, K]`, b: `[..., K, N]`
+/// - output: `[..., M, N]`
+pub fn batched_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "cube")]
+    return crate::split_k_linear::split_k_matmul(a, b);
+    #[cfg(not(feature = "cube"))]
+    a.matmul(b)
+}
+
 /// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it: the scale of
 /// its first columns, `max(y, 0)` with `relu`, `y · sigmoid(gate)`, then `y + residual`. On the
 /// f16 linear kernel these run in f32 on the f16-rounded product and the result is rounded once

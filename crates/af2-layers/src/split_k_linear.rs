@@ -1,5 +1,7 @@
-//! An f32 linear layer for few rows (feature `cube`): `y = x · W + b` for `x` `[M, K]` with
-//! `M` up to [`MAX_ROWS`], the shape of the structure module and the heads, which stay in f32.
+//! f32 products of few rows (feature `cube`): `y = x · W + b` for `x` `[M, K]` with `M` up to
+//! [`MAX_ROWS`], the shape of the structure module and the heads, which stay in f32, and
+//! batched products `[batch, M, K] · [batch, K, N]` of such matrices (the invariant point
+//! attention's).
 //!
 //! Cubecl's matmul gives such a product few cubes (one per large output tile) that each walk
 //! the whole of `K`: on an H100 the structure module's `[128, 384] · [384, 384]` and
@@ -45,29 +47,41 @@ pub fn split_k_launches() -> usize {
     LAUNCHES.load(Ordering::Relaxed)
 }
 
-/// The f32 linear layer as a backend operation.
+/// The split-K products as backend operations.
 #[backend_extension(Cube, Fusion)]
-pub trait SplitKLinearOps: Backend {
-    /// `x · weight + bias` for `x` `[M, K]`, `weight` `[K, N]`, `bias` `[N]`.
+pub trait SplitKOps: Backend {
+    /// `x · weight + bias` for `x` `[batch, M, K]`, `weight` `[batch, K, N]`, `bias` `[N]`.
     #[fusion(dtype = x, shape = {
         let mut shape = x.clone();
-        shape[1] = weight[1];
+        shape[2] = weight[2];
         shape
     })]
-    fn linear_rows_split_k(
+    fn split_k_biased(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// `x · weight` for `x` `[batch, M, K]`, `weight` `[batch, K, N]`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[2] = weight[2];
+        shape
+    })]
+    fn split_k(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-impl SplitKLinearOps for CubeBackend {
-    fn linear_rows_split_k(
+impl SplitKOps for CubeBackend {
+    fn split_k_biased(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        launch(x, weight, bias)
+        launch(x, weight, Some(bias))
+    }
+
+    fn split_k(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        launch(x, weight, None)
     }
 }
 
@@ -81,11 +95,13 @@ fn disabled() -> bool {
 /// have [`UNITS`] units, `M` from 1 to [`MAX_ROWS`], `K` and `N` at least 1 (`AF2_SPLIT_K=0`
 /// turns it off).
 pub fn split_k_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
-    let [m, k] = x.dims();
-    let [k_w, n] = weight.dims();
+    weight.dtype() == DType::F32 && supports(x, x.dims(), weight.dims())
+}
+
+/// [`split_k_supports`] for `[M, K] · [K, N]` of `x`'s dtype and device.
+fn supports<const D: usize>(x: &Tensor<D>, [m, k]: [usize; 2], [k_w, n]: [usize; 2]) -> bool {
     !disabled()
         && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
         && k == k_w
         && (1..=MAX_ROWS).contains(&m)
         && k > 0
@@ -113,19 +129,44 @@ pub fn try_split_k_linear(
     if !split_k_supports(x, weight) {
         return None;
     }
-    let n = weight.dims()[1];
-    let bias = match bias {
+    let ([m, k], n) = (x.dims(), weight.dims()[1]);
+    let x = x.clone().reshape([1, m, k]).into_dispatch();
+    let weight = weight.clone().reshape([1, k, n]).into_dispatch();
+    let out = match bias {
         Some(bias) => {
             assert_eq!(bias.dims(), [n], "split-K linear: bias must be [{n}]");
-            bias.clone().cast(DType::F32)
+            Dispatch::split_k_biased(x, weight, bias.clone().into_dispatch())
         }
-        None => Tensor::<1>::zeros([n], &x.device()).cast(DType::F32),
+        None => Dispatch::split_k(x, weight),
     };
-    Some(Tensor::<2>::from_dispatch(Dispatch::linear_rows_split_k(
-        x.clone().into_dispatch(),
-        weight.clone().into_dispatch(),
-        bias.into_dispatch(),
-    )))
+    Some(Tensor::<3>::from_dispatch(out).reshape([m, n]))
+}
+
+/// `a · b` over the last two dimensions (the leading ones equal), on the kernel where the
+/// matrices are f32 of at most [`MAX_ROWS`] rows (and `AF2_SPLIT_K` is not 0), else Burn's
+/// matmul.
+///
+/// # Shapes
+/// - a: `[..., M, K]`, b: `[..., K, N]`
+/// - output: `[..., M, N]`
+pub fn split_k_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    let (a_dims, b_dims) = (a.dims(), b.dims());
+    let [m, k] = [a_dims[D - 2], a_dims[D - 1]];
+    let n = b_dims[D - 1];
+    let batch: usize = a_dims[..D - 2].iter().product();
+    if a_dims[..D - 2] != b_dims[..D - 2]
+        || b.dtype() != DType::F32
+        || !supports(&a, [m, k], [b_dims[D - 2], n])
+    {
+        return a.matmul(b);
+    }
+    let mut out_dims = a_dims;
+    out_dims[D - 1] = n;
+    let out = Dispatch::split_k(
+        a.reshape([batch, m, k]).into_dispatch(),
+        b.reshape([batch, k, n]).into_dispatch(),
+    );
+    Tensor::<3>::from_dispatch(out).reshape(out_dims)
 }
 
 /// Slices of `K` for a product of `tiles` output tiles: enough cubes to reach
@@ -137,33 +178,33 @@ fn k_slices(tiles: usize, k: usize) -> (usize, usize) {
     (k.div_ceil(slice), slice)
 }
 
-fn launch(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
+fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
     let x = into_contiguous(untile(x));
     let weight = into_contiguous(untile(weight));
-    let bias = into_contiguous(untile(bias));
-    let (m, k) = (x.meta.shape()[0], x.meta.shape()[1]);
-    let n = weight.meta.shape()[1];
-    let tiles = m.div_ceil(TILE_ROWS) * n.div_ceil(TILE_COLS);
+    let bias = bias.map(|bias| into_contiguous(untile(bias)));
+    let [batch, m, k] = [0, 1, 2].map(|i| x.meta.shape()[i]);
+    let n = weight.meta.shape()[2];
+    let tiles = batch * m.div_ceil(TILE_ROWS) * n.div_ceil(TILE_COLS);
     let (slices, slice) = k_slices(tiles, k);
     let client = x.client.clone();
     let partials = empty_device_contiguous_dtype(
         client.clone(),
         x.device.clone(),
-        Shape::new([slices, m, n]),
+        Shape::new([slices, batch, m, n]),
         DType::F32,
     );
     let out = empty_device_contiguous_dtype(
         client.clone(),
         x.device.clone(),
-        Shape::new([m, n]),
+        Shape::new([batch, m, n]),
         x.dtype,
     );
-    let address_type = address_type([&x, &weight, &bias, &partials, &out]);
+    let address_type = address_type([&x, &weight, &partials, &out].into_iter().chain(&bias));
     let dtype = dtype_to_storage_type(x.dtype);
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: reads of x stay inside [M, K] and of the weight inside [K, N] (checked per
-    // element), writes of the partial sums inside [slices, M, N]; the sum reads those and the
-    // bias [N] and writes [M, N], one unit per output element below M · N.
+    // SAFETY: reads of x stay inside [batch, M, K] and of the weight inside [batch, K, N]
+    // (checked per element), writes of the partial sums inside [slices, batch, M, N]; the sum
+    // reads those and the bias [N] and writes [batch, M, N], one unit per output element.
     unsafe {
         split_k_partials::launch_unchecked(
             &client,
@@ -178,11 +219,11 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
         );
         split_k_sum::launch_unchecked(
             &client,
-            cube_count((m * n).div_ceil(UNITS)),
+            cube_count((batch * m * n).div_ceil(UNITS)),
             CubeDim::new_1d(UNITS as u32),
             address_type,
             partials.into_tensor_arg(),
-            bias.into_tensor_arg(),
+            bias.map(CubeTensor::into_tensor_arg).into(),
             out.clone().into_tensor_arg(),
             dtype,
         );
@@ -194,9 +235,9 @@ mod kernel {
     use super::{K_STEP, TILE_COLS, TILE_ROWS, UNITS};
     use cubecl::prelude::*;
 
-    /// Cube `c` computes output tile `c % tiles` (row-major over `[M / 32, N / 64]`) over the
-    /// inputs `(c / tiles) · slice ..` and writes it to `partials[c / tiles]`. Unit `t` takes
-    /// rows `2 · (t / 16) ..` and columns `4 · (t % 16) ..` of the tile.
+    /// Cube `c` computes output tile `c % tiles` (row-major over `[batch, M / 32, N / 64]`)
+    /// over the inputs `(c / tiles) · slice ..` and writes it to `partials[c / tiles]`. Unit
+    /// `t` takes rows `2 · (t / 16) ..` and columns `4 · (t % 16) ..` of the tile.
     #[cube(launch_unchecked, address_type = "dynamic")]
     pub(super) fn split_k_partials<F: Float>(
         x: &Tensor<F>,
@@ -205,19 +246,24 @@ mod kernel {
         slice: usize,
         #[define(F)] _dtype: ElemType,
     ) {
-        let m = x.shape(0);
-        let k = x.shape(1);
-        let n = weight.shape(1);
+        let batch = x.shape(0);
+        let m = x.shape(1);
+        let k = x.shape(2);
+        let n = weight.shape(2);
         let col_tiles = n.div_ceil(TILE_COLS);
-        let tiles = m.div_ceil(TILE_ROWS) * col_tiles;
+        let row_tiles = m.div_ceil(TILE_ROWS);
+        let tiles = batch * row_tiles * col_tiles;
         let cube = CUBE_POS;
         if cube >= tiles * partials.shape(0) {
             terminate!();
         }
         let tile = cube % tiles;
         let part = cube / tiles;
-        let row0 = (tile / col_tiles) * TILE_ROWS;
+        let bt = tile / (row_tiles * col_tiles);
+        let row0 = ((tile / col_tiles) % row_tiles) * TILE_ROWS;
         let col0 = (tile % col_tiles) * TILE_COLS;
+        let x_base = bt * x.stride(0);
+        let w_base = bt * weight.stride(0);
         let k0 = part * slice;
         let k_end = (k0 + slice).min(k);
         let t = UNIT_POS as usize;
@@ -241,7 +287,9 @@ mod kernel {
                 let (r, c) = (e / K_STEP, e % K_STEP);
                 let mut value = f32::new(0.0);
                 if row0 + r < m && kk0 + c < k_end {
-                    value = f32::cast_from(x[(row0 + r) * x.stride(0) + (kk0 + c) * x.stride(1)]);
+                    value = f32::cast_from(
+                        x[x_base + (row0 + r) * x.stride(1) + (kk0 + c) * x.stride(2)],
+                    );
                 }
                 x_s[e] = value;
             }
@@ -252,7 +300,8 @@ mod kernel {
                 let mut value = f32::new(0.0);
                 if kk0 + r < k_end && col0 + c < n {
                     value = f32::cast_from(
-                        weight[(kk0 + r) * weight.stride(0) + (col0 + c) * weight.stride(1)],
+                        weight
+                            [w_base + (kk0 + r) * weight.stride(1) + (col0 + c) * weight.stride(2)],
                     );
                 }
                 w_s[e] = value;
@@ -272,8 +321,8 @@ mod kernel {
             sync_cube();
             kk0 += K_STEP;
         }
-        let base = part * partials.stride(0);
-        let row_stride = partials.stride(1);
+        let base = part * partials.stride(0) + bt * partials.stride(1);
+        let row_stride = partials.stride(2);
         #[unroll]
         for i in 0..2 {
             let row = row0 + my_row + i;
@@ -287,22 +336,26 @@ mod kernel {
         }
     }
 
-    /// `out[r, c] = bias[c] + Σ_s partials[s, r, c]`, one unit per output element.
+    /// `out[b, r, c] = bias[c] + Σ_s partials[s, b, r, c]` (no bias: 0), one unit per output
+    /// element.
     #[cube(launch_unchecked, address_type = "dynamic")]
     pub(super) fn split_k_sum<F: Float>(
         partials: &Tensor<f32>,
-        bias: &Tensor<F>,
+        bias: ComptimeOption<&Tensor<F>>,
         out: &mut Tensor<F>,
         #[define(F)] _dtype: ElemType,
     ) {
-        let m = out.shape(0);
-        let n = out.shape(1);
+        let n = out.shape(2);
+        let elements = out.shape(0) * out.shape(1) * n;
         let e = CUBE_POS * UNITS + UNIT_POS as usize;
-        if e >= m * n {
+        if e >= elements {
             terminate!();
         }
-        let col = e % n;
-        let mut sum = f32::cast_from(bias[col * bias.stride(0)]);
+        let mut sum = f32::new(0.0);
+        #[comptime]
+        if let ComptimeOption::Some(bias) = &bias {
+            sum = f32::cast_from(bias[(e % n) * bias.stride(0)]);
+        }
         for s in 0..partials.shape(0) {
             sum += partials[s * partials.stride(0) + e];
         }

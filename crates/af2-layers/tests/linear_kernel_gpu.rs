@@ -380,3 +380,55 @@ fn reference_f32(x: &TensorData, w: &TensorData, b: Option<&TensorData>) -> Vec<
     }
     out.into_data().try_to_vec::<f32>().unwrap()
 }
+
+/// Batched f32 products on the split-K kernel (the invariant point attention's shapes, one of
+/// them from a transposed view) against the CPU's matmul.
+#[test]
+fn split_k_batched_matches_reference_f32() {
+    use af2_layers::linear::batched_matmul;
+    use af2_layers::split_k_linear::split_k_launches;
+    let Some(device) = gpu() else { return };
+    // (batch dims, M, K, N, transposed a): attention weights times scalar values, times
+    // point values, queries times keys, and the pair values from the weights' [B, i, H, j]
+    // view.
+    let cases: [([usize; 2], usize, usize, usize, bool); 4] = [
+        ([2, 12], 128, 128, 16, false),
+        ([1, 12], 100, 100, 24, false),
+        ([1, 12], 128, 16, 128, false),
+        ([1, 64], 12, 64, 128, true),
+    ];
+    for (seed, &(lead, m, k, n, transposed)) in cases.iter().enumerate() {
+        let seed = 900 + seed as u64 * 10;
+        let [b0, b1] = lead;
+        // With `transposed`, a is stored [b0, M, b1, K] and read as its [b0, b1, M, K] view.
+        let a_shape = if transposed {
+            [b0, m, b1, k]
+        } else {
+            [b0, b1, m, k]
+        };
+        let a = TensorData::new(values(b0 * b1 * m * k, seed, 1.0), a_shape);
+        let b = TensorData::new(values(b0 * b1 * k * n, seed + 1, 1.0), [b0, b1, k, n]);
+        let view = |t: Tensor<4>| if transposed { t.swap_dims(1, 2) } else { t };
+        let before = split_k_launches();
+        let out = batched_matmul(
+            view(tensor_in::<4>(&a, &device, DType::F32)),
+            tensor_in::<4>(&b, &device, DType::F32),
+        );
+        let out: Vec<f32> = out.into_data().try_to_vec().unwrap();
+        assert!(
+            split_k_launches() > before,
+            "the split-K kernel did not run"
+        );
+        let cpu_device = cpu();
+        let expected = view(tensor_in::<4>(&a, &cpu_device, DType::F32)).matmul(tensor_in::<4>(
+            &b,
+            &cpu_device,
+            DType::F32,
+        ));
+        let expected: Vec<f32> = expected.into_data().try_to_vec().unwrap();
+        // f32 on both sides; only the order of the additions differs.
+        let error = relative_error(&out, &expected);
+        println!("split-K batched {lead:?} [{m}, {k}] x [{k}, {n}]: relative error {error:.2e}");
+        assert!(error <= 1e-5, "split-K batched {lead:?}: {error:.3e}");
+    }
+}

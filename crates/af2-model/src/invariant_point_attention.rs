@@ -2,6 +2,7 @@
 //! `folding.InvariantPointAttention`).
 
 use af2_geometry::QuatAffine;
+use af2_layers::linear::batched_matmul;
 use af2_layers::{Linear, MAX_LOGITS_PER_CHUNK, linear};
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -218,9 +219,8 @@ impl InvariantPointAttention {
         let scalar_weight = (1.0 / (NUM_LOGIT_TERMS * sqk.max(1) as f64)).sqrt();
 
         // [B, H, N, N]
-        let logits_scalar = q_scalar
-            .mul_scalar(scalar_weight)
-            .matmul(k_scalar.swap_dims(2, 3));
+        let logits_scalar =
+            batched_matmul(q_scalar.mul_scalar(scalar_weight), k_scalar.swap_dims(2, 3));
         let logits_point = point_logits(
             q_point.reshape([b * h, n, pqk, 3]),
             k_point.reshape([b * h, n, pqk, 3]),
@@ -233,17 +233,13 @@ impl InvariantPointAttention {
         );
 
         // Scalar values: [B, H, N, Sv] -> [B, N, H * Sv].
-        let result_scalar = attn
-            .clone()
-            .matmul(v_scalar)
+        let result_scalar = batched_matmul(attn.clone(), v_scalar)
             .swap_dims(1, 2)
             .reshape([b, n, h * sv]);
 
         // Point values, attended in the global frame, then mapped to each query's frame.
         let v_point = v_point.reshape([b, h, n, pv * 3]);
-        let result_point_global = attn
-            .clone()
-            .matmul(v_point)
+        let result_point_global = batched_matmul(attn.clone(), v_point)
             .reshape([b, h, n, pv, 3])
             .swap_dims(1, 2)
             .reshape([b * n, h * pv, 3]);
@@ -260,7 +256,7 @@ impl InvariantPointAttention {
 
         // Pair values: attn [B, H, i, j] with act_2d [B, i, j, c] -> [B, i, H, c].
         let [_, _, _, cz] = act_2d.dims();
-        let result_2d = attn.swap_dims(1, 2).matmul(act_2d).reshape([b, n, h * cz]);
+        let result_2d = batched_matmul(attn.swap_dims(1, 2), act_2d).reshape([b, n, h * cz]);
 
         let features = Tensor::cat(
             vec![
