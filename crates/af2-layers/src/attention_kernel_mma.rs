@@ -30,7 +30,7 @@ use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::CubeDim;
 use cubecl::prelude::DeviceProperties;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::attention_kernel::{address_type, cube_count, query_major_output};
 use burn_cubecl::kernel::into_contiguous;
@@ -53,7 +53,6 @@ struct Tuning {
     keys: usize,
     min_planes: usize,
     pad: bool,
-    lazy: bool,
 }
 
 /// [`Tuning`] from `AF2_MMA_PLANES=2|4|8`, `AF2_MMA_KEYS=32|64` (64 only up to 4 planes: 8
@@ -76,7 +75,6 @@ fn tuning() -> &'static Tuning {
             keys,
             min_planes: knob("AF2_MMA_MIN_PLANES").unwrap_or(MIN_PLANES),
             pad: knob("AF2_MMA_PAD") != Some(0),
-            lazy: knob("AF2_MMA_LAZY") != Some(0),
         }
     })
 }
@@ -127,17 +125,11 @@ fn planes_for(q_len: usize, preferred: usize) -> usize {
 }
 
 static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
-static LAST_LAZY: AtomicBool = AtomicBool::new(false);
 
 /// How many times the tensor-core kernel has been launched in this process (for tests and
 /// benchmarks that need to know which path ran).
 pub fn mma_launches() -> usize {
     LAUNCHES.load(Ordering::Relaxed)
-}
-
-/// Whether the latest launch rescaled lazily (`AF2_MMA_LAZY`; for tests and benchmarks).
-pub fn last_launch_was_lazy() -> bool {
-    LAST_LAZY.load(Ordering::Relaxed)
 }
 
 /// Whether `AF2_ATTENTION_MMA=0` turned the tensor-core path off.
@@ -171,11 +163,6 @@ pub(crate) fn runs_f16_instructions(props: &DeviceProperties) -> bool {
         && props.features.matmul.cmma.contains(&instruction)
 }
 
-/// A row's weights are `exp(logit - reference)`; with lazy rescaling the reference (the row's
-/// running max) moves only when a tile's max passes it by more than this, so the weights stay
-/// below e^8 ≈ 2981 (f16 holds 65504) and the output accumulators are rescaled only then.
-const RESCALE_MARGIN: f32 = 8.0;
-
 /// The attention core on tensor cores, or `None` where the scalar kernel takes the inputs:
 /// not f16, heads other than 32 channels, too few query rows to fill the GPU, no matrix
 /// instructions on the device, or `AF2_ATTENTION_MMA=0`. Shapes are checked by the caller.
@@ -194,7 +181,6 @@ pub(crate) fn try_launch(
         keys,
         min_planes,
         pad,
-        lazy,
     } = *tuning();
     let preferred = planes.unwrap_or_else(|| {
         default_planes(
@@ -231,7 +217,6 @@ pub(crate) fn try_launch(
         dtype_to_storage_type(bias.as_ref().map_or(q.dtype, |t| t.dtype)),
     ];
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
-    LAST_LAZY.store(lazy, Ordering::Relaxed);
     // SAFETY: the caller checked the shapes; query rows past Q are zero on read and skipped on
     // write, keys past K are zero in the tiles and never read from the inputs, and the bias is
     // read only inside [Q, K].
@@ -253,7 +238,6 @@ pub(crate) fn try_launch(
             keys,
             padding(pad),
             bias_vector,
-            lazy,
             dtypes,
         );
     }
@@ -261,7 +245,7 @@ pub(crate) fn try_launch(
 }
 
 pub(crate) mod kernel {
-    use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE, RESCALE_MARGIN};
+    use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE};
     use crate::attention_kernel::kernel::{key_mask_base, masked_key_logit};
     use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
     use cubecl::prelude::*;
@@ -294,7 +278,6 @@ pub(crate) mod kernel {
         #[comptime] keys: usize,
         #[comptime] pad: usize,
         #[comptime] bias_vs: usize,
-        #[comptime] lazy: bool,
         #[define(F, M, Bt)] _dtypes: [ElemType; 3],
     ) {
         let threads = comptime!(PLANE * planes);
@@ -346,7 +329,6 @@ pub(crate) mod kernel {
         // (keys >= HEAD columns).
         let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * key_row));
         let mut fill_s = Shared::<[f32]>::new_slice(comptime!(2 * keys));
-        // Per row: the running-max step of the current tile, later the softmax denominator.
         let mut row_s = Shared::<[f32]>::new_slice(rows);
 
         // The query block, zero past Q.
@@ -372,12 +354,12 @@ pub(crate) mod kernel {
         cmma::load(&mut q_lo, &qp_s[qp_at..qp_end], head_row as u32);
         cmma::load(&mut q_hi, &qp_s[qp_at + MMA..qp_end], head_row as u32);
 
+        let mut scores = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
+        let mut k_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
         let mut p_frag = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
+        let mut v_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::RowMajor);
         let mut pv_lo = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
         let mut pv_hi = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
-        // Lazy rescaling: the output accumulates in `pv_lo` / `pv_hi` over all tiles.
-        cmma::fill(&mut pv_lo, 0.0f32);
-        cmma::fill(&mut pv_hi, 0.0f32);
 
         // Output channel `lane` of the plane's 16 rows; the softmax row's running max and sum.
         let mut acc = Array::<f32>::new(MMA);
@@ -468,19 +450,29 @@ pub(crate) mod kernel {
             if step > 0 {
                 let kv_buffer = ((step - 1) % 2) * kv_tile;
                 let fill_buffer = ((step - 1) % 2) * keys;
-                // Scores = bias + Q·Kᵀ for the plane's 16 rows, in 16-key parts, in place.
+                // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
+                // Kᵀ as the B operand: element (c, key) at k_s[kv_buffer + key * head_row + c],
+                // column-major.
                 #[unroll]
-                for part in 0..parts {
-                    score_part(
-                        &q_lo,
-                        &q_hi,
-                        &mut s_s,
-                        &k_s,
-                        stripe + part * MMA,
-                        stripe_end,
-                        kv_buffer + part * MMA * head_row,
-                        key_row,
-                        head_row,
+                for half in 0..parts {
+                    let s_at = stripe + half * MMA;
+                    let k_at = kv_buffer + half * MMA * head_row;
+                    let k_end = k_at + MMA * head_row;
+                    cmma::load_with_layout(
+                        &mut scores,
+                        &s_s[s_at..stripe_end],
+                        key_row as u32,
+                        MatrixLayout::RowMajor,
+                    );
+                    cmma::load(&mut k_frag, &k_s[k_at..k_end], head_row as u32);
+                    cmma::execute(&q_lo, &k_frag, &scores, &scores);
+                    cmma::load(&mut k_frag, &k_s[k_at + MMA..k_end], head_row as u32);
+                    cmma::execute(&q_hi, &k_frag, &scores, &scores);
+                    cmma::store(
+                        &mut s_s[s_at..stripe_end],
+                        &scores,
+                        key_row as u32,
+                        MatrixLayout::RowMajor,
                     );
                 }
                 sync_plane();
@@ -499,109 +491,55 @@ pub(crate) mod kernel {
                     m_tile = m_tile.max(logit);
                 }
                 m_tile = m_tile.max(plane_shuffle_xor(m_tile, MMA as u32));
-                // Lazy: the rows keep their reference max until a tile's max passes it by more
-                // than `RESCALE_MARGIN` in some row of the plane (the plane decides together).
-                let mut rescale = true;
-                if comptime!(lazy) {
-                    rescale = plane_any(m_tile > m_run + RESCALE_MARGIN);
-                }
-                let mut factor = f32::new(1.0);
-                if rescale {
-                    let m_new = m_run.max(m_tile);
-                    factor = (m_run - m_new).exp();
-                    m_run = m_new;
-                }
+                let m_new = m_run.max(m_tile);
+                let factor = (m_run - m_new).exp();
                 let mut sum = f32::new(0.0);
                 #[unroll]
                 for j in 0..half_keys {
                     let col = my_half * half_keys + (j + rotation) % half_keys;
-                    let p = (logits[j] - m_run).exp();
+                    let p = (logits[j] - m_new).exp();
                     sum += p;
                     qp_s[p_row_at + col] = F::cast_from(p);
                 }
                 sum += plane_shuffle_xor(sum, MMA as u32);
                 l_run = l_run * factor + sum;
+                m_run = m_new;
                 if my_half == 0 {
                     row_s[plane * MMA + my_row] = factor;
                 }
                 sync_plane();
-                if comptime!(lazy) {
-                    // The output so far, rescaled through the plane's stripe (its scores are
-                    // read); before the first tile it is zero.
-                    if rescale && step > 1 {
-                        cmma::store(
-                            &mut s_s[stripe..stripe_end],
-                            &pv_lo,
-                            key_row as u32,
-                            MatrixLayout::RowMajor,
-                        );
-                        cmma::store(
-                            &mut s_s[stripe + MMA..stripe_end],
-                            &pv_hi,
-                            key_row as u32,
-                            MatrixLayout::RowMajor,
-                        );
-                        sync_plane();
-                        #[unroll]
-                        for r in 0..MMA {
-                            s_s[stripe + r * key_row + lane] *= row_s[plane * MMA + r];
-                        }
-                        sync_plane();
-                        cmma::load_with_layout(
-                            &mut pv_lo,
-                            &s_s[stripe..stripe_end],
-                            key_row as u32,
-                            MatrixLayout::RowMajor,
-                        );
-                        cmma::load_with_layout(
-                            &mut pv_hi,
-                            &s_s[stripe + MMA..stripe_end],
-                            key_row as u32,
-                            MatrixLayout::RowMajor,
-                        );
-                    }
-                } else {
-                    cmma::fill(&mut pv_lo, 0.0f32);
-                    cmma::fill(&mut pv_hi, 0.0f32);
-                }
 
-                // P·V of the tile: 16 rows × 32 channels over the tile's 16-key parts (lazy:
-                // added to the output; otherwise stored over the plane's score stripe, read
-                // above, for the lanes to add).
+                // P·V of the tile: 16 rows × 32 channels over the tile's two 16-key halves, stored
+                // over the plane's score stripe (read above).
+                cmma::fill(&mut pv_lo, 0.0f32);
+                cmma::fill(&mut pv_hi, 0.0f32);
                 #[unroll]
-                for part in 0..parts {
-                    cmma::load(
-                        &mut p_frag,
-                        &qp_s[qp_at + part * MMA..qp_end],
-                        key_row as u32,
-                    );
-                    weights_times_values(
-                        &p_frag,
-                        &v_s,
-                        &pv_lo,
-                        &pv_hi,
-                        kv_buffer + part * MMA * head_row,
-                        head_row,
-                    );
+                for half in 0..parts {
+                    let p_at = qp_at + half * MMA;
+                    cmma::load(&mut p_frag, &qp_s[p_at..qp_end], key_row as u32);
+                    let v_at = kv_buffer + half * MMA * head_row;
+                    let v_end = v_at + MMA * head_row;
+                    cmma::load(&mut v_frag, &v_s[v_at..v_end], head_row as u32);
+                    cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
+                    cmma::load(&mut v_frag, &v_s[v_at + MMA..v_end], head_row as u32);
+                    cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
                 }
-                if comptime!(!lazy) {
-                    cmma::store(
-                        &mut s_s[stripe..stripe_end],
-                        &pv_lo,
-                        key_row as u32,
-                        MatrixLayout::RowMajor,
-                    );
-                    cmma::store(
-                        &mut s_s[stripe + MMA..stripe_end],
-                        &pv_hi,
-                        key_row as u32,
-                        MatrixLayout::RowMajor,
-                    );
-                    sync_plane();
-                    #[unroll]
-                    for r in 0..MMA {
-                        acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
-                    }
+                cmma::store(
+                    &mut s_s[stripe..stripe_end],
+                    &pv_lo,
+                    key_row as u32,
+                    MatrixLayout::RowMajor,
+                );
+                cmma::store(
+                    &mut s_s[stripe + MMA..stripe_end],
+                    &pv_hi,
+                    key_row as u32,
+                    MatrixLayout::RowMajor,
+                );
+                sync_plane();
+                #[unroll]
+                for r in 0..MMA {
+                    acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
                 }
             }
             if step < num_tiles {
@@ -634,21 +572,6 @@ pub(crate) mod kernel {
         if my_half == 0 {
             row_s[plane * MMA + my_row] = l_run;
         }
-        if comptime!(lazy) {
-            // The stripe is free: the last step stored no bias.
-            cmma::store(
-                &mut s_s[stripe..stripe_end],
-                &pv_lo,
-                key_row as u32,
-                MatrixLayout::RowMajor,
-            );
-            cmma::store(
-                &mut s_s[stripe + MMA..stripe_end],
-                &pv_hi,
-                key_row as u32,
-                MatrixLayout::RowMajor,
-            );
-        }
         sync_plane();
         let out_base = b * out.stride(0) + h * out.stride(1) + lane * out.stride(3);
         let out_row_stride = out.stride(2);
@@ -657,69 +580,10 @@ pub(crate) mod kernel {
             let row = row0 + plane * MMA + r;
             if row < q_len {
                 // l >= 1: the running max itself contributes exp(0).
-                let mut value = acc[r];
-                if comptime!(lazy) {
-                    value = s_s[stripe + r * key_row + lane];
-                }
-                out[out_base + row * out_row_stride] = F::cast_from(value / row_s[plane * MMA + r]);
+                out[out_base + row * out_row_stride] =
+                    F::cast_from(acc[r] / row_s[plane * MMA + r]);
             }
         }
-    }
-
-    /// The bias-initialised scores of one 16-key part: the `[16, 16]` stripe at `s_at` loaded
-    /// as the accumulator plus `Q·Kᵀ` for the keys at `k_at`, also stored back to the stripe.
-    #[allow(clippy::too_many_arguments)]
-    #[cube]
-    fn score_part<F: Float>(
-        q_lo: &Matrix<F>,
-        q_hi: &Matrix<F>,
-        s_s: &mut Shared<[f32]>,
-        k_s: &Shared<[F]>,
-        s_at: usize,
-        stripe_end: usize,
-        k_at: usize,
-        #[comptime] key_row: usize,
-        #[comptime] head_row: usize,
-    ) -> Matrix<f32> {
-        let k_end = k_at + MMA * head_row;
-        let mut scores = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
-        let mut k_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
-        cmma::load_with_layout(
-            &mut scores,
-            &s_s[s_at..stripe_end],
-            key_row as u32,
-            MatrixLayout::RowMajor,
-        );
-        // Kᵀ as the B operand: element (c, key) at k_s[k_at + key * head_row + c], column-major.
-        cmma::load(&mut k_frag, &k_s[k_at..k_end], head_row as u32);
-        cmma::execute(q_lo, &k_frag, &scores, &scores);
-        cmma::load(&mut k_frag, &k_s[k_at + MMA..k_end], head_row as u32);
-        cmma::execute(q_hi, &k_frag, &scores, &scores);
-        cmma::store(
-            &mut s_s[s_at..stripe_end],
-            &scores,
-            key_row as u32,
-            MatrixLayout::RowMajor,
-        );
-        scores
-    }
-
-    /// Adds one 16-key part's weights times its values (`v_at`) to the two output halves.
-    #[cube]
-    fn weights_times_values<F: Float>(
-        p: &Matrix<F>,
-        v_s: &Shared<[F]>,
-        pv_lo: &Matrix<f32>,
-        pv_hi: &Matrix<f32>,
-        v_at: usize,
-        #[comptime] head_row: usize,
-    ) {
-        let v_end = v_at + MMA * head_row;
-        let mut v_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::RowMajor);
-        cmma::load(&mut v_frag, &v_s[v_at..v_end], head_row as u32);
-        cmma::execute(p, &v_frag, pv_lo, pv_lo);
-        cmma::load(&mut v_frag, &v_s[v_at + MMA..v_end], head_row as u32);
-        cmma::execute(p, &v_frag, pv_hi, pv_hi);
     }
 }
 

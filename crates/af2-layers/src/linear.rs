@@ -53,8 +53,9 @@ impl Linear {
 
 /// `x · weight (+ bias)`: the tensor-core kernel where it applies (f16 on a GPU with matrix
 /// instructions, inputs in 16s up to 128 or in 128s up to 2048, outputs in 64s:
-/// [`crate::linear_kernel`]), else
-/// one Burn matmul and the bias add. There the bias is shaped before the matmul is recorded, so
+/// [`crate::linear_kernel`]), the split-K kernel for f32 of few rows on a GPU
+/// ([`crate::split_k_linear`]; the bias added by its summing pass, later elementwise stages of
+/// [`matmul_bias_with`] not fused), else one Burn matmul and the bias add. There the bias is shaped before the matmul is recorded, so
 /// that the add directly follows the matmul in the op stream and Burn's fusion folds it into
 /// the matmul's output stage (one GPU kernel instead of a matmul and a separate add).
 ///

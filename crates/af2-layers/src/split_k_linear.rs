@@ -26,8 +26,9 @@ use crate::attention_kernel::{address_type, cube_count};
 use crate::with_cube_properties;
 use kernel::{split_k_partials, split_k_sum};
 
-/// The most rows of `x` the kernel takes; larger products keep cubecl's matmul, which has
-/// enough output tiles to fill the GPU.
+/// The most rows of `x` the kernel takes; products of more rows, or of at least
+/// [`TARGET_CUBES`] output tiles in all, keep cubecl's matmul, which has enough tiles to fill
+/// the GPU.
 pub const MAX_ROWS: usize = 4096;
 /// Rows and columns of a cube's output tile.
 const TILE_ROWS: usize = 32;
@@ -95,25 +96,36 @@ fn disabled() -> bool {
 /// have [`UNITS`] units, `M` from 1 to [`MAX_ROWS`], `K` and `N` at least 1 (`AF2_SPLIT_K=0`
 /// turns it off).
 pub fn split_k_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
-    weight.dtype() == DType::F32 && supports(x, x.dims(), weight.dims())
+    supports(x, weight.dtype(), 1, x.dims(), weight.dims())
 }
 
-/// [`split_k_supports`] for `[M, K] · [K, N]` of `x`'s dtype and device.
-fn supports<const D: usize>(x: &Tensor<D>, [m, k]: [usize; 2], [k_w, n]: [usize; 2]) -> bool {
+/// [`split_k_supports`] for `batch` products `[M, K] · [K, N]` with `x`'s device, the first
+/// operand `x`'s dtype and the second `weight_dtype`: also fewer than [`TARGET_CUBES`] output
+/// tiles in all (more fill the GPU without slices).
+fn supports<const D: usize>(
+    x: &Tensor<D>,
+    weight_dtype: DType,
+    batch: usize,
+    [m, k]: [usize; 2],
+    [k_w, n]: [usize; 2],
+) -> bool {
     !disabled()
         && x.dtype() == DType::F32
+        && weight_dtype == DType::F32
         && k == k_w
         && (1..=MAX_ROWS).contains(&m)
         && k > 0
         && n > 0
+        && batch > 0
+        && batch * m.div_ceil(TILE_ROWS) * n.div_ceil(TILE_COLS) < TARGET_CUBES
         && with_cube_properties(&x.device(), |props| {
             UNITS <= props.hardware.max_units_per_cube as usize
         })
         .unwrap_or(false)
 }
 
-/// `x · weight + bias` (a zero bias where `None`) on the kernel where [`split_k_supports`]
-/// takes the inputs, else `None`.
+/// `x · weight + bias` on the kernel where [`split_k_supports`] takes the inputs and the bias
+/// (if any) is f32, else `None`.
 ///
 /// # Shapes
 /// - x: `[M, K]`, weight: `[K, N]`, bias: `[N]`
@@ -126,7 +138,7 @@ pub fn try_split_k_linear(
     weight: &Tensor<2>,
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<2>> {
-    if !split_k_supports(x, weight) {
+    if !split_k_supports(x, weight) || bias.is_some_and(|bias| bias.dtype() != DType::F32) {
         return None;
     }
     let ([m, k], n) = (x.dims(), weight.dims()[1]);
@@ -143,8 +155,8 @@ pub fn try_split_k_linear(
 }
 
 /// `a · b` over the last two dimensions (the leading ones equal), on the kernel where the
-/// matrices are f32 of at most [`MAX_ROWS`] rows (and `AF2_SPLIT_K` is not 0), else Burn's
-/// matmul.
+/// matrices are f32 of at most [`MAX_ROWS`] rows in fewer than [`TARGET_CUBES`] output tiles
+/// (and `AF2_SPLIT_K` is not 0), else Burn's matmul.
 ///
 /// # Shapes
 /// - a: `[..., M, K]`, b: `[..., K, N]`
@@ -155,8 +167,7 @@ pub fn split_k_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     let n = b_dims[D - 1];
     let batch: usize = a_dims[..D - 2].iter().product();
     if a_dims[..D - 2] != b_dims[..D - 2]
-        || b.dtype() != DType::F32
-        || !supports(&a, [m, k], [b_dims[D - 2], n])
+        || !supports(&a, b.dtype(), batch, [m, k], [b_dims[D - 2], n])
     {
         return a.matmul(b);
     }
@@ -235,7 +246,7 @@ mod kernel {
     use super::{K_STEP, TILE_COLS, TILE_ROWS, UNITS};
     use cubecl::prelude::*;
 
-    /// Cube `c` computes output tile `c % tiles` (row-major over `[batch, M / 32, N / 64]`)
+    /// Cube `c` computes output tile `c % tiles` (row-major over `[batch, ⌈M / 32⌉, ⌈N / 64⌉]`)
     /// over the inputs `(c / tiles) · slice ..` and writes it to `partials[c / tiles]`. Unit
     /// `t` takes rows `2 · (t / 16) ..` and columns `4 · (t % 16) ..` of the tile.
     #[cube(launch_unchecked, address_type = "dynamic")]

@@ -16,14 +16,8 @@ use common::{cpu, gpu, offered, relative_error, tensor_in, through_f16, values};
 
 /// `x [m, k] · w [k, n] (+ b)` in f32 on the CPU from the f16-rounded inputs.
 fn reference(x: &TensorData, w: &TensorData, b: Option<&TensorData>) -> Vec<f32> {
-    let device = cpu();
-    let x = tensor_in::<2>(&through_f16(x), &device, DType::F32);
-    let w = tensor_in::<2>(&through_f16(w), &device, DType::F32);
-    let mut out = x.matmul(w);
-    if let Some(b) = b {
-        out = out + tensor_in::<1>(&through_f16(b), &device, DType::F32).unsqueeze::<2>();
-    }
-    out.into_data().try_to_vec::<f32>().unwrap()
+    let b = b.map(through_f16);
+    reference_f32(&through_f16(x), &through_f16(w), b.as_ref())
 }
 
 /// A kernel output's values on the host, as f32.
@@ -326,7 +320,7 @@ fn scaled_columns_match_reference_f16() {
 /// product, through `matmul_bias` as the model calls it.
 #[test]
 fn split_k_matches_reference_f32() {
-    use af2_layers::split_k_linear::{split_k_launches, split_k_supports};
+    use af2_layers::split_k_linear::{MAX_ROWS, split_k_launches, split_k_supports};
     let Some(device) = gpu() else { return };
     // (rows, in, out, bias): the structure module's 384 -> 384, its 2112 -> 384 output
     // projection, the backbone update's 6 outputs, a 37-column head, one row, K below one
@@ -340,6 +334,12 @@ fn split_k_matches_reference_f32() {
         (33, 7, 65, true),
         (4096, 128, 64, true),
     ];
+    let tall = Tensor::<2>::zeros([MAX_ROWS + 1, 8], (&device, DType::F32));
+    let narrow = Tensor::<2>::zeros([8, 8], (&device, DType::F32));
+    assert!(
+        !split_k_supports(&tall, &narrow),
+        "more than MAX_ROWS rows offered"
+    );
     for (seed, &(m, k, n, with_bias)) in cases.iter().enumerate() {
         let seed = 500 + seed as u64 * 10;
         let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
@@ -351,6 +351,9 @@ fn split_k_matches_reference_f32() {
             split_k_supports(&xg, &wg),
             "[{m}, {k}] x [{k}, {n}]: not offered"
         );
+        // Refused: an f16 operand.
+        let half = |t: &Tensor<2>| t.clone().cast(DType::F16);
+        assert!(!split_k_supports(&half(&xg), &wg) && !split_k_supports(&xg, &half(&wg)));
         let bg = b.as_ref().map(|b| tensor_in::<1>(b, &device, DType::F32));
         let before = split_k_launches();
         let out = host_f32(matmul_bias(xg, wg, bg));
