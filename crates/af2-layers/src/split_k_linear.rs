@@ -93,8 +93,8 @@ fn disabled() -> bool {
 }
 
 /// Whether [`try_split_k_linear`] takes `x · weight`: f32 on a cubecl device whose cubes may
-/// have [`UNITS`] units, `M` from 1 to [`MAX_ROWS`], `K` and `N` at least 1 (`AF2_SPLIT_K=0`
-/// turns it off).
+/// have [`UNITS`] units, `M` from 1 to [`MAX_ROWS`], `K` and `N` at least 1, fewer than
+/// [`TARGET_CUBES`] output tiles of 32 × 64 (`AF2_SPLIT_K=0` turns it off).
 pub fn split_k_supports(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
     supports(x, weight.dtype(), 1, x.dims(), weight.dims())
 }
