@@ -65,13 +65,21 @@ fn build(args: &Args, device: &Device) -> Result<(AlphaFold, String)> {
 }
 
 /// Seconds for one batched prediction of `designs` (all passes, read back to the host).
-fn batch_seconds(model: &AlphaFold, designs: &[Features], passes: usize, device: &Device) -> f64 {
+/// Seconds for one batch, and whether every predicted coordinate came back finite (a NaN in
+/// a replayed or batched pass would otherwise go unseen: only the first prediction is written).
+fn batch_seconds(
+    model: &AlphaFold,
+    designs: &[Features],
+    passes: usize,
+    device: &Device,
+) -> (f64, bool) {
     let start = Instant::now();
     let batch = BatchFeatures::new(designs).expect("copies of one design share their shapes");
     let out = model.forward_recycled_batch(&batch, passes - 1, device);
     // Reading the result back waits for the device.
-    let _ = to_host(out.structure.final_atom37);
-    start.elapsed().as_secs_f64()
+    let atoms = to_host(out.structure.final_atom37);
+    let seconds = start.elapsed().as_secs_f64();
+    (seconds, atoms.data.iter().all(|v| v.is_finite()))
 }
 
 /// One prediction with the device synchronised after every stage.
@@ -123,6 +131,8 @@ struct Row {
     first: f64,
     best: f64,
     mean: f64,
+    /// Every prediction of the row gave finite coordinates.
+    finite: bool,
 }
 
 impl Row {
@@ -134,16 +144,18 @@ impl Row {
 fn time_row(model: &AlphaFold, n: usize, batch: usize, args: &Args, device: &Device) -> Row {
     let passes = args.recycles + 1;
     let designs = vec![benchmark_features(n); batch];
-    let first = batch_seconds(model, &designs, passes, device);
-    let times: Vec<f64> = (0..args.repeats.max(1))
+    let (first, first_finite) = batch_seconds(model, &designs, passes, device);
+    let runs: Vec<(f64, bool)> = (0..args.repeats.max(1))
         .map(|_| batch_seconds(model, &designs, passes, device))
         .collect();
+    let times: Vec<f64> = runs.iter().map(|&(seconds, _)| seconds).collect();
     Row {
         n,
         batch,
         first,
         best: times.iter().cloned().fold(f64::INFINITY, f64::min),
         mean: times.iter().sum::<f64>() / times.len() as f64,
+        finite: first_finite && runs.iter().all(|&(_, finite)| finite),
     }
 }
 
@@ -213,6 +225,12 @@ pub fn run(args: &Args) -> Result<()> {
             {
                 println!("{:>6} passes of {status}", "");
             }
+            if !row.finite {
+                println!(
+                    "{:>6} non-finite coordinates: these timings are of broken predictions",
+                    ""
+                );
+            }
             rows.push(row);
         }
     }
@@ -248,5 +266,9 @@ pub fn run(args: &Args) -> Result<()> {
         "total wall time since process start: {:.1} s",
         process_start.elapsed().as_secs_f64()
     );
+    let broken = rows.iter().filter(|row| !row.finite).count();
+    if broken > 0 {
+        bail!("{broken} rows of the table predicted non-finite coordinates (marked under them)");
+    }
     Ok(())
 }

@@ -27,6 +27,10 @@ pub struct Args {
     /// Time only the rows whose name contains this text (e.g. "layer norm").
     #[arg(long)]
     only: Option<String>,
+    /// Record every row once as a graph and time its replays: the device's time for the row's
+    /// kernels without the host's recording and fusion (what a replayed prediction pays).
+    #[arg(long)]
+    graph: bool,
 }
 
 /// The released model_1_ptm block widths.
@@ -241,6 +245,14 @@ fn primitive_rows<'a>(block: &'a EvoformerBlock, x: &'a Inputs) -> Vec<Row<'a>> 
             }),
         ),
         ("copy (x + 1)", Box::new(move || pair() + 1.0)),
+        (
+            "20 tiny matmuls (floor)",
+            Box::new(move || {
+                let n = l.min(16);
+                let w = x.pair.clone().slice([0..1, 0..1, 0..n, 0..n]);
+                (0..20).fold(w.clone(), |acc, _| acc.matmul(w.clone()))
+            }),
+        ),
     ]
 }
 
@@ -251,10 +263,28 @@ fn print_rows(args: &Args, device: &Device, l: usize, rows: Vec<Row<'_>>) -> Res
         let Timing {
             total_ms,
             submit_ms,
-        } = time(device, repeats, f)?;
+        } = if args.graph {
+            time_replayed(device, repeats, f)?
+        } else {
+            time(device, repeats, f)?
+        };
         println!("{name:<26} {l:>5} {total_ms:>10.3} {submit_ms:>10.3}");
     }
     Ok(())
+}
+
+/// Times the replays of `f` recorded once as a graph (or of `f` itself where the device
+/// records no graph; a warning says so).
+fn time_replayed(device: &Device, repeats: usize, f: impl Fn() -> Tensor<4>) -> Result<Timing> {
+    let graph = std::cell::RefCell::new(burn::tensor::capture(device, f));
+    if !graph.borrow().is_hardware() {
+        eprintln!("warning: this device records no graph; the row runs as usual");
+    }
+    time(device, repeats, || {
+        // Safety: every tensor the row reads (parameters and inputs) outlives `graph`, and
+        // nothing else runs on the device meanwhile.
+        unsafe { graph.borrow_mut().replay() };
+    })
 }
 
 /// Runs the command.
@@ -289,10 +319,11 @@ pub fn run(args: &Args) -> Result<()> {
     for &l in &args.common.lengths {
         let inputs = Inputs::new(args, &widths, l, dtype, &device);
         print_rows(args, &device, l, layer_rows(&block, &inputs))?;
-        if args
-            .only
-            .as_deref()
-            .is_none_or(|only| "whole block, graph".contains(only))
+        if !args.graph
+            && args
+                .only
+                .as_deref()
+                .is_none_or(|only| "whole block, graph".contains(only))
         {
             print_graph_replay(args, &device, l, &block, &inputs)?;
         }
