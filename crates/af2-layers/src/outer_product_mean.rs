@@ -37,13 +37,15 @@ pub struct OuterProductMean {
     output_weights: Derived<OutputWeights>,
 }
 
-/// `output_w[c, e, f]` flattened for the two orders of the sum.
+/// The parameters in the shapes the two orders of the sum multiply with.
 #[derive(Clone, Debug)]
 struct OutputWeights {
-    /// `[c * e, f]`: outer products first.
+    /// `output_w[c, e, f]` as `[c * e, f]`: outer products first.
     outer: Tensor<2>,
-    /// `[e, c * f]`: the right projection contracted first.
-    contracted: Tensor<2>,
+    /// The left and right projections side by side, `[c_m, 2 * outer]` and `[2 * outer]`:
+    /// the contracted order takes both in one product.
+    joint_weight: Tensor<2>,
+    joint_bias: Tensor<1>,
 }
 
 impl OuterProductMeanConfig {
@@ -117,38 +119,70 @@ impl OuterProductMean {
         Self::mean(Tensor::cat(chunks, 1), msa_mask)
     }
 
-    /// The same sum in the other order: `t[s,j,c,f] = sum_e right[s,j,e] w[c,e,f]` first, then
-    /// `sum_{s,c} left[s,i,c] t[s,j,c,f]` as one matmul. `S*o*c_z` multiplications per pair
-    /// instead of `o*o*(S + c_z)`, and no `[N, N, o*o]` intermediate.
+    /// The same sum in the other order: `t[s,c,j,f] = sum_e right[s,j,e] w[c,e,f]` first (one
+    /// product per row `s` and left channel `c`, written in the order the next product reads),
+    /// then `sum_{s,c} left[s,i,c] t[s,c,j,f]` as one matmul. `S*o*c_z` multiplications per pair
+    /// instead of `o*o*(S + c_z)`, and no `[N, N, o*o]` intermediate. The per-pair counts are
+    /// recorded before the products, so that the bias and the division follow the last matmul
+    /// directly (Burn's fusion takes them, and a caller's residual add, in one pass).
     pub fn forward_contracted(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
         let [b, s, n, _] = msa.dims();
-        let (left, right) = self.projections(msa, msa_mask.clone());
         let [o, _, c_z] = self.output_w.dims();
-        let w = self.output_weights().contracted;
-        // t as [B, S*c, N_j*f]
+        let counts = Self::pair_counts(msa_mask.clone());
+        let (left, right) = self.joint_projections(msa, msa_mask);
+        // [B*S, 1, N_j, e] x [1, c, e, f] -> [B*S, c, N_j, f], read as [B, S*c, N_j*f]
         let t = right
-            .reshape([b * s * n, o])
-            .matmul(w)
-            .reshape([b, s, n, o, c_z])
-            .permute([0, 1, 3, 2, 4])
+            .reshape([b * s, 1, n, o])
+            .matmul(self.output_w.val().unsqueeze::<4>())
             .reshape([b, s * o, n * c_z]);
         // left as [B, N_i, S*c]
         let left = left.permute([0, 2, 1, 3]).reshape([b, n, s * o]);
-        let act = left.matmul(t).reshape([b, n, n, c_z]) + self.output_b.val().unsqueeze::<4>();
-        Self::mean(act, msa_mask)
+        let act = left.matmul(t).reshape([b, n, n, c_z]);
+        (act + self.output_b.val().unsqueeze::<4>()) / counts
     }
 
-    /// `output_w` flattened both ways, built once for these parameters.
+    /// The parameters reshaped for both orders, built once for these parameters.
     fn output_weights(&self) -> OutputWeights {
         let w = self.output_w.val();
+        let (left, right) = (&self.left_projection, &self.right_projection);
+        let params = [&self.output_w.id, &left.weight.id, &right.weight.id]
+            .into_iter()
+            .chain(left.bias.iter().map(|bias| &bias.id))
+            .chain(right.bias.iter().map(|bias| &bias.id))
+            .copied()
+            .collect();
         self.output_weights
-            .get_or_compute(vec![self.output_w.id], w.dtype(), w.device(), || {
+            .get_or_compute(params, w.dtype(), w.device(), || {
                 let [o, _, c_z] = w.dims();
+                let bias = |projection: &Linear| match &projection.bias {
+                    Some(bias) => bias.val(),
+                    None => Tensor::<1>::zeros([o], &w.device()).cast(w.dtype()),
+                };
                 OutputWeights {
                     outer: w.clone().reshape([o * o, c_z]),
-                    contracted: w.swap_dims(0, 1).reshape([o, o * c_z]),
+                    joint_weight: Tensor::cat(vec![left.weight.val(), right.weight.val()], 1),
+                    joint_bias: Tensor::cat(vec![bias(left), bias(right)], 0),
                 }
             })
+    }
+
+    /// [`OuterProductMean::projections`] as one product with both projections' weights side
+    /// by side: `[B, S, N, o]` each.
+    fn joint_projections(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        let [b, s, n, c_m] = msa.dims();
+        let o = self.output_w.dims()[0];
+        let weights = self.output_weights();
+        let act = self.layer_norm_input.forward(msa).reshape([b * s * n, c_m]);
+        let both = matmul_bias(act, weights.joint_weight, Some(weights.joint_bias)).reshape([
+            b,
+            s,
+            n,
+            2 * o,
+        ]);
+        let mask = msa_mask.unsqueeze_dim::<4>(3);
+        let left = both.clone().narrow(3, 0, o) * mask.clone();
+        let right = both.narrow(3, o, o) * mask;
+        (left, right)
     }
 
     /// Masked left and right projections of the normalised MSA, `[B, S, N, o]` each.
@@ -162,12 +196,17 @@ impl OuterProductMean {
 
     /// Divides the summed outer products by `1e-3 +` the number of rows valid at both residues.
     fn mean(act: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
+        act / Self::pair_counts(msa_mask)
+    }
+
+    /// `1e-3 +` the number of rows valid at both residues, `[B, N, N, 1]`.
+    fn pair_counts(msa_mask: Tensor<3>) -> Tensor<4> {
         let norm = msa_mask
             .clone()
             .swap_dims(1, 2)
             .matmul(msa_mask)
             .unsqueeze_dim::<4>(3);
-        act / (norm + 1e-3)
+        norm + 1e-3
     }
 
     /// `sum_s left[b,s,i,c] right[b,s,j,e]` contracted with `output_w[c,e,f]`, plus `output_b`.
@@ -219,6 +258,8 @@ mod tests {
         opm.output_b = Param::from_tensor(normal([1, 4]).val().reshape([4]));
         opm.left_projection.weight = normal([5, 3]);
         opm.right_projection.weight = normal([5, 3]);
+        opm.left_projection.bias = Some(Param::from_tensor(normal([1, 3]).val().reshape([3])));
+        opm.right_projection.bias = Some(Param::from_tensor(normal([1, 3]).val().reshape([3])));
         opm
     }
 
