@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::derived::Derived;
 use crate::linear::{Epilogue, matmul_bias, matmul_bias_with};
-use crate::{MAX_LOGITS_PER_CHUNK, sigmoid, softmax_mask};
+use crate::{MAX_LOGITS_PER_CHUNK, softmax_mask};
 
 /// Configuration of a [`GatedAttention`].
 #[derive(Config, Debug)]
@@ -316,7 +316,7 @@ impl GatedAttention {
             Some(m_data) => self.project_separately(inputs.q_data, m_data),
             None => self.project_shared(inputs.q_data),
         };
-        let mut weighted = attention_core(
+        let weighted = attention_core(
             q.swap_dims(1, 2),
             k.swap_dims(1, 2),
             v.swap_dims(1, 2),
@@ -324,12 +324,12 @@ impl GatedAttention {
             bias,
         )
         .swap_dims(1, 2);
-        if let Some(gate) = gate {
-            weighted = weighted * sigmoid(gate);
-        }
         let out_dim = self.output_b.dims()[0];
+        // The gate multiplies the attended values on their way into the output projection
+        // (in the linear kernel's staging where it runs, else as a Burn operation).
         let finish = Epilogue {
             residual: residual.map(|r| r.reshape([b * q_len, out_dim])),
+            input_gate: gate,
             ..Epilogue::default()
         };
         matmul_bias_with(
@@ -343,9 +343,11 @@ impl GatedAttention {
 
     /// Queries (scaled by `1/sqrt(key_dim)`), keys, values and gate, one projection each.
     fn project_separately(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Projected {
-        let gate = self
-            .gate()
-            .map(|(gw, gb)| project_heads(q_data.clone(), gw.val(), Some(gb.val()), None));
+        let gate = self.gate().map(|(gw, gb)| {
+            let gate = project_heads(q_data.clone(), gw.val(), Some(gb.val()), None);
+            let [b, n, h, v] = gate.dims();
+            (gate.reshape([b * n, h * v]), 0)
+        });
         Projected {
             q: project_heads(q_data, self.query_w.val(), None, Some(self.query_scale())),
             k: project_heads(m_data.clone(), self.key_w.val(), None, None),
@@ -387,7 +389,7 @@ impl GatedAttention {
             },
             k: part(keys, key_dim),
             v: part(2 * keys, value_dim),
-            gate: self.gate().map(|_| part(2 * keys + values, value_dim)),
+            gate: self.gate().map(|_| (projected.clone(), 2 * keys + values)),
         }
     }
 
@@ -482,7 +484,9 @@ struct Projected {
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    gate: Option<Tensor<4>>,
+    /// `(gates, first)`: the gate of row `r` in `gates[r, first ..]`, `[rows, H * value_dim]`
+    /// wide (see [`Epilogue::input_gate`]).
+    gate: Option<(Tensor<2>, usize)>,
 }
 
 /// The shared projection with its first `queries` columns scaled, on the linear kernel where

@@ -93,8 +93,9 @@ pub fn batched_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     a.matmul(b)
 }
 
-/// What [`matmul_bias_with`] does to `y = x · weight + bias` before returning it: the scale of
-/// its first columns, `max(y, 0)` with `relu`, `y · sigmoid(gate)`, then `y + residual`. On the
+/// What [`matmul_bias_with`] does around `y = x · weight + bias`: an input gate on `x` before
+/// the product; after it the scale of its first columns, `max(y, 0)` with `relu`,
+/// `y · sigmoid(gate)`, then `y + residual`. On the
 /// f16 linear kernel these run in f32 on the f16-rounded product and the result is rounded once
 /// more.
 #[derive(Clone, Debug, Default)]
@@ -108,6 +109,10 @@ pub struct Epilogue {
     /// `(columns, scale)`: the first `columns` output columns times `scale` (the queries of a
     /// shared projection).
     pub scale_columns: Option<(usize, f32)>,
+    /// `(gates, first)`, gates `[M, G]`: the input is multiplied by `sigmoid(gates[:, first ..
+    /// first + d_input])` before the product (an attention's gate on its way into the output
+    /// projection). On the f16 linear kernel in f32, rounded once, as the input is staged.
+    pub input_gate: Option<(Tensor<2>, usize)>,
 }
 
 /// `x · weight (+ bias)` finished by `epilogue`: on the tensor-core kernel in one pass where it
@@ -129,6 +134,16 @@ pub fn matmul_bias_with(
         crate::linear_kernel::try_linear_kernel_with(&x, &weight, bias.as_ref(), &epilogue)
     {
         return output;
+    }
+    if let Some((gates, first)) = epilogue.input_gate {
+        // The gate as a Burn operation; the rest of the epilogue may still run on the kernel.
+        let width = x.dims()[1];
+        let x = x * sigmoid(gates.narrow(1, first, width));
+        let rest = Epilogue {
+            input_gate: None,
+            ..epilogue
+        };
+        return matmul_bias_with(x, weight, bias, rest);
     }
     let mut output = matmul_bias(x, weight, bias);
     if let Some((columns, scale)) = epilogue.scale_columns {
@@ -223,6 +238,31 @@ mod tests {
                 "relu {relu} gate {gated} residual {added}: {diff}"
             );
         }
+    }
+
+    #[test]
+    fn input_gate_multiplies_the_input_before_the_product() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let normal =
+            |shape: [usize; 2]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (x, w, gates, residual) = (
+            normal([7, 5]),
+            normal([5, 3]),
+            normal([7, 9]),
+            normal([7, 3]),
+        );
+        let b = normal([1, 3]).reshape([3]);
+        let gated = Epilogue {
+            input_gate: Some((gates.clone(), 4)),
+            residual: Some(residual.clone()),
+            ..Epilogue::default()
+        };
+        let ours = matmul_bias_with(x.clone(), w.clone(), Some(b.clone()), gated);
+        let gated_x = x * sigmoid(gates.narrow(1, 4, 5));
+        let expected = matmul_bias(gated_x, w, Some(b)) + residual;
+        let diff: f32 = (ours - expected).abs().max().into_scalar();
+        assert_eq!(diff, 0.0, "input gate");
     }
 
     #[test]

@@ -23,7 +23,9 @@
 //! triangle multiplication's output), a residual add alone, or a scale of the first columns (the
 //! queries of an attention's shared projection); and the transposed form can gate
 //! its own columns ([`try_gated_edges_kernel`]: the triangle multiplication's masked, gated
-//! edges). Where it runs, those elementwise passes over the pair are no kernels of their own.
+//! edges). It can also gate its input as it stages it (`Epilogue::input_gate`: the attentions'
+//! `sigmoid(gate)` on their output, read from the columns of the shared projection that hold
+//! it). Where it runs, those elementwise passes over the pair are no kernels of their own.
 //!
 //! On an H100 (docs/PERFORMANCE.md) a `[262144, 128] · [128, 128]` product took 124 µs against
 //! 176 µs for cubecl's matmul with the bias fused, and the triangle multiplication's four
@@ -168,6 +170,36 @@ pub trait LinearOps: Backend {
         columns: usize,
     ) -> FloatTensor<Self>;
 
+    /// `(x · sigmoid(gates[:, first .. first + K])) · weight + bias`, `gates` `[M, G]`: an
+    /// attention's gate applied to its output on the way into the output projection.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_input_gated(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        first: usize,
+    ) -> FloatTensor<Self>;
+
+    /// [`LinearOps::linear_rows_input_gated`] `+ residual`, residual `[M, N]`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_input_gated_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        first: usize,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// `x · weight` for `x` `[M, K]`, `weight` `[K, N]`.
     #[fusion(dtype = x, shape = {
         let mut shape = x.clone();
@@ -259,6 +291,36 @@ impl LinearOps for CubeBackend {
         launch(x, weight, Some(bias), stage)
     }
 
+    fn linear_rows_input_gated(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        first: usize,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            input_gate: Some((gates, first)),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
+    fn linear_rows_input_gated_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        first: usize,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            input_gate: Some((gates, first)),
+            residual: Some(residual),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         launch(x, weight, None, Stage::default())
     }
@@ -275,6 +337,8 @@ struct Stage {
     transposed: bool,
     mask: Option<CubeTensor>,
     scale: Option<(f32, usize)>,
+    /// `(gates, first)`: the input times `sigmoid(gates[:, first .. first + K])`.
+    input_gate: Option<(CubeTensor, usize)>,
 }
 
 /// Whether `AF2_LINEAR_KERNEL=0` turned the kernel off.
@@ -391,9 +455,14 @@ pub fn try_linear_kernel(
 }
 
 /// Whether the kernel has this epilogue combination: a bias with a ReLU alone, a gate with a
-/// residual, a residual alone, or scaled columns alone; without a bias, none of them
-/// (`AF2_LINEAR_EPILOGUE=0`: none).
+/// residual, a residual alone, scaled columns alone, or an input gate alone or with a
+/// residual; without a bias, none of them (`AF2_LINEAR_EPILOGUE=0`: none).
 fn offered(epilogue: &Epilogue, biased: bool) -> bool {
+    if epilogue.input_gate.is_some() {
+        // With a residual or alone.
+        let others = epilogue.relu || epilogue.gate.is_some() || epilogue.scale_columns.is_some();
+        return !others && biased && !epilogues_disabled();
+    }
     match (
         epilogue.relu,
         epilogue.gate.is_some(),
@@ -443,6 +512,7 @@ pub fn try_linear_kernel_with(
         .is_none_or(|(columns, _)| columns.is_multiple_of(VECTOR) && columns <= shape[1]);
     if !extras_fit
         || !scale_fits
+        || !input_gate_fits(epilogue, x)
         || !offered(epilogue, bias.is_some())
         || !kernel_supports(x, weight)
     {
@@ -456,6 +526,16 @@ pub fn try_linear_kernel_with(
             x, weight,
         )));
     };
+    if let Some((gates, first)) = &epilogue.input_gate {
+        let gates = gates.clone().into_dispatch();
+        let out = match extra(&epilogue.residual) {
+            Some(residual) => {
+                Dispatch::linear_rows_input_gated_residual(x, weight, bias, gates, *first, residual)
+            }
+            None => Dispatch::linear_rows_input_gated(x, weight, bias, gates, *first),
+        };
+        return Some(Tensor::<2>::from_dispatch(out));
+    }
     let out = match (
         epilogue.scale_columns,
         extra(&epilogue.gate),
@@ -472,6 +552,20 @@ pub fn try_linear_kernel_with(
         (None, Some(_), None) => unreachable!("a gate without a residual is not offered"),
     };
     Some(Tensor::<2>::from_dispatch(out))
+}
+
+/// Whether the epilogue's input gate, if any, fits the kernel: f16 like `x`, the same rows,
+/// `K` columns from `first` inside it, and `first` and the row length in whole 16-byte vectors.
+fn input_gate_fits(epilogue: &Epilogue, x: &Tensor<2>) -> bool {
+    let [m, k] = x.dims();
+    epilogue.input_gate.as_ref().is_none_or(|(gates, first)| {
+        let [rows, width] = gates.dims();
+        gates.dtype() == x.dtype()
+            && rows == m
+            && first + k <= width
+            && first.is_multiple_of(VECTOR)
+            && width.is_multiple_of(VECTOR)
+    })
 }
 
 /// Whether [`linear_kernel_transposed`] takes `x · weight`: as [`kernel_supports`], with the
@@ -583,12 +677,27 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         transposed,
         mask,
         scale,
+        input_gate,
     } = stage;
     let (gate, residual, mask) = (
         gate.map(contiguous),
         residual.map(contiguous),
         mask.map(contiguous),
     );
+    let (input_gate, gate_first) = match input_gate {
+        Some((gates, first)) => (Some(contiguous(gates)), first),
+        None => (None, 0),
+    };
+    if let Some(gates) = &input_gate {
+        let (rows, width) = (gates.meta.shape()[0], gates.meta.shape()[1]);
+        assert!(
+            rows == m
+                && gate_first + k <= width
+                && gate_first.is_multiple_of(VECTOR)
+                && width.is_multiple_of(VECTOR),
+            "linear kernel: input gates [{rows}, {width}] from column {gate_first} for x [{m}, {k}]"
+        );
+    }
     if let Some((_, columns)) = scale {
         assert!(
             columns.is_multiple_of(VECTOR) && !transposed && mask.is_none(),
@@ -603,7 +712,13 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             "linear kernel: gate/residual shape"
         );
     }
-    if relu || gate.is_some() || residual.is_some() || mask.is_some() || scale.is_some() {
+    if relu
+        || gate.is_some()
+        || residual.is_some()
+        || mask.is_some()
+        || scale.is_some()
+        || input_gate.is_some()
+    {
         FUSED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     if let Some(mask) = &mask {
@@ -631,9 +746,11 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     let tiles = m.div_ceil(TILE_ROWS);
     let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
     let address_type = address_type(
-        [&x, &weight, &out]
-            .into_iter()
-            .chain([&bias, &gate, &residual, &mask].into_iter().flatten()),
+        [&x, &weight, &out].into_iter().chain(
+            [&bias, &gate, &residual, &mask, &input_gate]
+                .into_iter()
+                .flatten(),
+        ),
     );
     let dtypes = [
         dtype_to_storage_type(out.dtype),
@@ -642,7 +759,8 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     // SAFETY: reads of x stay below row M (checked per element) and column K, of the weight
     // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, N), of the gate and
     // residual (contiguous [M, N], asserted above) at the output's own indices, of the mask
-    // ([M], M a multiple of 8, asserted) below row M; writes of the output stay below row M and
+    // ([M], M a multiple of 8, asserted) below row M, of the input gates (contiguous [M, G],
+    // columns first .. first + K inside G, asserted) below row M; writes of the output stay below row M and
     // column N (N / 2 gated).
     unsafe {
         linear_mma_kernel::launch_unchecked(
@@ -657,10 +775,12 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             gate.map(CubeTensor::into_tensor_arg).into(),
             residual.map(CubeTensor::into_tensor_arg).into(),
             mask.map(CubeTensor::into_tensor_arg).into(),
+            input_gate.map(CubeTensor::into_tensor_arg).into(),
             out.clone().into_tensor_arg(),
             cubes_per_block,
             scale.map_or(1.0, |(scale, _)| scale),
             scale.map_or(0, |(_, columns)| columns),
+            gate_first,
             k,
             n_block,
             planes,

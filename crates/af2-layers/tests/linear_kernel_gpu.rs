@@ -227,6 +227,68 @@ fn epilogues_match_reference_f16() {
 }
 
 #[test]
+fn input_gate_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // (K, N, gate row width, first gate column, residual): a triangle attention's output
+    // projection (4 heads of 32, gates in the last quarter of its 512-wide projection) with
+    // and without the residual, and the MSA attentions' (8 heads of 32: 256 inputs, taken in
+    // 128-wide chunks); rows ending inside a 64-row tile.
+    let m = 1000;
+    for (seed, (k, n, width, first, added)) in [
+        (128, 128, 512, 384, true),
+        (128, 128, 512, 384, false),
+        (256, 256, 1024, 768, true),
+        (256, 256, 1024, 768, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 700 + seed as u64 * 10;
+        let data = |len: usize, s: u64, scale: f32, shape: Vec<usize>| {
+            TensorData::new(values(len, seed + s, scale), shape)
+        };
+        let x = data(m * k, 0, 2.0, vec![m, k]);
+        let w = data(k * n, 1, (k as f32).powf(-0.5), vec![k, n]);
+        let b = data(n, 2, 1.0, vec![n]);
+        let gates = data(m * width, 3, 4.0, vec![m, width]);
+        let residual = data(m * n, 4, 8.0, vec![m, n]);
+        let on_gpu = |d: &TensorData| tensor_in::<2>(d, &device, DType::F16);
+        let epilogue = Epilogue {
+            input_gate: Some((on_gpu(&gates), first)),
+            residual: added.then(|| on_gpu(&residual)),
+            ..Epilogue::default()
+        };
+        let bias = tensor_in::<1>(&b, &device, DType::F16);
+        let what =
+            format!("input gate from column {first} of {width}, residual {added} [{k}, {n}]");
+        let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
+        if !offered(out.is_some(), &what) {
+            return;
+        }
+        let out = host_f32(out.unwrap());
+        // The gated input as the kernel stages it: in f32 from the f16 inputs, rounded to f16.
+        let (x16, g16) = (
+            through_f16(&x).try_to_vec::<f32>().unwrap(),
+            through_f16(&gates).try_to_vec::<f32>().unwrap(),
+        );
+        let gated: Vec<f32> = (0..m * k)
+            .map(|i| x16[i] * sigmoid(g16[(i / k) * width + first + i % k]))
+            .collect();
+        let gated = TensorData::new(gated, [m, k]);
+        let residual = through_f16(&residual).try_to_vec::<f32>().unwrap();
+        let expected: Vec<f32> = reference(&gated, &w, Some(&b))
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| if added { y + residual[i] } else { y })
+            .collect();
+        // The gated input and the product rounded to f16, the result once more with a residual.
+        let error = relative_error(&out, &expected);
+        println!("{what}: relative error {error:.2e}");
+        assert!(error <= 2e-3, "{what}: relative error {error:.3e}");
+    }
+}
+
+#[test]
 fn gated_edges_match_reference_f16() {
     let Some(device) = gpu() else { return };
     // The Evoformer's edges (128 -> 4 x 128) and the template stack's (64 -> 4 x 64), rows

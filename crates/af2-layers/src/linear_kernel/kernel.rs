@@ -35,10 +35,12 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     gate: ComptimeOption<&Tensor<Vector<F, N>>>,
     residual: ComptimeOption<&Tensor<Vector<F, N>>>,
     mask: ComptimeOption<&Tensor<Vector<F, N>>>,
+    input_gate: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     cubes_per_block: usize,
     scale: f32,
     scaled_cols: usize,
+    gate_col0: usize,
     #[comptime] k_dim: usize,
     #[comptime] n_block: usize,
     #[comptime] planes: usize,
@@ -166,7 +168,18 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 );
             }
             for chunk in 0..chunks {
-                stage_rows(x, &mut x_s, row0, chunk * k_chunk, t, k_chunk, threads, vs);
+                stage_rows(
+                    x,
+                    input_gate,
+                    gate_col0,
+                    &mut x_s,
+                    row0,
+                    chunk * k_chunk,
+                    t,
+                    k_chunk,
+                    threads,
+                    vs,
+                );
                 #[unroll]
                 for kk in 0..k_steps {
                     #[unroll]
@@ -219,7 +232,9 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
             }
         } else {
-            stage_rows(x, &mut x_s, row0, 0, t, k_chunk, threads, vs);
+            stage_rows(
+                x, input_gate, gate_col0, &mut x_s, row0, 0, t, k_chunk, threads, vs,
+            );
             sync_cube();
             #[unroll]
             for stripe in 0..stripes {
@@ -378,10 +393,14 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
 
 /// Stages columns `col0 .. col0 + k_chunk` of the 64-row tile of `x` from `row0` into `x_s`
 /// (rows of `k_chunk + PAD` elements), zero past M: consecutive units read consecutive 16-byte
-/// vectors.
+/// vectors. With an input gate each element is first multiplied, in f32 and rounded once, by
+/// the sigmoid of the gate's element `gate_col0` columns further right in its row.
+#[allow(clippy::too_many_arguments)]
 #[cube]
 fn stage_rows<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
+    input_gate: ComptimeOption<&Tensor<Vector<F, N>>>,
+    gate_col0: usize,
     x_s: &mut Shared<[Vector<F, N>]>,
     row0: usize,
     col0: usize,
@@ -407,6 +426,16 @@ fn stage_rows<F: Float, N: Size>(
             let mut v = Vector::<F, N>::new(F::new(0.0));
             if row0 + r < m {
                 v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
+                #[comptime]
+                if let ComptimeOption::Some(gates) = &input_gate {
+                    let g = gates[((row0 + r) * gates.stride(0) + gate_col0 + col0) / vs + cv];
+                    #[unroll]
+                    for j in 0..vs {
+                        let gated =
+                            f32::cast_from(v.extract(j)) * sigmoid(f32::cast_from(g.extract(j)));
+                        v.insert(j, F::cast_from(gated));
+                    }
+                }
             }
             x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = v;
         }
