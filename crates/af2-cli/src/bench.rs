@@ -64,9 +64,9 @@ fn build(args: &Args, device: &Device) -> Result<(AlphaFold, String)> {
     }
 }
 
-/// Seconds for one batched prediction of `designs` (all passes, read back to the host).
-/// Seconds for one batch, and whether every predicted coordinate came back finite (a NaN in
-/// a replayed or batched pass would otherwise go unseen: only the first prediction is written).
+/// Seconds for one batched prediction of `designs` (all passes, read back to the host), and
+/// whether every predicted coordinate came back finite (a NaN in a replayed or batched pass
+/// would otherwise go unseen: only the first prediction is written out).
 fn batch_seconds(
     model: &AlphaFold,
     designs: &[Features],

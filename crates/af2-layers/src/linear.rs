@@ -95,9 +95,8 @@ pub fn batched_matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
 
 /// What [`matmul_bias_with`] does around `y = x · weight + bias`: an input gate on `x` before
 /// the product; after it the scale of its first columns, `max(y, 0)` with `relu`,
-/// `y · sigmoid(gate)`, then `y + residual`. On the
-/// f16 linear kernel these run in f32 on the f16-rounded product and the result is rounded once
-/// more.
+/// `y · sigmoid(gate)`, then `y + residual`. On the f16 linear kernel these run in f32 on the
+/// f16-rounded product and the result is rounded once more.
 #[derive(Clone, Debug, Default)]
 pub struct Epilogue {
     /// ReLU.

@@ -760,8 +760,8 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, N), of the gate and
     // residual (contiguous [M, N], asserted above) at the output's own indices, of the mask
     // ([M], M a multiple of 8, asserted) below row M, of the input gates (contiguous [M, G],
-    // columns first .. first + K inside G, asserted) below row M; writes of the output stay below row M and
-    // column N (N / 2 gated).
+    // columns first .. first + K inside G, asserted) below row M; writes of the output stay
+    // below row M and column N (N / 2 gated).
     unsafe {
         linear_mma_kernel::launch_unchecked(
             &client,

@@ -61,9 +61,10 @@ impl MsaRowAttentionWithPairBiasConfig {
 ///
 /// Up to [`TRANSPOSED_BIAS_MAX_PAIRS`] pairs the product is taken transposed, `[1, H, c] ·
 /// [B, c, Q*K]`, so that it comes out in the attention's layout with no transposing copy
-/// after it: on an H100 that took 2-3% off an Evoformer block at L = 128, B = 1, where the
-/// copy's fixed cost counts; at 16 and 8 times the pairs the transposed product was as fast or
-/// up to 1% slower than the product and the copy (docs/PERFORMANCE.md, thirteenth session).
+/// after it: on an H100 that took 1.4% (alone) to 2.5% (beside the outer product mean's new
+/// order) off an Evoformer block at L = 128, B = 1, where the copy's fixed cost counts; at 16
+/// and 32 times the pairs it was up to 1% slower than the product and the copy
+/// (docs/PERFORMANCE.md, thirteenth session).
 pub fn pair_bias(pair: Tensor<4>, weights: Tensor<2>) -> Tensor<4> {
     let [b, q, k, _] = pair.dims();
     if b * q * k <= TRANSPOSED_BIAS_MAX_PAIRS {
