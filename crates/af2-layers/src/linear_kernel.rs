@@ -9,7 +9,8 @@
 //! first product of every stripe adds to (inputs of at most 128 channels; wider ones below).
 //! The cube walks 64-row tiles of `x`: it stages the tile in shared memory with 16-byte loads and stores (the shared
 //! tiles hold vectors; the matrix loads address them in elements), each plane multiplies its
-//! four 16-row stripes by its weight fragments, rounds the f32 accumulators to f16 into a shared
+//! four 16-row stripes by its weight fragments (large row-major products: two groups of planes,
+//! each taking two of the stripes, see [`row_groups`]), rounds the f32 accumulators to f16 into a shared
 //! output tile (column-major in the transposed forms), and the cube writes the tile out with
 //! 16-byte vectors read whole from it (along output rows, or along output columns when
 //! transposed). An output stage's own inputs (gate, residual, mask) are loaded before the tile's
@@ -741,7 +742,15 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         x.dtype,
     );
     let n_block = block_width(n);
-    let planes = planes_for(n_block);
+    let max_units = client.properties().hardware.max_units_per_cube as usize;
+    let groups = row_groups(
+        m,
+        k,
+        transposed || mask.is_some(),
+        PLANE * planes_for(n_block),
+        max_units,
+    );
+    let planes = planes_for(n_block) * groups;
     let column_blocks = n / n_block;
     let tiles = m.div_ceil(TILE_ROWS);
     let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
@@ -788,6 +797,7 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             transposed,
             relu,
             scale.is_some(),
+            groups,
             dtypes,
         );
     }
@@ -829,6 +839,26 @@ fn block_width(n: usize) -> usize {
 
 mod kernel;
 
+/// Fewest rows at which [`row_groups`] splits a tile's stripes over two plane groups.
+const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 17;
+
+/// Plane groups sharing a tile (each takes half its stripes): 2 for row-major outputs of inputs
+/// held in registers (`K ≤ 128`) from [`SPLIT_STRIPES_MIN_ROWS`] rows, where the device allows
+/// a cube of twice the `units`; else 1. NVIDIA's driver gave the 256-unit kernel 171 registers
+/// a unit (one cube, 8 planes, a multiprocessor); a cube of 512 units gets at most 128, so 16
+/// planes run on a multiprocessor. On an H100 an L=256 B=8 Evoformer block took 3% less time
+/// with two groups; with every product split, L=128 B=1 took 6% more (small products), the
+/// pair transition's chunked 512 -> 128 product 15% more, and the transposed forms gained
+/// nothing (docs/PERFORMANCE.md, fourteenth session).
+fn row_groups(m: usize, k: usize, column_major: bool, units: usize, max_units: usize) -> usize {
+    let split = !column_major && k <= MAX_INPUT && m >= SPLIT_STRIPES_MIN_ROWS;
+    if split && 2 * units <= max_units {
+        2
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,5 +889,15 @@ mod tests {
         assert_eq!(block_width(512), 128);
         assert_eq!(block_width(64), 64);
         assert_eq!(block_width(192), 64);
+    }
+
+    #[test]
+    fn large_row_major_products_split_their_stripes() {
+        let rows = SPLIT_STRIPES_MIN_ROWS;
+        assert_eq!(row_groups(rows, 128, false, 256, 1024), 2);
+        assert_eq!(row_groups(rows - 1, 128, false, 256, 1024), 1);
+        assert_eq!(row_groups(rows, 512, false, 256, 1024), 1);
+        assert_eq!(row_groups(rows, 128, true, 256, 1024), 1);
+        assert_eq!(row_groups(rows, 128, false, 256, 256), 1);
     }
 }

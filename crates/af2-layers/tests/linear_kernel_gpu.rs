@@ -34,7 +34,8 @@ fn kernel_matches_reference_f16() {
     // inputs taken in 128-wide chunks: the MSA stack's 256 -> 1024 and 1024 -> 256, the pair
     // transition's 512 -> 128 over several tiles a cube, 384 -> 64 without bias; last, 16 and
     // 48 input channels into a 128-column block (input vectors a tile not a multiple of the 256
-    // units of 8 planes: a partial staging pass).
+    // units of 8 planes: a partial staging pass); last, products of enough rows that two plane
+    // groups split each tile's stripes (128- and 64-column blocks).
     let cases = [
         (1000, 128, 128, true),
         (64, 128, 512, true),
@@ -48,6 +49,8 @@ fn kernel_matches_reference_f16() {
         (1000, 384, 64, false),
         (300, 16, 128, true),
         (130, 48, 128, true),
+        (140_001, 128, 128, true),
+        (131_072, 64, 64, false),
     ];
     for (seed, &(m, k, n, with_bias)) in cases.iter().enumerate() {
         let seed = seed as u64 * 10;
@@ -156,16 +159,20 @@ fn epilogues_match_reference_f16() {
     let Some(device) = gpu() else { return };
     // (relu, gate, residual, K, N): the transitions' ReLU, the triangle multiplication's gate
     // and residual, the triangle attention's residual, each on 128-column blocks, and on
-    // 64-column blocks (the template stack's width); rows ending inside a 64-row tile.
-    let m = 1000;
-    for (seed, (relu, gated, added, k, n)) in [
-        (true, false, false, 128, 128),
-        (false, true, true, 128, 128),
-        (false, false, true, 128, 128),
-        (true, false, false, 64, 64),
-        (false, true, true, 64, 64),
-        (false, false, true, 512, 128),
-        (true, false, false, 256, 1024),
+    // 64-column blocks (the template stack's width); rows ending inside a 64-row tile; then
+    // the 128-channel ones over enough rows that two plane groups split each tile's stripes.
+    let few = 1000;
+    let many = 140_001;
+    for (seed, (relu, gated, added, k, n, m)) in [
+        (true, false, false, 128, 128, few),
+        (false, true, true, 128, 128, few),
+        (false, false, true, 128, 128, few),
+        (true, false, false, 64, 64, few),
+        (false, true, true, 64, 64, few),
+        (false, false, true, 512, 128, few),
+        (true, false, false, 256, 1024, few),
+        (true, false, false, 128, 128, many),
+        (false, true, true, 128, 128, many),
     ]
     .into_iter()
     .enumerate()
@@ -187,7 +194,8 @@ fn epilogues_match_reference_f16() {
             ..Epilogue::default()
         };
         let bias = tensor_in::<1>(&b, &device, DType::F16);
-        let what = format!("epilogue relu {relu} gate {gated} residual {added} [{k}, {n}]");
+        let what =
+            format!("epilogue relu {relu} gate {gated} residual {added} [{m}, {k}] x [{k}, {n}]");
         let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
         if !offered(out.is_some(), &what) {
             return;
@@ -232,13 +240,14 @@ fn input_gate_matches_reference_f16() {
     // (K, N, gate row width, first gate column, residual): a triangle attention's output
     // projection (4 heads of 32, gates in the last quarter of its 512-wide projection) with
     // and without the residual, and the MSA attentions' (8 heads of 32: 256 inputs, taken in
-    // 128-wide chunks); rows ending inside a 64-row tile.
-    let m = 1000;
-    for (seed, (k, n, width, first, added)) in [
-        (128, 128, 512, 384, true),
-        (128, 128, 512, 384, false),
-        (256, 256, 1024, 768, true),
-        (256, 256, 1024, 768, false),
+    // 128-wide chunks); rows ending inside a 64-row tile; the first again over enough rows that
+    // two plane groups split each tile's stripes.
+    for (seed, (k, n, width, first, added, m)) in [
+        (128, 128, 512, 384, true, 1000),
+        (128, 128, 512, 384, false, 1000),
+        (256, 256, 1024, 768, true, 1000),
+        (256, 256, 1024, 768, false, 1000),
+        (128, 128, 512, 384, true, 140_001),
     ]
     .into_iter()
     .enumerate()
@@ -259,8 +268,9 @@ fn input_gate_matches_reference_f16() {
             ..Epilogue::default()
         };
         let bias = tensor_in::<1>(&b, &device, DType::F16);
-        let what =
-            format!("input gate from column {first} of {width}, residual {added} [{k}, {n}]");
+        let what = format!(
+            "input gate from column {first} of {width}, residual {added} [{m}, {k}] x [{k}, {n}]"
+        );
         let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
         if !offered(out.is_some(), &what) {
             return;
@@ -347,8 +357,13 @@ fn gated_edges_match_reference_f16() {
 fn scaled_columns_match_reference_f16() {
     let Some(device) = gpu() else { return };
     // (rows, in, out, scaled): one column block; the MSA row attention's shared projection
-    // (256 inputs in chunks, 1024 outputs in 8 blocks, the first two blocks scaled).
-    for (m, k, n, columns) in [(1000, 128, 128, 64), (300, 256, 1024, 256)] {
+    // (256 inputs in chunks, 1024 outputs in 8 blocks, the first two blocks scaled); one block
+    // over enough rows that two plane groups split each tile's stripes.
+    for (m, k, n, columns) in [
+        (1000, 128, 128, 64),
+        (300, 256, 1024, 256),
+        (140_001, 128, 128, 64),
+    ] {
         let data = |len: usize, seed: u64, scale: f32, shape: Vec<usize>| {
             TensorData::new(values(len, seed, scale), shape)
         };

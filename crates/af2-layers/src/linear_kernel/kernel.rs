@@ -15,8 +15,11 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// See the module documentation. Cube `c` computes output columns `(c % blocks) · n_block ..`
-/// of the 64-row tiles `c / blocks`, `c / blocks + cubes_per_block`, ...; plane `p` of the
-/// `planes` takes columns `p · n_block / planes ..` of the block.
+/// of the 64-row tiles `c / blocks`, `c / blocks + cubes_per_block`, ...; the `planes` form
+/// `row_groups` groups of `planes / row_groups`: plane `p` takes columns
+/// `(p % (planes / row_groups)) · plane_cols ..` of the block and stripes
+/// `(p / (planes / row_groups)) · 4 / row_groups ..` of the tile (`plane_cols` = `n_block` over the
+/// planes of a group).
 ///
 /// The output stage, per element `y` (the f32 accumulator rounded to `F`), in f32 and rounded
 /// once: `y · scale` in the first `scaled_cols` columns with `scaled`, `max(y, 0)` with `relu`,
@@ -48,18 +51,21 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     #[comptime] transposed: bool,
     #[comptime] relu: bool,
     #[comptime] scaled: bool,
+    #[comptime] row_groups: usize,
     #[define(F, Bt)] _dtypes: [ElemType; 2],
 ) {
     let threads = comptime!(PLANE * planes);
     // Inputs wider than MAX_INPUT are taken in MAX_INPUT-wide chunks: each chunk of the tile
     // is staged in turn and its weight fragments are read again for every tile (from L2),
-    // while the four stripes' accumulators stay in registers across the chunks.
+    // while the plane's stripes' accumulators stay in registers across the chunks.
     let chunked = comptime!(k_dim > MAX_INPUT);
     let k_chunk = comptime!(if chunked { MAX_INPUT } else { k_dim });
     let chunks = comptime!(k_dim / k_chunk);
-    let stripes = comptime!(TILE_ROWS / MMA);
     let k_steps = comptime!(k_chunk / MMA);
-    let plane_cols = comptime!(n_block / planes);
+    // Planes `p` and `p + col_planes` share columns and split the tile's stripes.
+    let col_planes = comptime!(planes / row_groups);
+    let my_stripes = comptime!(TILE_ROWS / MMA / row_groups);
+    let plane_cols = comptime!(n_block / col_planes);
     let n_frags = comptime!(plane_cols / MMA);
     let x_row = comptime!(k_chunk + PAD);
     let out_row = comptime!(n_block + PAD);
@@ -82,7 +88,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let t = plane * PLANE + lane;
-    let plane_col0 = plane * plane_cols;
+    let plane_col0 = (plane % col_planes) * plane_cols;
+    let stripe0 = (plane / col_planes) * my_stripes;
     let gated = comptime!(gate.is_some());
     let with_residual = comptime!(residual.is_some());
     let epilogue = comptime!(relu || gated || with_residual || scaled);
@@ -129,7 +136,11 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     // and column fragment (stripe-major), kept over the chunks.
     let mut acc = Sequence::<Matrix<f32>>::new();
     #[unroll]
-    for _ in 0..comptime!(if chunked { stripes * n_frags } else { n_frags }) {
+    for _ in 0..comptime!(if chunked {
+        my_stripes * n_frags
+    } else {
+        n_frags
+    }) {
         acc.push(fragment::<f32>(
             MatrixIdent::Accumulator,
             MatrixLayout::Undefined,
@@ -159,7 +170,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
         if comptime!(chunked) {
             // Every stripe's accumulators start from the bias rows.
             #[unroll]
-            for i in 0..comptime!(stripes * n_frags) {
+            for i in 0..comptime!(my_stripes * n_frags) {
                 cmma::load_with_layout(
                     acc.index_mut(i),
                     &bias_s[plane_col0 + (i % n_frags) * MMA..comptime!(MMA * (n_block + PAD))],
@@ -197,7 +208,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
                 sync_cube();
                 #[unroll]
-                for stripe in 0..stripes {
+                for si in 0..my_stripes {
+                    let stripe = stripe0 + si;
                     #[unroll]
                     for kk in 0..k_steps {
                         cmma::load(
@@ -207,7 +219,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                         );
                         #[unroll]
                         for nn in 0..n_frags {
-                            let d = acc.index(stripe * n_frags + nn);
+                            let d = acc.index(si * n_frags + nn);
                             cmma::execute(&a_frag, w_frags.index(kk * n_frags + nn), d, d);
                         }
                     }
@@ -216,10 +228,11 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 sync_cube();
             }
             #[unroll]
-            for stripe in 0..stripes {
+            for si in 0..my_stripes {
+                let stripe = stripe0 + si;
                 #[unroll]
                 for nn in 0..n_frags {
-                    let d = acc.index(stripe * n_frags + nn);
+                    let d = acc.index(si * n_frags + nn);
                     store_rounded(
                         &mut out_s,
                         d,
@@ -237,7 +250,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             );
             sync_cube();
             #[unroll]
-            for stripe in 0..stripes {
+            for si in 0..my_stripes {
+                let stripe = stripe0 + si;
                 let x_at = stripe * MMA * x_row;
                 #[unroll]
                 for kk in 0..k_steps {
