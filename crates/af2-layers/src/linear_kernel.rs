@@ -844,8 +844,8 @@ const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 17;
 
 /// Plane groups sharing a tile (each takes half its stripes): 2 for row-major outputs of inputs
 /// held in registers (`K ≤ 128`) from [`SPLIT_STRIPES_MIN_ROWS`] rows, where the device allows
-/// a cube of twice the `units`; else 1. NVIDIA's driver gave the 256-unit kernel 171 registers
-/// a unit (one cube, 8 planes, a multiprocessor); a cube of 512 units gets at most 128, so 16
+/// a cube of twice the `units`; else 1. NVIDIA's driver gave the 256-unit kernel 169-179
+/// registers a unit (one cube, 8 planes, a multiprocessor); a cube of 512 units gets at most 128, so 16
 /// planes run on a multiprocessor. On an H100 an L=256 B=8 Evoformer block took 3% less time
 /// with two groups; with every product split, L=128 B=1 took 6% more (small products), the
 /// pair transition's chunked 512 -> 128 product 15% more, and the transposed forms gained

@@ -34,7 +34,7 @@ fn kernel_matches_reference_f16() {
     // inputs taken in 128-wide chunks: the MSA stack's 256 -> 1024 and 1024 -> 256, the pair
     // transition's 512 -> 128 over several tiles a cube, 384 -> 64 without bias; last, 16 and
     // 48 input channels into a 128-column block (input vectors a tile not a multiple of the 256
-    // units of 8 planes: a partial staging pass); last, products of enough rows that two plane
+    // units of 8 planes: a partial staging pass); then products of enough rows that two plane
     // groups split each tile's stripes (128- and 64-column blocks).
     let cases = [
         (1000, 128, 128, true),
@@ -157,7 +157,7 @@ fn sigmoid(x: f32) -> f32 {
 #[test]
 fn epilogues_match_reference_f16() {
     let Some(device) = gpu() else { return };
-    // (relu, gate, residual, K, N): the transitions' ReLU, the triangle multiplication's gate
+    // (relu, gate, residual, K, N, M): the transitions' ReLU, the triangle multiplication's gate
     // and residual, the triangle attention's residual, each on 128-column blocks, and on
     // 64-column blocks (the template stack's width); rows ending inside a 64-row tile; then
     // the 128-channel ones over enough rows that two plane groups split each tile's stripes.
@@ -237,7 +237,7 @@ fn epilogues_match_reference_f16() {
 #[test]
 fn input_gate_matches_reference_f16() {
     let Some(device) = gpu() else { return };
-    // (K, N, gate row width, first gate column, residual): a triangle attention's output
+    // (K, N, gate row width, first gate column, residual, M): a triangle attention's output
     // projection (4 heads of 32, gates in the last quarter of its 512-wide projection) with
     // and without the residual, and the MSA attentions' (8 heads of 32: 256 inputs, taken in
     // 128-wide chunks); rows ending inside a 64-row tile; the first again over enough rows that
