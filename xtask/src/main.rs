@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod kernel_stats;
 mod parity;
 
 /// Project maintenance tasks.
@@ -54,6 +55,22 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         recycles: usize,
     },
+    /// Print the Vulkan driver's statistics (registers per thread, binary size, shared memory...)
+    /// for SPIR-V compute shaders, e.g. the kernels an af2 `kernel-dump` build writes out.
+    KernelStats {
+        /// SPIR-V files, or directories searched recursively for *.spv.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also print statistic descriptions, enabled extensions, features and bindings.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Create the device with robustBufferAccess off [default: as the device reports it].
+        #[arg(long)]
+        no_robust_buffer_access: bool,
+        /// Only parse the SPIR-V and print the derived layout (no Vulkan, no GPU needed).
+        #[arg(long)]
+        reflect_only: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -76,6 +93,19 @@ fn main() -> Result<()> {
             lengths,
             recycles,
         } => bench::run(&params, &lengths, recycles),
+        Command::KernelStats {
+            paths,
+            verbose,
+            no_robust_buffer_access,
+            reflect_only,
+        } => kernel_stats::run(
+            &paths,
+            &kernel_stats::Options {
+                verbose,
+                no_robust_buffer_access,
+                reflect_only,
+            },
+        ),
     }
 }
 
