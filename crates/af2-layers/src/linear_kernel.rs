@@ -743,14 +743,15 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     );
     let n_block = block_width(n);
     let max_units = client.properties().hardware.max_units_per_cube as usize;
+    let group_planes = planes_for(n_block);
     let groups = row_groups(
         m,
         k,
         transposed || mask.is_some(),
-        PLANE * planes_for(n_block),
+        PLANE * group_planes,
         max_units,
     );
-    let planes = planes_for(n_block) * groups;
+    let planes = group_planes * groups;
     let column_blocks = n / n_block;
     let tiles = m.div_ceil(TILE_ROWS);
     let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
