@@ -221,6 +221,58 @@ pub fn run(kernel_args: &KernelArgs) -> Result<()> {
     #[cfg(feature = "wgpu")]
     if args.f16 {
         linear_table(&device, args.repeats, with_reference)?;
+        triangle_sum_table(&device, &args.lengths, args.repeats)?;
+    }
+    Ok(())
+}
+
+/// The triangle multiplication's sums `[G, L, L] · [G, L, L]ᵀ` (G = 128 channels of one design
+/// and of eight) on the tensor-core batched kernel against Burn's matmul, with the largest
+/// difference between the two relative to the largest output.
+#[cfg(feature = "wgpu")]
+fn triangle_sum_table(device: &Device, lengths: &[usize], repeats: usize) -> Result<()> {
+    use af2_layers::batched_matmul_kernel::try_batched_matmul_nt;
+    println!(
+        "{:<26} {:>5} {:>5} {:>11} {:>11} {:>8} {:>9} {:>10}",
+        "triangle sum [G,L,L]·ᵀ",
+        "G",
+        "L",
+        "kernel ms",
+        "burn ms",
+        "speedup",
+        "TFLOPS",
+        "max|diff|"
+    );
+    for &l in lengths {
+        for g in [128, 1024] {
+            let normal = || {
+                Tensor::<3>::random([g, l, l], Distribution::Normal(0.0, 1.0), device)
+                    .cast(DType::F16)
+            };
+            let (a, b) = (normal(), normal());
+            let burn = || a.clone().matmul(b.clone().swap_dims(1, 2));
+            let Some(kernel_out) = try_batched_matmul_nt(&a, &b) else {
+                println!("{:<26} {g:>5} {l:>5} (kernel not offered)", "triangle sum");
+                continue;
+            };
+            let reference = burn();
+            let peak: f32 = reference.clone().abs().max().cast(DType::F32).into_scalar();
+            let diff: f32 = (kernel_out - reference)
+                .abs()
+                .max()
+                .cast(DType::F32)
+                .into_scalar();
+            let kernel_ms = time(device, repeats, || try_batched_matmul_nt(&a, &b))?.total_ms;
+            let burn_ms = time(device, repeats, burn)?.total_ms;
+            let flops = 2.0 * (g * l * l * l) as f64;
+            println!(
+                "{:<26} {g:>5} {l:>5} {kernel_ms:>11.3} {burn_ms:>11.3} {:>7.2}x {:>9.1} {:>10.2e}",
+                "triangle sum",
+                burn_ms / kernel_ms,
+                flops / kernel_ms / 1e9,
+                diff / peak.max(1e-30),
+            );
+        }
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ pub mod attention_kernel;
 #[cfg(feature = "cube")]
 pub mod attention_kernel_mma;
 #[cfg(feature = "cube")]
+pub mod batched_matmul_kernel;
+#[cfg(feature = "cube")]
 pub mod copy_into;
 pub mod derived;
 pub mod global_attention;

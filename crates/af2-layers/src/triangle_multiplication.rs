@@ -126,7 +126,7 @@ impl TriangleMultiplication {
         } else {
             (left, right)
         };
-        let product = rows_of_out.matmul(columns_of_out.swap_dims(1, 2));
+        let product = triangle_sum(rows_of_out, columns_of_out);
         let matrices = product.dims()[0];
         // Channel-major [m, rows] as the matmul leaves it; the centre norm writes rows.
         let normed = self
@@ -291,6 +291,20 @@ impl EdgeProjections {
             bias: pick(&self.bias.clone().unsqueeze::<2>(), 1).reshape([4 * m]),
         }
     }
+}
+
+/// `rows · columnsᵀ` for every channel matrix: the triangle sum, on the tensor-core kernel
+/// where it takes the inputs (f16 on a GPU with matrix instructions), else Burn's matmul.
+///
+/// # Shapes
+/// - rows: `[G, N, N]`, columns: `[G, N, N]`, the summed index last in both
+/// - output: `[G, N, N]`
+fn triangle_sum(rows: Tensor<3>, columns: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "cube")]
+    if let Some(sum) = crate::batched_matmul_kernel::try_batched_matmul_nt(&rows, &columns) {
+        return sum;
+    }
+    rows.matmul(columns.swap_dims(1, 2))
 }
 
 /// Pair rows `[B * N * N, c]` in transposed order: row `(b, i, k)` of the result is row
