@@ -75,6 +75,12 @@ const A_LEN: usize = TILE * ROW;
 const BUFFER: usize = 2 * TILE * ROW;
 /// Elements of an output row in shared memory.
 const OUT_ROW: usize = TILE + PAD;
+/// The summed-index-major form ([`try_batched_matmul_tn`]): a step's rows are `K_STEP` summed
+/// indices of `TILE` rows (or columns) and the padding; `a`'s rows, then `b`'s.
+const ROW_T: usize = TILE + PAD;
+const A_LEN_T: usize = K_STEP * ROW_T;
+const BUFFER_T: usize = 2 * A_LEN_T;
+const _: () = assert!(BUFFER_T <= BUFFER);
 /// Elements of the shared array: the two step buffers, or the output tile.
 const SHARED_LEN: usize = if 2 * BUFFER > TILE * OUT_ROW {
     2 * BUFFER
@@ -112,11 +118,24 @@ pub trait BatchedMatmulOps: Backend {
         shape
     })]
     fn batched_matmul_nt(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `aᵀ · b` for `a` `[G, K, M]`, `b` `[G, K, N]`: `[G, M, N]`.
+    #[fusion(dtype = a, shape = {
+        let mut shape = a.clone();
+        shape[1] = a[2];
+        shape[2] = b[2];
+        shape
+    })]
+    fn batched_matmul_tn(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl BatchedMatmulOps for CubeBackend {
     fn batched_matmul_nt(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        launch(a, b)
+        launch(a, b, false)
+    }
+
+    fn batched_matmul_tn(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        launch(a, b, true)
     }
 }
 
@@ -130,16 +149,40 @@ impl BatchedMatmulOps for CubeBackend {
 /// at B=8; the padded product 4.4 ms against 0.51 for Burn's matmul, sixteenth session).
 pub fn batched_matmul_nt_supports(a: &Tensor<3>, b: &Tensor<3>) -> bool {
     let ([g, m, k], [g_b, n, k_b]) = (a.dims(), b.dims());
-    !disabled()
-        && a.dtype() == DType::F16
-        && b.dtype() == DType::F16
-        && g == g_b
+    g == g_b
         && k == k_b
-        && k > 0
         && k.is_multiple_of(VECTOR)
         && n.is_multiple_of(VECTOR)
+        && offered(a.dtype(), b.dtype(), &a.device(), [g, k, m, n])
+}
+
+/// Whether [`try_batched_matmul_tn`] takes `aᵀ · b`: as [`batched_matmul_nt_supports`], with
+/// the rows of both operands (lengths M and N, the summed index first) in whole 16-byte vectors.
+pub fn batched_matmul_tn_supports(a: &Tensor<3>, b: &Tensor<3>) -> bool {
+    let ([g, k, m], [g_b, k_b, n]) = (a.dims(), b.dims());
+    g == g_b && k == k_b && batched_matmul_tn_offered(a.dtype(), &a.device(), [g, k, m, n])
+}
+
+/// [`batched_matmul_tn_supports`] for operands `[G, K, M]` and `[G, K, N]` of `dtype` on
+/// `device`, before they exist (a caller choosing the layout it computes them in).
+pub fn batched_matmul_tn_offered(
+    dtype: DType,
+    device: &burn::tensor::Device,
+    [g, k, m, n]: [usize; 4],
+) -> bool {
+    m.is_multiple_of(VECTOR)
+        && n.is_multiple_of(VECTOR)
+        && offered(dtype, dtype, device, [g, k, m, n])
+}
+
+/// What both forms ask of the operands and the device (see [`batched_matmul_nt_supports`]).
+fn offered(a: DType, b: DType, device: &burn::tensor::Device, [g, k, m, n]: [usize; 4]) -> bool {
+    !disabled()
+        && a == DType::F16
+        && b == DType::F16
+        && k > 0
         && tiles([g, m, n]) >= MIN_CUBES
-        && with_cube_properties(&a.device(), |props| {
+        && with_cube_properties(device, |props| {
             runs_f16_instructions(props)
                 && shared_bytes() <= props.hardware.max_shared_memory_size
                 && THREADS <= props.hardware.max_units_per_cube as usize
@@ -161,14 +204,36 @@ pub fn try_batched_matmul_nt(a: &Tensor<3>, b: &Tensor<3>) -> Option<Tensor<3>> 
     })
 }
 
-fn launch(a: CubeTensor, b: CubeTensor) -> CubeTensor {
+/// `aᵀ · b` on the kernel where [`batched_matmul_tn_supports`] takes the inputs, else `None`.
+///
+/// # Shapes
+/// - a: `[G, K, M]`, b: `[G, K, N]`
+/// - output: `[G, M, N]`
+pub fn try_batched_matmul_tn(a: &Tensor<3>, b: &Tensor<3>) -> Option<Tensor<3>> {
+    batched_matmul_tn_supports(a, b).then(|| {
+        Tensor::<3>::from_dispatch(Dispatch::batched_matmul_tn(
+            a.clone().into_dispatch(),
+            b.clone().into_dispatch(),
+        ))
+    })
+}
+
+/// The kernel on `a · bᵀ` (`a` `[G, M, K]`, `b` `[G, N, K]`) or, `k_major`, on `aᵀ · b` (`a`
+/// `[G, K, M]`, `b` `[G, K, N]`).
+fn launch(a: CubeTensor, b: CubeTensor, k_major: bool) -> CubeTensor {
     let a = into_contiguous(untile(a));
     let b = into_contiguous(untile(b));
-    let ([g, m, k], [g_b, n, k_b]) = (dims(&a), dims(&b));
-    // The backend operation is public: the kernel's unchecked reads and writes rest on these.
+    let ([g, a1, a2], [g_b, b1, b2]) = (dims(&a), dims(&b));
+    let ([m, k], [n, k_b]) = if k_major {
+        ([a2, a1], [b2, b1])
+    } else {
+        ([a1, a2], [b1, b2])
+    };
+    // The backend operation is public: the kernel's unchecked reads and writes rest on these:
+    // every operand row a whole number of vectors.
     assert!(
-        g == g_b && k == k_b && k.is_multiple_of(VECTOR) && n.is_multiple_of(VECTOR),
-        "batched A · Bᵀ: a [{g}, {m}, {k}] and b [{g_b}, {n}, {k_b}] do not match or are not \
+        g == g_b && k == k_b && a2.is_multiple_of(VECTOR) && b2.is_multiple_of(VECTOR),
+        "batched matmul: a [{g}, {a1}, {a2}] and b [{g_b}, {b1}, {b2}] do not match or are not \
          in rows of whole 16-byte vectors"
     );
     let client = a.client.clone();
@@ -195,6 +260,7 @@ fn launch(a: CubeTensor, b: CubeTensor) -> CubeTensor {
             b.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             VECTOR,
+            k_major,
             dtype,
         );
     }
@@ -208,8 +274,8 @@ fn dims(t: &CubeTensor) -> [usize; 3] {
 
 mod kernel {
     use super::{
-        A_LEN, BUFFER, FRAGS_M, FRAGS_N, K_STEP, MMA, OUT_ROW, PLANE, PLANES_N, ROW, SHARED_LEN,
-        THREADS, TILE,
+        A_LEN, A_LEN_T, BUFFER, BUFFER_T, FRAGS_M, FRAGS_N, K_STEP, MMA, OUT_ROW, PLANE, PLANES_N,
+        ROW, ROW_T, SHARED_LEN, THREADS, TILE,
     };
     use crate::attention_kernel_mma::kernel::fragment;
     use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
@@ -221,15 +287,20 @@ mod kernel {
     /// into the register set of its parity, multiplies step `s` from its buffer (`s % 2`),
     /// then stores step `s + 1` (loaded during step `s - 1`) from the other set into the
     /// other buffer, whose last reader was step `s - 1`, before the previous barrier.
+    ///
+    /// `k_major`: the operands are `[G, K, M]` and `[G, K, N]` (the product `aᵀ · b`); a step
+    /// stages `K_STEP` rows of the summed index, each `TILE` rows (columns) wide, and the A
+    /// fragments read them column-major, the B fragments row-major.
     #[cube(launch_unchecked, address_type = "dynamic")]
     pub(super) fn batched_matmul_nt_kernel<F: Float, N: Size>(
         a: &Tensor<Vector<F, N>>,
         b: &Tensor<Vector<F, N>>,
         out: &mut Tensor<Vector<F, N>>,
         #[comptime] vs: usize,
+        #[comptime] k_major: bool,
         #[define(F)] _dtype: ElemType,
     ) {
-        let (m, k, n) = (a.shape(1), a.shape(2), b.shape(1));
+        let (m, k, n) = operand_dims(a, b, k_major);
         let tiles_m = m.div_ceil(TILE);
         let tiles_n = n.div_ceil(TILE);
         let cube = CUBE_POS;
@@ -258,11 +329,17 @@ mod kernel {
             cmma::fill(&mut frag, 0.0f32);
             acc.push(frag);
         }
+        let a_layout = comptime!(if k_major {
+            MatrixLayout::ColMajor
+        } else {
+            MatrixLayout::RowMajor
+        });
         let mut a_frags = Sequence::<Matrix<F>>::new();
         #[unroll]
         for _ in 0..FRAGS_M {
-            a_frags.push(fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor));
+            a_frags.push(fragment::<F>(MatrixIdent::A, a_layout));
         }
+        let buffer = comptime!(if k_major { BUFFER_T } else { BUFFER });
 
         let count = comptime!(TILE * K_STEP / (vs * THREADS));
         let mut a_even = Array::<Vector<F, N>>::new(count);
@@ -270,33 +347,43 @@ mod kernel {
         let mut a_odd = Array::<Vector<F, N>>::new(count);
         let mut b_odd = Array::<Vector<F, N>>::new(count);
         let steps = k.div_ceil(K_STEP);
-        load_step(a, b, &mut a_even, &mut b_even, &at, 0, vs);
-        load_step(a, b, &mut a_odd, &mut b_odd, &at, 1, vs);
-        store_step(&mut tiles, &a_even, &b_even, 0, at.t, vs);
+        load_step(a, b, &mut a_even, &mut b_even, &at, 0, vs, k_major);
+        load_step(a, b, &mut a_odd, &mut b_odd, &at, 1, vs, k_major);
+        store_step(&mut tiles, &a_even, &b_even, 0, at.t, vs, k_major);
         sync_cube();
         for step in 0..steps {
             // The buffer offsets as constants in each branch (a runtime `(step % 2) · BUFFER`
             // made the kernel 43-63% slower on an H200).
             let stores_next = step + 1 < steps;
             if step % 2 == 0 {
-                load_step(a, b, &mut a_even, &mut b_even, &at, step + 2, vs);
-                multiply_step(&tiles, &mut a_frags, &acc, 0, plane_row0, plane_col0, vs);
-                if stores_next {
-                    store_step(&mut tiles, &a_odd, &b_odd, BUFFER, at.t, vs);
-                }
-            } else {
-                load_step(a, b, &mut a_odd, &mut b_odd, &at, step + 2, vs);
+                load_step(a, b, &mut a_even, &mut b_even, &at, step + 2, vs, k_major);
                 multiply_step(
                     &tiles,
                     &mut a_frags,
                     &acc,
-                    BUFFER,
+                    0,
                     plane_row0,
                     plane_col0,
                     vs,
+                    k_major,
                 );
                 if stores_next {
-                    store_step(&mut tiles, &a_even, &b_even, 0, at.t, vs);
+                    store_step(&mut tiles, &a_odd, &b_odd, buffer, at.t, vs, k_major);
+                }
+            } else {
+                load_step(a, b, &mut a_odd, &mut b_odd, &at, step + 2, vs, k_major);
+                multiply_step(
+                    &tiles,
+                    &mut a_frags,
+                    &acc,
+                    buffer,
+                    plane_row0,
+                    plane_col0,
+                    vs,
+                    k_major,
+                );
+                if stores_next {
+                    store_step(&mut tiles, &a_even, &b_even, 0, at.t, vs, k_major);
                 }
             }
             sync_cube();
@@ -347,8 +434,48 @@ mod kernel {
         t: usize,
     }
 
+    /// `(M, K, N)` of the product: `a` `[G, M, K]` and `b` `[G, N, K]`, or `k_major` `a`
+    /// `[G, K, M]` and `b` `[G, K, N]`.
+    #[cube]
+    fn operand_dims<F: Float, N: Size>(
+        a: &Tensor<Vector<F, N>>,
+        b: &Tensor<Vector<F, N>>,
+        #[comptime] k_major: bool,
+    ) -> (usize, usize, usize) {
+        let mut dims = (a.shape(1), a.shape(2), b.shape(1));
+        if comptime!(k_major) {
+            dims = (a.shape(2), a.shape(1), b.shape(2));
+        }
+        dims
+    }
+
+    /// Where staged vector `e` of a step comes from in its operand: `(row, column, inside)` of
+    /// the operand's own `[rows, columns]` storage, for the tile's rows (or columns) from
+    /// `first` of `len` and the step's summed indices from `k0` of `k`. Rows of `K_STEP`
+    /// summed indices, or `k_major` rows of `TILE` tile rows.
+    #[allow(clippy::too_many_arguments)]
+    #[cube]
+    fn staged_vector(
+        e: usize,
+        first: usize,
+        len: usize,
+        k0: usize,
+        k: usize,
+        #[comptime] vs: usize,
+        #[comptime] k_major: bool,
+    ) -> (usize, usize, bool) {
+        let row_v = comptime!(if k_major { TILE / vs } else { K_STEP / vs });
+        let (r, c) = (e / row_v, (e % row_v) * vs);
+        let mut place = (first + r, k0 + c, first + r < len && k0 + c < k);
+        if comptime!(k_major) {
+            place = (k0 + r, first + c, k0 + r < k && first + c < len);
+        }
+        place
+    }
+
     /// Loads the unit's vectors of step `step` into registers: consecutive units read
     /// consecutive vectors of a row; zero past the matrices and past the last step.
+    #[allow(clippy::too_many_arguments)]
     #[cube]
     fn load_step<F: Float, N: Size>(
         a: &Tensor<Vector<F, N>>,
@@ -358,28 +485,28 @@ mod kernel {
         at: &Staging,
         step: usize,
         #[comptime] vs: usize,
+        #[comptime] k_major: bool,
     ) {
-        let (m, k, n) = (a.shape(1), a.shape(2), b.shape(1));
-        let step_v = comptime!(K_STEP / vs);
+        let (m, k, n) = operand_dims(a, b, k_major);
         let k0 = step * K_STEP;
         let count = comptime!(TILE * K_STEP / (vs * THREADS));
         #[unroll]
         for i in 0..count {
-            let e = at.t + i * THREADS;
-            let (r, kk) = (e / step_v, k0 + (e % step_v) * vs);
+            let (row, col, inside) =
+                staged_vector(at.t + i * THREADS, at.row0, m, k0, k, vs, k_major);
             let mut v = Vector::<F, N>::new(F::new(0.0));
-            if at.row0 + r < m && kk < k {
-                v = a[(at.a_base + (at.row0 + r) * at.a_row_stride + kk) / vs];
+            if inside {
+                v = a[(at.a_base + row * at.a_row_stride + col) / vs];
             }
             a_regs[i] = v;
         }
         #[unroll]
         for i in 0..count {
-            let e = at.t + i * THREADS;
-            let (r, kk) = (e / step_v, k0 + (e % step_v) * vs);
+            let (row, col, inside) =
+                staged_vector(at.t + i * THREADS, at.col0, n, k0, k, vs, k_major);
             let mut v = Vector::<F, N>::new(F::new(0.0));
-            if at.col0 + r < n && kk < k {
-                v = b[(at.b_base + (at.col0 + r) * at.b_row_stride + kk) / vs];
+            if inside {
+                v = b[(at.b_base + row * at.b_row_stride + col) / vs];
             }
             b_regs[i] = v;
         }
@@ -394,25 +521,30 @@ mod kernel {
         at: usize,
         t: usize,
         #[comptime] vs: usize,
+        #[comptime] k_major: bool,
     ) {
-        let step_v = comptime!(K_STEP / vs);
+        let row_v = comptime!(if k_major { TILE / vs } else { K_STEP / vs });
+        let row = comptime!(if k_major { ROW_T } else { ROW });
+        let a_len = comptime!(if k_major { A_LEN_T } else { A_LEN });
         let count = comptime!(TILE * K_STEP / (vs * THREADS));
         let at_v = at / vs;
         #[unroll]
         for i in 0..count {
             let e = t + i * THREADS;
-            tiles[at_v + (e / step_v) * comptime!(ROW / vs) + e % step_v] = a_regs[i];
+            tiles[at_v + (e / row_v) * comptime!(row / vs) + e % row_v] = a_regs[i];
         }
         #[unroll]
         for i in 0..count {
             let e = t + i * THREADS;
-            tiles[at_v + comptime!(A_LEN / vs) + (e / step_v) * comptime!(ROW / vs) + e % step_v] =
+            tiles[at_v + comptime!(a_len / vs) + (e / row_v) * comptime!(row / vs) + e % row_v] =
                 b_regs[i];
         }
     }
 
     /// Adds the step staged at element `at` to the plane's accumulators. `b`'s rows are the
-    /// product's columns: the B operand, column-major.
+    /// product's columns: the B operand, column-major (`k_major`: `a`'s rows are the summed
+    /// index, the A operand column-major, and `b`'s the B operand row-major).
+    #[allow(clippy::too_many_arguments)]
     #[cube]
     fn multiply_step<F: Float, N: Size>(
         tiles: &Shared<[Vector<F, N>]>,
@@ -422,20 +554,34 @@ mod kernel {
         plane_row0: usize,
         plane_col0: usize,
         #[comptime] vs: usize,
+        #[comptime] k_major: bool,
     ) {
         let end = comptime!(SHARED_LEN / vs);
-        let mut b_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
+        let b_layout = comptime!(if k_major {
+            MatrixLayout::RowMajor
+        } else {
+            MatrixLayout::ColMajor
+        });
+        let row = comptime!(if k_major { ROW_T } else { ROW });
+        let a_len = comptime!(if k_major { A_LEN_T } else { A_LEN });
+        // Element offsets of a fragment's first row (column) and of its summed indices.
+        let (tile_step, k_step) = comptime!(if k_major {
+            (1, MMA * ROW_T)
+        } else {
+            (ROW, MMA)
+        });
+        let mut b_frag = fragment::<F>(MatrixIdent::B, b_layout);
         #[unroll]
         for kk in 0..comptime!(K_STEP / MMA) {
             #[unroll]
             for fm in 0..FRAGS_M {
-                let from = at + (plane_row0 + fm * MMA) * ROW + kk * MMA;
-                cmma::load(a_frags.index_mut(fm), &tiles[from / vs..end], ROW as u32);
+                let from = at + (plane_row0 + fm * MMA) * tile_step + kk * k_step;
+                cmma::load(a_frags.index_mut(fm), &tiles[from / vs..end], row as u32);
             }
             #[unroll]
             for fn_ in 0..FRAGS_N {
-                let from = at + A_LEN + (plane_col0 + fn_ * MMA) * ROW + kk * MMA;
-                cmma::load(&mut b_frag, &tiles[from / vs..end], ROW as u32);
+                let from = at + a_len + (plane_col0 + fn_ * MMA) * tile_step + kk * k_step;
+                cmma::load(&mut b_frag, &tiles[from / vs..end], row as u32);
                 #[unroll]
                 for fm in 0..FRAGS_M {
                     let d = acc.index(fm * FRAGS_N + fn_);

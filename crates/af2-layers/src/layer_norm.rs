@@ -80,6 +80,60 @@ impl LayerNorm {
         self.forward(x.transpose().reshape([rows, d]))
     }
 
+    /// The normalised pairs and the attention's pair bias from them (the bias of the triangle
+    /// attention, [`crate::msa_row_attention::pair_bias`] of the output): on a cubecl device
+    /// one pass of the LayerNorm kernel, which projects each row as it normalises it
+    /// (`AF2_FUSED_PAIR_BIAS=0` turns that off), else the two in turn.
+    ///
+    /// # Shapes
+    /// - pairs: `[B, Q, K, d_model]`, weights: `[d_model, H]`
+    /// - output: `[B, Q, K, d_model]` and `[B, H, Q, K]`
+    pub fn forward_with_pair_bias(
+        &self,
+        pairs: Tensor<4>,
+        weights: Tensor<2>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        #[cfg(feature = "cube")]
+        if let Some((Some(normed), bias)) = self.fused_pair_bias(&pairs, &weights, true) {
+            return (normed, bias);
+        }
+        let normed = self.forward(pairs);
+        let bias = crate::msa_row_attention::pair_bias(normed.clone(), weights);
+        (normed, bias)
+    }
+
+    /// The pair bias of [`LayerNorm::forward_with_pair_bias`] alone, where the normalised pairs
+    /// are needed for nothing else (the MSA row attention): on the kernel they are not
+    /// written.
+    ///
+    /// # Shapes
+    /// - pairs: `[B, Q, K, d_model]`, weights: `[d_model, H]`
+    /// - output: `[B, H, Q, K]`
+    pub fn pair_bias(&self, pairs: Tensor<4>, weights: Tensor<2>) -> Tensor<4> {
+        #[cfg(feature = "cube")]
+        if let Some((_, bias)) = self.fused_pair_bias(&pairs, &weights, false) {
+            return bias;
+        }
+        crate::msa_row_attention::pair_bias(self.forward(pairs), weights)
+    }
+
+    #[cfg(feature = "cube")]
+    fn fused_pair_bias(
+        &self,
+        pairs: &Tensor<4>,
+        weights: &Tensor<2>,
+        normalised: bool,
+    ) -> Option<(Option<Tensor<4>>, Tensor<4>)> {
+        crate::layer_norm_kernel::try_layer_norm_with_pair_bias(
+            pairs,
+            &self.gamma.val(),
+            &self.beta.val(),
+            self.epsilon as f32,
+            weights,
+            normalised,
+        )
+    }
+
     /// The LayerNorm in Burn tensor operations: the reference for the kernel, and the path on
     /// the CPU backends.
     ///

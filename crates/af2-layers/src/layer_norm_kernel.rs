@@ -9,6 +9,11 @@
 //! attention's pair) is normalised in place, without a copy. [`try_layer_norm_channel_major`]
 //! normalises the columns of a channel-major `[D, R]` tensor into rows (the triangle
 //! multiplication's centre norm, on its product as the matmul leaves it).
+//! [`try_layer_norm_with_pair_bias`] also projects each normalised pair onto the attention's
+//! bias weights as it goes (the triangle and MSA row attentions' pair bias, `[B, H, Q, K]`):
+//! one pass over the pairs instead of a LayerNorm and a matmul that reads them again (at
+//! L=256 on an H100, 28-37 µs a call at B=1 against 19 + 26 µs, 145-210 µs at B=8 against
+//! 136-224 + 120 µs and a copy).
 //!
 //! Same arithmetic as [`LayerNorm::forward_reference`](crate::LayerNorm::forward_reference):
 //! mean, then the mean of squared deviations (two-pass, as `jnp.var`), `1/sqrt(var + eps)`,
@@ -18,9 +23,9 @@
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::CubeBackend;
-use burn_cubecl::kernel::untile;
+use burn_cubecl::kernel::{into_contiguous, untile};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{AddressType, ElemType};
@@ -61,6 +66,43 @@ pub trait LayerNormOps: Backend {
         beta: FloatTensor<Self>,
         epsilon: f32,
     ) -> FloatTensor<Self>;
+
+    /// [`LayerNormOps::layer_norm_rows`] of `x` `[B, Q, K, D]` and the projection of each
+    /// normalised row onto the columns of `weights` `[D, H]`, as `[B, H, Q, K]`.
+    #[fusion(meta = |x, _gamma, _beta, weights, _epsilon| {
+        (x.clone(), projection_spec(x, weights))
+    })]
+    fn layer_norm_rows_projected(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The projection of [`LayerNormOps::layer_norm_rows_projected`] alone (the normalised
+    /// rows are not written).
+    #[fusion(meta = |x, _gamma, _beta, weights, _epsilon| projection_spec(x, weights))]
+    fn layer_norm_projection(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// `[B, H, Q, K]` for rows `x` `[B, Q, K, D]` and weights `[D, H]`, in `x`'s dtype.
+fn projection_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    weights: &burn::backend::fusion::custom::TensorSpec,
+) -> burn::backend::fusion::custom::TensorSpec {
+    let shape = projection_shape(&x.shape, &weights.shape);
+    burn::backend::fusion::custom::TensorSpec::new(shape, x.dtype)
+}
+
+fn projection_shape(x: &Shape, weights: &Shape) -> Shape {
+    Shape::new([x[0], weights[1], x[1], x[2]])
 }
 
 impl LayerNormOps for CubeBackend {
@@ -80,6 +122,28 @@ impl LayerNormOps for CubeBackend {
         epsilon: f32,
     ) -> FloatTensor<Self> {
         columns::launch(x, gamma, beta, epsilon)
+    }
+
+    fn layer_norm_rows_projected(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, projected) = launch_rows(x, gamma, beta, epsilon, Some((weights, true)));
+        (out, projected.expect("a projection was asked for"))
+    }
+
+    fn layer_norm_projection(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self> {
+        let (_, projected) = launch_rows(x, gamma, beta, epsilon, Some((weights, false)));
+        projected.expect("a projection was asked for")
     }
 }
 
@@ -204,7 +268,95 @@ pub fn try_layer_norm_channel_major(
     )))
 }
 
+/// Rows a plane normalises and projects in the fused pair-bias form: its lanes load their
+/// weights once for all of them. On an H100 (seventeenth session, docs/PERFORMANCE.md), with
+/// the weights still loaded element by element, 1 row a plane took 300-830 µs a call at L=256
+/// B=1 against 36-52 µs for 8; with vector loads 2, 4 and 8 rows were within 0.5% at block
+/// level, 4 the fastest.
+const PROJECTED_ROWS_PER_PLANE: usize = 4;
+
+/// Most heads the fused pair-bias projection takes (their weights are staged in shared memory).
+const MAX_PROJECTED_HEADS: usize = 16;
+
+/// Whether `AF2_FUSED_PAIR_BIAS=0` turned the pair bias inside the LayerNorm kernel off.
+fn fused_pair_bias_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("AF2_FUSED_PAIR_BIAS").map_or(true, |value| value.trim() != "0")
+    })
+}
+
+/// The LayerNorm of pairs `x` `[B, Q, K, D]` and the attention's pair bias from it,
+/// `Σ_c norm(x)[b, q, k, c] · weights[c, h]` as `[B, H, Q, K]`, from one pass of the rows
+/// kernel; the normalised pairs only where `normalised` asks for them. `None` where the kernel
+/// does not take the inputs (not a cubecl device whose planes are rows, weights of another
+/// dtype or more than [`MAX_PROJECTED_HEADS`] heads, `AF2_LAYER_NORM_KERNEL=0` or
+/// `AF2_FUSED_PAIR_BIAS=0`).
+///
+/// # Panics
+/// If gamma or beta is not `[D]` or the weights have not `D` rows.
+pub fn try_layer_norm_with_pair_bias(
+    x: &Tensor<4>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    epsilon: f32,
+    weights: &Tensor<2>,
+    normalised: bool,
+) -> Option<(Option<Tensor<4>>, Tensor<4>)> {
+    let d = x.dims()[3];
+    let [w_rows, heads] = weights.dims();
+    assert!(
+        gamma.dims() == [d] && beta.dims() == [d] && w_rows == d,
+        "layer norm kernel: gamma {:?}, beta {:?} and weights {:?} must be [{d}], [{d}], [{d}, H]",
+        gamma.dims(),
+        beta.dims(),
+        weights.dims()
+    );
+    let offered = kernel_enabled()
+        && fused_pair_bias_enabled()
+        && kernel_supports(x)
+        && x.dims()[0] > 0
+        && weights.dtype() == x.dtype()
+        && (1..=MAX_PROJECTED_HEADS).contains(&heads)
+        && with_cube_properties(&x.device(), planes_are_rows).unwrap_or(false);
+    if !offered {
+        return None;
+    }
+    let args = || {
+        (
+            x.clone().into_dispatch(),
+            gamma.clone().into_dispatch(),
+            beta.clone().into_dispatch(),
+            weights.clone().into_dispatch(),
+        )
+    };
+    let (x, gamma, beta, weights) = args();
+    Some(if normalised {
+        let (out, bias) = Dispatch::layer_norm_rows_projected(x, gamma, beta, weights, epsilon);
+        (
+            Some(Tensor::<4>::from_dispatch(out)),
+            Tensor::<4>::from_dispatch(bias),
+        )
+    } else {
+        let bias = Dispatch::layer_norm_projection(x, gamma, beta, weights, epsilon);
+        (None, Tensor::<4>::from_dispatch(bias))
+    })
+}
+
 fn launch(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f32) -> CubeTensor {
+    launch_rows(x, gamma, beta, epsilon, None).0
+}
+
+/// The rows kernel on `x`; with `projection` (`weights` `[D, H]` and whether the normalised
+/// rows are wanted too) also their projection `[B, H, Q, K]` (x `[B, Q, K, D]`). Without the
+/// normalised rows the first result is a one-vector placeholder.
+fn launch_rows(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    epsilon: f32,
+    projection: Option<(CubeTensor, bool)>,
+) -> (CubeTensor, Option<CubeTensor>) {
     let (x, gamma, beta) = (untile(x), untile(gamma), untile(beta));
     let shape = x.meta.shape().clone();
     let rank = shape.num_dims();
@@ -216,17 +368,43 @@ fn launch(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f32) -> C
     let step = x.meta.strides()[rank - 1];
     let client = x.client.clone();
     let dtype = x.dtype;
-    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape, dtype);
+    let vector = vector_size(&x, &gamma, &beta);
+    let write_normalised = projection.as_ref().is_none_or(|(_, wanted)| *wanted);
+    let out_shape = if write_normalised {
+        shape.clone()
+    } else {
+        Shape::new([vector])
+    };
+    let out = empty_device_contiguous_dtype(client.clone(), x.device.clone(), out_shape, dtype);
+    let projected = projection.as_ref().map(|(weights, _)| {
+        let shape = projection_shape(&shape, weights.meta.shape());
+        empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape, dtype)
+    });
+    let heads = projection
+        .as_ref()
+        .map_or(0, |(weights, _)| weights.meta.shape()[1]);
+    let rows_per_batch = rows / shape[0].max(1);
+    // A projecting cube takes several rows a plane, so that its lanes load their weights once
+    // for all of them.
+    let rows_per_plane = if heads > 0 {
+        PROJECTED_ROWS_PER_PLANE
+    } else {
+        1
+    };
     let (address_type, dtypes) = launch_types([&x, &gamma, &beta, &out]);
     let plane_reduce = planes_are_rows(x.client.properties());
-    let vector = vector_size(&x, &gamma, &beta);
+    assert!(
+        projection.is_none() || plane_reduce,
+        "layer norm kernel: the projection needs planes of {LANES} units"
+    );
     // SAFETY: rows past R are neither read nor written, a row's offset comes from its
     // coordinates and x's strides; columns stay below D, the shared last dimension of x, out,
-    // gamma and beta (checked by `layer_norm_kernel`).
+    // gamma, beta and the weights (checked by the callers), and the projection's heads below
+    // H; a projection is written at `(b · H + h) · P + p` inside its `[B, H, P]`.
     unsafe {
         layer_norm_rows_kernel::launch_unchecked(
             &client,
-            cube_count(rows.div_ceil(ROWS_PER_CUBE)),
+            cube_count(rows.div_ceil(ROWS_PER_CUBE * rows_per_plane)),
             CubeDim::new_2d(LANES as u32, ROWS_PER_CUBE as u32),
             address_type,
             vector,
@@ -234,17 +412,25 @@ fn launch(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f32) -> C
             gamma.into_tensor_arg(),
             beta.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+            projection
+                .map(|(weights, _)| into_contiguous(weights).into_tensor_arg())
+                .into(),
+            projected.clone().map(CubeTensor::into_tensor_arg).into(),
             RowLayoutLaunch::new(rows, n1, n2, s0, s1, s2, step, d),
+            rows_per_batch,
             epsilon,
             1.0 / d as f32,
             (d / vector).div_ceil(LANES),
             vector,
             even_rows,
             plane_reduce,
+            heads,
+            rows_per_plane,
+            write_normalised,
             dtypes,
         );
     }
-    out
+    (out, projected)
 }
 
 /// Elements a unit loads at once: 4 (or 2) where each row is contiguous, its width and the
@@ -334,86 +520,138 @@ mod kernel {
         d: usize,
     }
 
-    /// Row `CUBE_POS * ROWS_PER_CUBE + UNIT_POS_Y` of `x`, normalised into `out` by the
-    /// `LANES` units `UNIT_POS_X`; lane `l` holds the vectors of `vs` columns `l, l + LANES, ..`
-    /// (`per_unit` of them). With `vs > 1` the rows, gamma and beta are contiguous.
-    #[allow(clippy::too_many_arguments)]
+    /// Rows `(CUBE_POS · rows_per_plane + i) · ROWS_PER_CUBE + UNIT_POS_Y` of `x` (`i` below
+    /// `rows_per_plane`), normalised into `out` by the `LANES` units `UNIT_POS_X`; lane `l`
+    /// holds the vectors of `vs` columns `l, l + LANES, ..` (`per_unit` of them). With `vs > 1`
+    /// the rows, gamma and beta are contiguous.
+    ///
+    /// With `weights` `[d, heads]`, each normalised row (rounded to `F`, as `out` holds it) is
+    /// also projected onto the weights' columns, written to `projected` `[B, heads, P]` for row
+    /// `b · P + p` (P = `rows_per_batch`): the attention's pair bias, laid out as the attention
+    /// reads it. A lane keeps the weights of its columns in registers for all its rows; the
+    /// heads' sums are reduced across the plane by halving exchanges (see [`heads_plane_sum`]).
+    /// Only offered where planes are rows. `write_normalised` off: only the projection is
+    /// written (`out` unused).
+    // Comptime and runtime conditions stay apart; cube code has no `is_multiple_of`.
+    #[allow(
+        clippy::too_many_arguments,
+        clippy::collapsible_if,
+        clippy::manual_is_multiple_of
+    )]
     #[cube(launch_unchecked, address_type = "dynamic")]
     pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
         x: &Tensor<Vector<F, N>>,
         gamma: &Tensor<Vector<G, N>>,
         beta: &Tensor<Vector<B, N>>,
         out: &mut Tensor<Vector<F, N>>,
+        weights: ComptimeOption<&Tensor<Vector<F, N>>>,
+        mut projected: ComptimeOption<&mut Tensor<F>>,
         layout: RowLayout,
+        rows_per_batch: usize,
         epsilon: f32,
         inv_d: f32,
         #[comptime] per_unit: usize,
         #[comptime] vs: usize,
         #[comptime] even_rows: bool,
         #[comptime] plane_reduce: bool,
+        #[comptime] heads: usize,
+        #[comptime] rows_per_plane: usize,
+        #[comptime] write_normalised: bool,
         #[define(F, G, B)] _dtypes: [ElemType; 3],
     ) {
         let (rows, d, step) = (layout.rows, layout.d, layout.step);
         let lane = UNIT_POS_X as usize;
         let slot = UNIT_POS_Y as usize;
-        let row = CUBE_POS * ROWS_PER_CUBE + slot;
-        // No early return: every unit takes part in the cube's synchronisations.
-        let valid = row < rows;
-        let mut safe_row = row;
-        if !valid {
-            safe_row = 0;
-        }
-        let mut base = safe_row * layout.s2;
-        if comptime!(!even_rows) {
-            let i2 = safe_row % layout.n2;
-            let i1 = (safe_row / layout.n2) % layout.n1;
-            let i0 = safe_row / (layout.n2 * layout.n1);
-            base = i0 * layout.s0 + i1 * layout.s1 + i2 * layout.s2;
-        }
         let mut partial = Shared::<[f32]>::new_slice(comptime!(ROWS_PER_CUBE * LANES));
-
-        // Sums of x - x[0]: a row's common offset (residual streams carry large ones) would
-        // otherwise dominate the sum and cost the mean its low digits.
-        let shift = f32::cast_from(x[base / vs].extract(0usize));
-        let mut held = Array::<f32>::new(comptime!(per_unit * vs));
-        let mut sum = f32::new(0.0);
-        #[unroll]
-        for i in 0..per_unit {
-            let c = (lane + i * LANES) * vs;
-            let mut v = Vector::<F, N>::new(F::new(0.0));
-            if c < d {
-                v = x[(base + c * step) / vs];
-            }
+        // The lane's weights: column `(lane + i * LANES) * vs + j`, head `h` at
+        // `(i * vs + j) * heads + h`. The weights are contiguous `[d, heads]`, so a lane's `vs`
+        // columns are `heads` whole vectors, and a plane's loads are contiguous.
+        let mut held_weights = Array::<f32>::new(comptime!((per_unit * vs * heads).max(1)));
+        #[comptime]
+        if let ComptimeOption::Some(weights) = &weights {
             #[unroll]
-            for j in 0..vs {
-                let mut value = f32::new(0.0);
-                if c < d {
-                    value = f32::cast_from(v.extract(j)) - shift;
+            for i in 0..per_unit {
+                let c = (lane + i * LANES) * vs;
+                #[unroll]
+                for k in 0..heads {
+                    let mut v = Vector::<F, N>::new(F::new(0.0));
+                    if c < d {
+                        v = weights[(lane + i * LANES) * heads + k];
+                    }
+                    #[unroll]
+                    for j in 0..vs {
+                        held_weights[(i * vs) * heads + k * vs + j] = f32::cast_from(v.extract(j));
+                    }
                 }
-                held[i * vs + j] = value;
-                sum += value;
             }
         }
-        let shifted_mean = lane_sum(&mut partial, sum, slot, lane, plane_reduce) * inv_d;
 
-        let mut squares = f32::new(0.0);
+        // Unrolled: the rows' loads and reductions can overlap.
         #[unroll]
-        for i in 0..per_unit {
-            let c = (lane + i * LANES) * vs;
-            if c < d {
+        for r in 0..rows_per_plane {
+            let row = (CUBE_POS * rows_per_plane + r) * ROWS_PER_CUBE + slot;
+            // No early return: every unit takes part in the cube's synchronisations.
+            let valid = row < rows;
+            let mut safe_row = row;
+            if !valid {
+                safe_row = 0;
+            }
+            let mut base = safe_row * layout.s2;
+            if comptime!(!even_rows) {
+                let i2 = safe_row % layout.n2;
+                let i1 = (safe_row / layout.n2) % layout.n1;
+                let i0 = safe_row / (layout.n2 * layout.n1);
+                base = i0 * layout.s0 + i1 * layout.s1 + i2 * layout.s2;
+            }
+
+            // Sums of x - x[0]: a row's common offset (residual streams carry large ones)
+            // would otherwise dominate the sum and cost the mean its low digits.
+            let shift = f32::cast_from(x[base / vs].extract(0usize));
+            let mut held = Array::<f32>::new(comptime!(per_unit * vs));
+            let mut sum = f32::new(0.0);
+            #[unroll]
+            for i in 0..per_unit {
+                let c = (lane + i * LANES) * vs;
+                let mut v = Vector::<F, N>::new(F::new(0.0));
+                if c < d {
+                    v = x[(base + c * step) / vs];
+                }
                 #[unroll]
                 for j in 0..vs {
-                    let centered = held[i * vs + j] - shifted_mean;
-                    squares += centered * centered;
+                    let mut value = f32::new(0.0);
+                    if c < d {
+                        value = f32::cast_from(v.extract(j)) - shift;
+                    }
+                    held[i * vs + j] = value;
+                    sum += value;
                 }
             }
-        }
-        let inv_std = 1.0f32
-            / (lane_sum(&mut partial, squares, slot, lane, plane_reduce) * inv_d + epsilon).sqrt();
+            let shifted_mean = lane_sum(&mut partial, sum, slot, lane, plane_reduce) * inv_d;
 
-        if valid {
+            let mut squares = f32::new(0.0);
+            #[unroll]
+            for i in 0..per_unit {
+                let c = (lane + i * LANES) * vs;
+                if c < d {
+                    #[unroll]
+                    for j in 0..vs {
+                        let centered = held[i * vs + j] - shifted_mean;
+                        squares += centered * centered;
+                    }
+                }
+            }
+            let inv_std = 1.0f32
+                / (lane_sum(&mut partial, squares, slot, lane, plane_reduce) * inv_d + epsilon)
+                    .sqrt();
+
             // The output is contiguous, its rows in x's logical order.
             let out_base = row * d;
+            // The heads' partial sums, zero up to the next power of two (see heads_plane_sum).
+            let mut dots = Array::<f32>::new(comptime!(heads.next_power_of_two()));
+            #[unroll]
+            for h in 0..comptime!(heads.next_power_of_two()) {
+                dots[h] = 0.0f32;
+            }
             #[unroll]
             for i in 0..per_unit {
                 let c = (lane + i * LANES) * vs;
@@ -428,10 +666,74 @@ mod kernel {
                             + f32::cast_from(beta_v.extract(j));
                         v.insert(j, F::cast_from(scaled));
                     }
-                    out[(out_base + c) / vs] = v;
+                    if comptime!(write_normalised) {
+                        if valid {
+                            out[(out_base + c) / vs] = v;
+                        }
+                    }
+                    #[unroll]
+                    for j in 0..vs {
+                        let value = f32::cast_from(v.extract(j));
+                        #[unroll]
+                        for h in 0..heads {
+                            dots[h] += value * held_weights[(i * vs + j) * heads + h];
+                        }
+                    }
+                }
+            }
+            #[comptime]
+            if let ComptimeOption::Some(projected) = &mut projected {
+                // Plane-uniform: every lane of the row's plane takes part.
+                let (total, h) = heads_plane_sum(&mut dots, lane, heads);
+                let batch = row / rows_per_batch;
+                let at = (batch * comptime!(heads) + h) * rows_per_batch + row % rows_per_batch;
+                if valid
+                    && h < comptime!(heads)
+                    && lane % comptime!(LANES / heads.next_power_of_two()) == 0
+                {
+                    projected[at] = F::cast_from(total);
                 }
             }
         }
+    }
+
+    /// The plane sums of `values` (every lane's partials of `heads` heads, zero up to the next
+    /// power of two), one head a lane: at each of the first `log2` exchanges (lane offsets 16,
+    /// 8, ..) a lane keeps half of its values and adds its partner's partials of that half,
+    /// then whole sums over the remaining offsets. Returns the lane's total and its head (lanes
+    /// of the padding heads get an index of `heads` or more). 6 exchanges for 4 heads, 9 for 8,
+    /// instead of 5 a head.
+    #[cube]
+    fn heads_plane_sum(
+        values: &mut Array<f32>,
+        lane: usize,
+        #[comptime] heads: usize,
+    ) -> (f32, usize) {
+        let padded = comptime!(heads.next_power_of_two());
+        let halvings = comptime!(padded.trailing_zeros() as usize);
+        let mut head = 0usize;
+        #[unroll]
+        for s in 0..halvings {
+            let offset = comptime!(LANES >> (s + 1));
+            let half = comptime!(padded >> (s + 1));
+            let upper = (lane & offset) != 0;
+            if upper {
+                head += half;
+            }
+            #[unroll]
+            for i in 0..half {
+                let (low, high) = (values[i], values[i + half]);
+                let keep = select(upper, high, low);
+                let send = select(upper, low, high);
+                values[i] = keep + plane_shuffle_xor(send, offset as u32);
+            }
+        }
+        let mut total = values[0];
+        #[unroll]
+        for s in halvings..comptime!(LANES.trailing_zeros() as usize) {
+            total += plane_shuffle_xor(total, comptime!((LANES >> (s + 1)) as u32));
+        }
+        (total, head)
     }
 }
 

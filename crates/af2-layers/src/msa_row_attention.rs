@@ -128,7 +128,9 @@ impl MsaRowAttentionWithPairBias {
         let [b, s, n, c] = msa.dims();
         let residual = add.then(|| msa.clone().reshape([b * s, n, c]));
         let normed = self.query_norm.forward(msa).reshape([b * s, n, c]);
-        let bias = pair_bias(self.feat_2d_norm.forward(pair), self.feat_2d_weights.val());
+        let bias = self
+            .feat_2d_norm
+            .pair_bias(pair, self.feat_2d_weights.val());
         let mask = msa_mask.reshape([b * s, n]);
         self.attention
             .forward_self_plus(normed, mask, Some(bias), residual)

@@ -5,7 +5,6 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
-use crate::msa_row_attention::pair_bias;
 use crate::{GatedAttention, GatedAttentionConfig, LayerNorm, LayerNormConfig};
 
 /// Configuration of [`TriangleAttention`].
@@ -88,8 +87,9 @@ impl TriangleAttention {
         };
         let [b, n, _, c] = pair.dims();
         let input = add_input.then(|| pair.clone().reshape([b * n, n, c]));
-        let pair = self.query_norm.forward(pair);
-        let bias = pair_bias(pair.clone(), self.feat_2d_weights.val());
+        let (pair, bias) = self
+            .query_norm
+            .forward_with_pair_bias(pair, self.feat_2d_weights.val());
         let rows = pair.reshape([b * n, n, c]);
         let mask = mask.reshape([b * n, n]);
         let out = self

@@ -109,7 +109,10 @@ impl TriangleMultiplication {
         // transposed order ((i, k) rows hold pair (k, i)): one row-permuting copy of the
         // normalised pairs, where transposing the two channel-major projections took two
         // element-transposing copies.
-        let (edge_act, edge_mask) = if self.incoming {
+        // Where the tensor-core kernel sums over the first index in place, incoming edges are
+        // projected from the pairs as they are.
+        let sum_first_index = self.incoming && sums_first_index_in_place(&act, [b, n], m_of(self));
+        let (edge_act, edge_mask) = if self.incoming && !sum_first_index {
             (
                 transpose_pairs(act.clone(), [b, n]),
                 pair_mask.swap_dims(1, 2),
@@ -126,7 +129,11 @@ impl TriangleMultiplication {
         } else {
             (left, right)
         };
-        let product = triangle_sum(rows_of_out, columns_of_out);
+        let product = if sum_first_index {
+            first_index_sum(rows_of_out, columns_of_out)
+        } else {
+            triangle_sum(rows_of_out, columns_of_out)
+        };
         let matrices = product.dims()[0];
         // Channel-major [m, rows] as the matmul leaves it; the centre norm writes rows.
         let normed = self
@@ -305,6 +312,45 @@ fn triangle_sum(rows: Tensor<3>, columns: Tensor<3>) -> Tensor<3> {
         return sum;
     }
     rows.matmul(columns.swap_dims(1, 2))
+}
+
+/// Channels of the left (and right) projection.
+fn m_of(layer: &TriangleMultiplication) -> usize {
+    layer.left_projection.weight.dims()[1]
+}
+
+/// Whether the incoming sum `Σ_k rows[g, k, i] · columns[g, k, j]` runs on the tensor-core
+/// kernel in place ([`crate::batched_matmul_kernel::try_batched_matmul_tn`]) for `m` channels
+/// of pairs like `act` `[B * N * N, c]`: then neither the pairs nor the mask are transposed
+/// first (a row-permuting copy of the pairs and one of the mask).
+fn sums_first_index_in_place(act: &Tensor<2>, [b, n]: [usize; 2], m: usize) -> bool {
+    #[cfg(feature = "cube")]
+    {
+        crate::batched_matmul_kernel::batched_matmul_tn_offered(
+            act.dtype(),
+            &act.device(),
+            [m * b, n, n, n],
+        )
+    }
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = (act, b, n, m);
+        false
+    }
+}
+
+/// `rowsᵀ · columns` for every channel matrix (the incoming sum over the first index) on the
+/// tensor-core kernel; only called where [`sums_first_index_in_place`] said it runs.
+///
+/// # Shapes
+/// - rows: `[G, N, N]`, columns: `[G, N, N]`, the summed index first in both
+/// - output: `[G, N, N]`
+fn first_index_sum(rows: Tensor<3>, columns: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "cube")]
+    if let Some(sum) = crate::batched_matmul_kernel::try_batched_matmul_tn(&rows, &columns) {
+        return sum;
+    }
+    rows.swap_dims(1, 2).matmul(columns)
 }
 
 /// Pair rows `[B * N * N, c]` in transposed order: row `(b, i, k)` of the result is row

@@ -1,4 +1,4 @@
-//! The tensor-core batched `A · Bᵀ` kernel (the triangle multiplication's sums) against an f32
+//! The tensor-core batched `A · Bᵀ` and `Aᵀ · B` kernel (the triangle multiplication's sums) against an f32
 //! product of the same f16 inputs on the CPU, on a GPU (`AF2_GPU_TESTS=1`; without it the tests
 //! say they were skipped and pass). `AF2_EXPECT_MMA=1` makes a device without f16 matrix
 //! instructions a failure instead of a skip.
@@ -7,7 +7,8 @@
 mod common;
 
 use af2_layers::batched_matmul_kernel::{
-    batched_matmul_launches, batched_matmul_nt_supports, try_batched_matmul_nt,
+    batched_matmul_launches, batched_matmul_nt_supports, batched_matmul_tn_supports,
+    try_batched_matmul_nt, try_batched_matmul_tn,
 };
 use burn::tensor::{DType, TensorData};
 use common::{cpu, gpu, offered, relative_error, tensor_in, through_f16, values};
@@ -119,5 +120,56 @@ fn small_or_unaligned_products_are_not_offered() {
         let x = random([g, l]);
         assert!(!batched_matmul_nt_supports(&x, &x), "[{g}, {l}, {l}]");
         assert!(try_batched_matmul_nt(&x, &x).is_none(), "[{g}, {l}, {l}]");
+    }
+}
+
+/// The summed-index-major form, `aᵀ · b` for `a` `[G, K, M]` and `b` `[G, K, N]` (the incoming
+/// edges' sum over the first index), against the f32 product of the same f16 inputs.
+#[test]
+fn summed_index_major_form_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // (G, M, N, K): a design's L=256 incoming sum; unequal sides with K = 40 (a partial
+    // second step) and partial tiles; M and N of 24 with K = 100 (partial steps, K not a
+    // multiple of 8: only the rows, of M and N, are vectors).
+    let cases = [
+        (128, 256, 256, 256),
+        (128, 136, 200, 40),
+        (512, 24, 24, 100),
+    ];
+    for (seed, &(g, m, n, k)) in cases.iter().enumerate() {
+        let seed = 100 + seed as u64 * 10;
+        let a = TensorData::new(values(g * k * m, seed, 1.0), [g, k, m]);
+        let b = TensorData::new(values(g * k * n, seed + 1, 1.0), [g, k, n]);
+        let (ag, bg) = (
+            tensor_in::<3>(&a, &device, DType::F16),
+            tensor_in::<3>(&b, &device, DType::F16),
+        );
+        if !offered(
+            batched_matmul_tn_supports(&ag, &bg),
+            "batched Aᵀ · B kernel",
+        ) {
+            return;
+        }
+        let launches = batched_matmul_launches();
+        let kernel = try_batched_matmul_tn(&ag, &bg).expect("offered");
+        assert_eq!(kernel.dims(), [g, m, n]);
+        let kernel: Vec<f32> = kernel.cast(DType::F32).into_data().try_to_vec().unwrap();
+        assert_eq!(batched_matmul_launches(), launches + 1, "the kernel ran");
+        let cpu_device = cpu();
+        let a_t = tensor_in::<3>(&through_f16(&a), &cpu_device, DType::F32);
+        let b_t = tensor_in::<3>(&through_f16(&b), &cpu_device, DType::F32);
+        let expected: Vec<f32> = a_t
+            .swap_dims(1, 2)
+            .matmul(b_t)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        // As the other form: f32 sums, the output rounded to f16.
+        let error = relative_error(&kernel, &expected);
+        println!("batched [{g}, {k}, {m}]ᵀ x [{g}, {k}, {n}]: relative error {error:.2e}");
+        assert!(
+            error <= 2e-3,
+            "[{g}, {m}, {n}, {k}]: relative error {error:.3e}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use af2_layers::batched_matmul_kernel::batched_matmul_launches;
 use af2_layers::linear_kernel::{fused_stage_launches, kernel_supports};
 use af2_layers::{
     TransitionConfig, TriangleAttentionConfig, TriangleDirection, TriangleMultiplicationConfig,
@@ -123,28 +124,41 @@ fn expect_fused_stages(before: usize) {
     }
 }
 
+/// At L=64 the sums stay on Burn's matmul; at L=256 they take the tensor-core kernel, and
+/// incoming edges then sum over the first index in place (neither the pairs nor the mask
+/// transposed first).
 #[test]
 fn triangle_multiplication_residual_f16_matches_f32() {
     let Some(device) = gpu() else { return };
-    let (n, c) = (64, 128);
-    if !kernel_here(&device, n * n, c) {
-        return;
-    }
-    let (pair, mask) = pair_and_mask(n, c);
-    for direction in [TriangleDirection::Outgoing, TriangleDirection::Incoming] {
-        let config = TriangleMultiplicationConfig::new(c, c, direction);
-        let error = residual_error(
-            &device,
-            |d| config.init(d),
-            |layer, pair, mask| layer.forward_residual(pair, mask),
-            (&pair, &mask),
-            true,
-        );
-        println!("triangle multiplication {direction:?}: relative error {error:.2e}");
-        assert!(
-            error <= F16_LAYER,
-            "{direction:?}: relative error {error:.3e}"
-        );
+    let c = 128;
+    for n in [64, 256] {
+        if !kernel_here(&device, n * n, c) {
+            return;
+        }
+        let (pair, mask) = pair_and_mask(n, c);
+        for direction in [TriangleDirection::Outgoing, TriangleDirection::Incoming] {
+            let config = TriangleMultiplicationConfig::new(c, c, direction);
+            let launches = batched_matmul_launches();
+            let error = residual_error(
+                &device,
+                |d| config.init(d),
+                |layer, pair, mask| layer.forward_residual(pair, mask),
+                (&pair, &mask),
+                true,
+            );
+            if n == 256 && std::env::var_os("AF2_EXPECT_MMA").is_some() {
+                assert_eq!(
+                    batched_matmul_launches(),
+                    launches + 1,
+                    "{direction:?}: sum kernel"
+                );
+            }
+            println!("triangle multiplication {direction:?}, L={n}: relative error {error:.2e}");
+            assert!(
+                error <= F16_LAYER,
+                "{direction:?}, L={n}: relative error {error:.3e}"
+            );
+        }
     }
 }
 

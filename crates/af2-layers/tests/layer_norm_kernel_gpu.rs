@@ -7,6 +7,7 @@ mod common;
 
 use af2_layers::layer_norm_kernel::{
     kernel_enabled, kernel_supports, layer_norm_kernel, try_layer_norm_channel_major,
+    try_layer_norm_with_pair_bias,
 };
 use af2_layers::{LayerNorm, LayerNormConfig};
 use burn::module::Param;
@@ -301,4 +302,88 @@ fn channel_major_fallback_matches_exact() {
     let error = relative_error(&to_vec(out), &exact(&seen, &gamma, &beta));
     eprintln!("channel-major fallback d {d}: relative error {error:.2e}");
     assert!(error <= 1e-6, "relative error {error}");
+}
+
+/// The pair bias projected inside the LayerNorm kernel against the exact LayerNorm of the same
+/// (f16) rows, rounded to f16 as the kernel projects it, times the weights in f64; the
+/// normalised rows it writes beside the bias are the plain kernel's, bit for bit.
+#[test]
+fn pair_bias_from_the_kernel_matches_exact() {
+    let Some(device) = gpu() else { return };
+    // 128 wide with 4 and 8 heads (triangle and MSA row attention), a swapped view (the ending
+    // node), 64 wide (the template stack), 256 wide (two vectors a lane), 30 wide (2-element
+    // vectors, columns past D in the last lane).
+    for (shape, heads, swapped, normalised) in [
+        ([1, 24, 24, 128], 4, false, true),
+        ([2, 9, 11, 128], 8, false, false),
+        ([1, 17, 17, 128], 4, true, true),
+        ([1, 12, 12, 64], 4, false, true),
+        ([1, 5, 7, 256], 3, false, true),
+        ([2, 6, 5, 30], 5, true, false),
+    ] {
+        let d = shape[3];
+        let view = |t: Tensor<4>| if swapped { t.swap_dims(1, 2) } else { t };
+        let x = view(tensor_in(&input(shape, 51), &device, DType::F16));
+        let norm = layer_norm(d, &device, DType::F16);
+        let weights_data = values(d * heads, 52, (d as f32).powf(-0.5));
+        let weights = tensor_in::<2>(
+            &TensorData::new(weights_data.clone(), [d, heads]),
+            &device,
+            DType::F16,
+        );
+        let (gamma_t, beta_t) = (norm.gamma.val(), norm.beta.val());
+        let Some((normed, bias)) =
+            try_layer_norm_with_pair_bias(&x, &gamma_t, &beta_t, 1e-5, &weights, normalised)
+        else {
+            assert!(
+                std::env::var("AF2_EXPECT_MMA").is_err(),
+                "the fused pair bias is not offered"
+            );
+            eprintln!("fused pair bias not offered on this device");
+            return;
+        };
+        let [b, q, k, _] = x.dims();
+        assert_eq!(bias.dims(), [b, heads, q, k]);
+        assert_eq!(normed.is_some(), normalised);
+        let plain = to_vec(layer_norm_kernel(
+            x.clone(),
+            gamma_t.clone(),
+            beta_t.clone(),
+            1e-5,
+        ));
+        if let Some(normed) = normed {
+            assert!(to_vec(normed) == plain, "{shape:?}: normalised rows differ");
+        }
+        // Exact normalised rows, rounded to f16 as the kernel rounds them before projecting.
+        let seen = to_vec(x);
+        let (gamma, beta) = (to_vec(gamma_t), to_vec(beta_t));
+        let rounded: Vec<f32> = exact(&seen, &gamma, &beta)
+            .into_iter()
+            .map(|v| burn::tensor::f16::from_f32(v).to_f32())
+            .collect();
+        let weights_seen = to_vec(weights);
+        let pairs = q * k;
+        let mut expected = vec![0f32; b * heads * pairs];
+        for (row, values) in rounded.chunks(d).enumerate() {
+            for h in 0..heads {
+                let dot: f64 = values
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &v)| f64::from(v) * f64::from(weights_seen[c * heads + h]))
+                    .sum();
+                expected[(row / pairs * heads + h) * pairs + row % pairs] = dot as f32;
+            }
+        }
+        let error = relative_error(&to_vec(bias), &expected);
+        eprintln!(
+            "pair bias {shape:?} heads {heads} swapped {swapped}: relative error {error:.2e}"
+        );
+        // The exact rows' f16 rounding can differ by one ulp where the kernel's f32 statistics
+        // land on the other side of a rounding boundary (2^-11 of one term), and the bias is
+        // rounded to f16 (2^-11 relative): 2e-3 of the peak bias, as the other f16 kernels.
+        assert!(
+            error < 2e-3,
+            "{shape:?} heads {heads}: relative error {error}"
+        );
+    }
 }
