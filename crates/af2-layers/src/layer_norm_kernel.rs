@@ -275,7 +275,8 @@ pub fn try_layer_norm_channel_major(
 /// level, 4 the fastest.
 const PROJECTED_ROWS_PER_PLANE: usize = 4;
 
-/// Most heads the fused pair-bias projection takes (their weights are staged in shared memory).
+/// Most heads the fused pair-bias projection takes (a lane holds its columns' weights of every
+/// head in registers; the attentions have 4 or 8).
 const MAX_PROJECTED_HEADS: usize = 16;
 
 /// Whether `AF2_FUSED_PAIR_BIAS=0` turned the pair bias inside the LayerNorm kernel off.

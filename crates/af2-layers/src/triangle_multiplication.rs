@@ -105,13 +105,13 @@ impl TriangleMultiplication {
         let act = self.layer_norm_input.forward(pair.clone());
         // The triangle sum as one batched matmul over (channel, pair) with the summed index k
         // contiguous in both operands, the layout Burn's matmul is fastest with. Incoming edges
-        // sum over the first index of a pair, so their projections are taken from the pairs in
-        // transposed order ((i, k) rows hold pair (k, i)): one row-permuting copy of the
-        // normalised pairs, where transposing the two channel-major projections took two
-        // element-transposing copies.
-        // Where the tensor-core kernel sums over the first index in place, incoming edges are
-        // projected from the pairs as they are.
-        let sum_first_index = self.incoming && sums_first_index_in_place(&act, [b, n], m_of(self));
+        // sum over the first index of a pair: where the tensor-core kernel sums over it in
+        // place, their projections are taken from the pairs as they are; elsewhere from the
+        // pairs in transposed order ((i, k) rows hold pair (k, i)): one row-permuting copy of
+        // the normalised pairs (and of the mask), where transposing the two channel-major
+        // projections took two element-transposing copies.
+        let m = self.left_projection.weight.dims()[1];
+        let sum_first_index = self.incoming && sums_first_index_in_place(&act, [b, n], m);
         let (edge_act, edge_mask) = if self.incoming && !sum_first_index {
             (
                 transpose_pairs(act.clone(), [b, n]),
@@ -312,11 +312,6 @@ fn triangle_sum(rows: Tensor<3>, columns: Tensor<3>) -> Tensor<3> {
         return sum;
     }
     rows.matmul(columns.swap_dims(1, 2))
-}
-
-/// Channels of the left (and right) projection.
-fn m_of(layer: &TriangleMultiplication) -> usize {
-    layer.left_projection.weight.dims()[1]
 }
 
 /// Whether the incoming sum `Σ_k rows[g, k, i] · columns[g, k, j]` runs on the tensor-core
