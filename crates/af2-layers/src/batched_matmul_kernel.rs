@@ -1,7 +1,8 @@
 //! A tensor-core batched product `A · Bᵀ` of f16 matrices whose summed index is contiguous in
 //! both operands: the triangle multiplication's sums (Algorithms 11 and 12), `out[g, i, j] =
 //! Σ_k a[g, i, k] · b[g, j, k]` over the `G = B · c` channel matrices of a batch (feature
-//! `cube`).
+//! `cube`); and, in a summed-index-major form ([`try_batched_matmul_tn`]), `aᵀ · b` of
+//! `[G, K, M]` and `[G, K, N]`, the incoming edges' sum over the first index of their pairs.
 //!
 //! A cube of 8 planes computes one 128 × 128 output tile of one matrix, each plane 32 × 64 of
 //! it (two by four 16×16 accumulator fragments). It walks the summed index 32 at a time: each
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::attention_kernel::{address_type, cube_count};
 use crate::attention_kernel_mma::runs_f16_instructions;
 use crate::with_cube_properties;
-use kernel::batched_matmul_nt_kernel;
+use kernel::batched_matmul_kernel;
 
 /// Rows and columns of one matrix instruction (`16 × 16 × 16`).
 const MMA: usize = 16;
@@ -246,11 +247,11 @@ fn launch(a: CubeTensor, b: CubeTensor, k_major: bool) -> CubeTensor {
     let address_type = address_type([&a, &b, &out]);
     let dtype = dtype_to_storage_type(out.dtype);
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: all three are contiguous `[G, ·, ·]`, K and N multiples of the vector width
-    // (asserted above); reads stay below row M or N and column K of their matrix (checked per
-    // vector), writes below row M and column N.
+    // SAFETY: all three are contiguous `[G, ·, ·]`, every operand row a whole number of
+    // vectors (asserted above; so N too, a row length of either form); reads stay inside rows
+    // M or N and K of their matrix (checked per vector), writes below row M and column N.
     unsafe {
-        batched_matmul_nt_kernel::launch_unchecked(
+        batched_matmul_kernel::launch_unchecked(
             &client,
             cube_count(tiles([g, m, n])),
             CubeDim::new_2d(PLANE as u32, (PLANES_M * PLANES_N) as u32),
@@ -292,7 +293,7 @@ mod kernel {
     /// stages `K_STEP` rows of the summed index, each `TILE` rows (columns) wide, and the A
     /// fragments read them column-major, the B fragments row-major.
     #[cube(launch_unchecked, address_type = "dynamic")]
-    pub(super) fn batched_matmul_nt_kernel<F: Float, N: Size>(
+    pub(super) fn batched_matmul_kernel<F: Float, N: Size>(
         a: &Tensor<Vector<F, N>>,
         b: &Tensor<Vector<F, N>>,
         out: &mut Tensor<Vector<F, N>>,

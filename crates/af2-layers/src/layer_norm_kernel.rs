@@ -323,15 +323,12 @@ pub fn try_layer_norm_with_pair_bias(
     if !offered {
         return None;
     }
-    let args = || {
-        (
-            x.clone().into_dispatch(),
-            gamma.clone().into_dispatch(),
-            beta.clone().into_dispatch(),
-            weights.clone().into_dispatch(),
-        )
-    };
-    let (x, gamma, beta, weights) = args();
+    let (x, gamma, beta, weights) = (
+        x.clone().into_dispatch(),
+        gamma.clone().into_dispatch(),
+        beta.clone().into_dispatch(),
+        weights.clone().into_dispatch(),
+    );
     Some(if normalised {
         let (out, bias) = Dispatch::layer_norm_rows_projected(x, gamma, beta, weights, epsilon);
         (
