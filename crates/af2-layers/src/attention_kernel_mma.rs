@@ -12,8 +12,11 @@
 //! Then each lane takes one row and 16 of the tile's keys (its partner lane `l ^ 16` the other
 //! 16): key mask, running max and sum in f32 (one shuffle per row), the weights written as f16
 //! over the plane's query rows (its query fragments are in registers by then). The weights
-//! times V (matrix instructions again) are added into f32 accumulators held one output channel
-//! a lane, after rescaling by each row's running-max step. The global loads of the next tile
+//! times V (matrix instructions again) are added into the plane's f32 output fragments, which
+//! stay in registers over all the key tiles: the weights are taken relative to a reference max
+//! per row (the first tile's), raised only where a tile's max passes it by more than
+//! [`RESCALE_MARGIN`] (the output so far is then rescaled through shared memory), so most
+//! tiles need no round trip of the output. The global loads of the next tile
 //! are issued into registers before the current tile is computed, so their latency overlaps
 //! the computation; K and V alternate between two shared buffers, so one cube barrier a tile
 //! orders the planes. Every shared-memory row is padded by 8 elements so that the 16 rows of a
@@ -42,6 +45,11 @@ const MMA: usize = 16;
 pub const MMA_HEAD_DIM: usize = 32;
 /// Units of a plane the kernel is written for (NVIDIA's warp, Apple's SIMD group).
 const PLANE: usize = 32;
+/// How far (in logits) a tile's row max may pass the row's reference max before the output
+/// accumulated so far is rescaled to the new max: the weights `exp(logit - reference)` then stay
+/// below `e^8 ≈ 2981`, well inside f16 (65504) with the same relative precision, and most tiles
+/// need no rescale (each one is a round trip of the output through shared memory).
+const RESCALE_MARGIN: f32 = 8.0;
 /// Bias elements a lane loads at once (where the key count is a multiple of it).
 const BIAS_VECTOR: usize = 4;
 /// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows; `None`: chosen per
@@ -245,7 +253,7 @@ pub(crate) fn try_launch(
 }
 
 pub(crate) mod kernel {
-    use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE};
+    use super::{MMA, MMA_HEAD_DIM as HEAD, PLANE, RESCALE_MARGIN};
     use crate::attention_kernel::kernel::{key_mask_base, masked_key_logit};
     use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
     use cubecl::prelude::*;
@@ -258,6 +266,31 @@ pub(crate) mod kernel {
     ) -> Matrix<T> {
         // SAFETY: every fragment is filled or loaded before it is read.
         unsafe { Matrix::<T>::uninitialized(ident, MMA, MMA, MMA, layout) }
+    }
+
+    /// The plane's output fragments (16 rows × 32 channels, f32) written row-major over its
+    /// stripe of the score tile.
+    #[cube]
+    fn store_output(
+        pv_lo: &Matrix<f32>,
+        pv_hi: &Matrix<f32>,
+        s_s: &mut Shared<[f32]>,
+        stripe: usize,
+        stripe_end: usize,
+        #[comptime] key_row: usize,
+    ) {
+        cmma::store(
+            &mut s_s[stripe..stripe_end],
+            pv_lo,
+            key_row as u32,
+            MatrixLayout::RowMajor,
+        );
+        cmma::store(
+            &mut s_s[stripe + MMA..stripe_end],
+            pv_hi,
+            key_row as u32,
+            MatrixLayout::RowMajor,
+        );
     }
 
     /// See the module documentation. Cube `CUBE_POS = (b * H + h) * q_tiles + q_tile` computes
@@ -358,16 +391,15 @@ pub(crate) mod kernel {
         let mut k_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::ColMajor);
         let mut p_frag = fragment::<F>(MatrixIdent::A, MatrixLayout::RowMajor);
         let mut v_frag = fragment::<F>(MatrixIdent::B, MatrixLayout::RowMajor);
+        // The output of the plane's 16 rows (channels 0-15 and 16-31), summed over the key tiles
+        // relative to each row's reference max.
         let mut pv_lo = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
         let mut pv_hi = fragment::<f32>(MatrixIdent::Accumulator, MatrixLayout::Undefined);
+        cmma::fill(&mut pv_lo, 0.0f32);
+        cmma::fill(&mut pv_hi, 0.0f32);
 
-        // Output channel `lane` of the plane's 16 rows; the softmax row's running max and sum.
-        let mut acc = Array::<f32>::new(MMA);
-        #[unroll]
-        for r in 0..MMA {
-            acc[r] = 0.0f32;
-        }
-        // Below any logit (masked ones are -1e9): the first rescale factor is exp(-huge) = 0.
+        // The softmax row's reference max (set by the first tile, raised only where a tile's
+        // max passes it by more than RESCALE_MARGIN) and its sum of weights.
         let mut m_run = f32::new(-3.0e38);
         let mut l_run = f32::new(0.0);
         let mut logits = Array::<f32>::new(half_keys);
@@ -493,28 +525,52 @@ pub(crate) mod kernel {
                     m_tile = m_tile.max(logit);
                 }
                 m_tile = m_tile.max(plane_shuffle_xor(m_tile, MMA as u32));
-                let m_new = m_run.max(m_tile);
-                let factor = (m_run - m_new).exp();
+                if step == 1 {
+                    // The accumulators are still zero: the first tile only sets the maxima.
+                    m_run = m_tile;
+                } else if plane_any(m_tile > m_run + RESCALE_MARGIN) {
+                    let m_new = m_run.max(m_tile);
+                    let factor = (m_run - m_new).exp();
+                    l_run *= factor;
+                    m_run = m_new;
+                    // Through the stripe, whose scores the lanes hold in registers by now.
+                    if my_half == 0 {
+                        row_s[plane * MMA + my_row] = factor;
+                    }
+                    sync_plane();
+                    store_output(&pv_lo, &pv_hi, &mut s_s, stripe, stripe_end, key_row);
+                    sync_plane();
+                    #[unroll]
+                    for r in 0..MMA {
+                        s_s[stripe + r * key_row + lane] *= row_s[plane * MMA + r];
+                    }
+                    sync_plane();
+                    cmma::load_with_layout(
+                        &mut pv_lo,
+                        &s_s[stripe..stripe_end],
+                        key_row as u32,
+                        MatrixLayout::RowMajor,
+                    );
+                    cmma::load_with_layout(
+                        &mut pv_hi,
+                        &s_s[stripe + MMA..stripe_end],
+                        key_row as u32,
+                        MatrixLayout::RowMajor,
+                    );
+                }
                 let mut sum = f32::new(0.0);
                 #[unroll]
                 for j in 0..half_keys {
                     let col = my_half * half_keys + (j + rotation) % half_keys;
-                    let p = (logits[j] - m_new).exp();
+                    let p = (logits[j] - m_run).exp();
                     sum += p;
                     qp_s[p_row_at + col] = F::cast_from(p);
                 }
-                sum += plane_shuffle_xor(sum, MMA as u32);
-                l_run = l_run * factor + sum;
-                m_run = m_new;
-                if my_half == 0 {
-                    row_s[plane * MMA + my_row] = factor;
-                }
+                l_run += sum + plane_shuffle_xor(sum, MMA as u32);
                 sync_plane();
 
-                // P·V of the tile: 16 rows × 32 channels over the tile's two 16-key halves, stored
-                // over the plane's score stripe (read above).
-                cmma::fill(&mut pv_lo, 0.0f32);
-                cmma::fill(&mut pv_hi, 0.0f32);
+                // P·V of the tile: 16 rows × 32 channels over the tile's two 16-key halves,
+                // added to the output.
                 #[unroll]
                 for half in 0..parts {
                     let p_at = qp_at + half * MMA;
@@ -526,28 +582,11 @@ pub(crate) mod kernel {
                     cmma::load(&mut v_frag, &v_s[v_at + MMA..v_end], head_row as u32);
                     cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
                 }
-                cmma::store(
-                    &mut s_s[stripe..stripe_end],
-                    &pv_lo,
-                    key_row as u32,
-                    MatrixLayout::RowMajor,
-                );
-                cmma::store(
-                    &mut s_s[stripe + MMA..stripe_end],
-                    &pv_hi,
-                    key_row as u32,
-                    MatrixLayout::RowMajor,
-                );
-                sync_plane();
-                #[unroll]
-                for r in 0..MMA {
-                    acc[r] = acc[r] * row_s[plane * MMA + r] + s_s[stripe + r * key_row + lane];
-                }
             }
             if step < num_tiles {
                 // Buffer `step % 2` was last read for tile `step - 2`, before the previous
                 // step's barrier; the stripe is the plane's own, free once its lanes have read
-                // the P·V product.
+                // the scores (and a rescale has reloaded the output).
                 let kv_buffer = (step % 2) * kv_tile;
                 #[unroll]
                 for i in 0..kv_count {
@@ -563,7 +602,7 @@ pub(crate) mod kernel {
                 if t < keys {
                     fill_s[(step % 2) * keys + t] = fill_next;
                 }
-                sync_plane();
+                // The plane's lanes last read the stripe before the barrier after the weights.
                 #[unroll]
                 for i in 0..bias_count {
                     let e = (lane + i * PLANE) * bias_vs;
@@ -577,6 +616,7 @@ pub(crate) mod kernel {
             sync_cube();
         }
 
+        store_output(&pv_lo, &pv_hi, &mut s_s, stripe, stripe_end, key_row);
         if my_half == 0 {
             row_s[plane * MMA + my_row] = l_run;
         }
@@ -589,7 +629,7 @@ pub(crate) mod kernel {
             if row < q_len {
                 // l >= 1: the running max itself contributes exp(0).
                 out[out_base + row * out_row_stride] =
-                    F::cast_from(acc[r] / row_s[plane * MMA + r]);
+                    F::cast_from(s_s[stripe + r * key_row + lane] / row_s[plane * MMA + r]);
             }
         }
     }

@@ -238,30 +238,35 @@ fn kernel_matches_reference_f16() {
 #[test]
 fn tensor_core_kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
+    // (case, slope of the logits along the keys in every other query row).
     let mut cases = vec![
         // Triangle attention: partial query and key tiles, one bias for all rows.
-        Case::new(64, 4, 70, 70, 32, Some(1)),
+        (Case::new(64, 4, 70, 70, 32, Some(1)), None),
         // Per-design bias groups, fully masked last row, K a multiple of the key tile.
-        Case::new(128, 4, 33, 64, 32, Some(4)),
+        (Case::new(128, 4, 33, 64, 32, Some(4)), None),
         // No bias (MSA column attention), Q != K.
-        Case::new(96, 8, 21, 100, 32, None),
+        (Case::new(96, 8, 21, 100, 32, None), None),
         // A bias loaded 4 keys at a time (K a multiple of 4) over a partial last key tile.
-        Case::new(64, 4, 36, 100, 32, Some(2)),
+        (Case::new(64, 4, 36, 100, 32, Some(2)), None),
+        // Whole query and key tiles, as at L = 256.
+        (Case::new(16, 4, 256, 256, 32, Some(1)), None),
     ];
     let mut views = Case::new(64, 4, 45, 45, 32, Some(2));
     views.swapped = true;
     views.offset = true;
     views.shared_mask = true;
-    cases.push(views);
-    // Logits rising along the keys in every other query row: the running max moves on every
-    // key tile (not only the first), in some rows of a plane and not in others, so the output
-    // accumulated so far must be rescaled each time.
-    let rising = Case::new(64, 4, 40, 150, 32, Some(1));
-    cases.push(rising.clone());
-    for case in cases {
+    cases.push((views, None));
+    // Logits rising along the keys in every other query row: the max moves on later key
+    // tiles, in some rows of a plane and not in others. At 0.6 a key (~19 a tile) the output
+    // accumulated so far is rescaled at every tile; at 0.2 (~6.4 a tile, below the kernel's
+    // rescale margin of 8) at every other tile, the weights in between above 1.
+    for slope in [0.6, 0.2] {
+        cases.push((Case::new(64, 4, 40, 150, 32, Some(1)), Some(slope)));
+    }
+    for (case, slope) in cases {
         let mut data = inputs(&case, 9);
-        if case.k == rising.k {
-            data.bias = data.bias.map(|bias| rising_along_keys(bias, &case));
+        if let Some(slope) = slope {
+            data.bias = data.bias.map(|bias| rising_along_keys(bias, &case, slope));
         }
         let before = mma_launches();
         let kernel = run(attention_core_kernel, &data, &case, &device, DType::F16);
@@ -278,7 +283,7 @@ fn tensor_core_kernel_matches_reference_f16() {
         // Same f16 inputs on both sides; the weights are rounded to f16 before they multiply V
         // and the output is rounded to f16 (each a relative step of 2^-11 ~ 4.9e-4).
         let error = relative_error(&kernel, &reference);
-        println!("tensor cores {case:?}: relative error {error:.2e}");
+        println!("tensor cores {case:?} slope {slope:?}: relative error {error:.2e}");
         assert!(
             error <= 2e-3,
             "tensor cores {case:?}: relative error {error:.3e}"
@@ -286,9 +291,8 @@ fn tensor_core_kernel_matches_reference_f16() {
     }
 }
 
-/// `bias` plus `0.6 × key` in the even query rows: the max of such a row rises by ~19 every
-/// 32 keys.
-fn rising_along_keys(bias: TensorData, case: &Case) -> TensorData {
+/// `bias` plus `slope × key` in the even query rows.
+fn rising_along_keys(bias: TensorData, case: &Case, slope: f32) -> TensorData {
     let shape = bias.shape().to_vec();
     let values: Vec<f32> = bias.try_to_vec::<f32>().unwrap();
     let rising = values
@@ -297,7 +301,7 @@ fn rising_along_keys(bias: TensorData, case: &Case) -> TensorData {
         .map(|(i, &x)| {
             let (key, query) = (i % case.k, (i / case.k) % case.q);
             if query % 2 == 0 {
-                x + 0.6 * key as f32
+                x + slope * key as f32
             } else {
                 x
             }
