@@ -60,12 +60,14 @@ struct Tuning {
     planes: Option<usize>,
     keys: usize,
     min_planes: usize,
+    min_query_rows: usize,
     pad: bool,
 }
 
 /// [`Tuning`] from `AF2_MMA_PLANES=2|4|8`, `AF2_MMA_KEYS=32|64` (64 only up to 4 planes: 8
-/// planes of 64 keys exceed the shared memory), `AF2_MMA_MIN_PLANES` and `AF2_MMA_PAD=0|1`
-/// (padded shared-memory rows); defaults: planes per device, 32 keys, [`MIN_PLANES`], padded.
+/// planes of 64 keys exceed the shared memory), `AF2_MMA_MIN_PLANES`,
+/// `AF2_MMA_MIN_QUERY_ROWS` and `AF2_MMA_PAD=0|1` (padded shared-memory rows); defaults:
+/// planes per device, 32 keys, [`MIN_PLANES`], [`MIN_QUERY_ROWS`], padded.
 fn tuning() -> &'static Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     TUNING.get_or_init(|| {
@@ -82,6 +84,7 @@ fn tuning() -> &'static Tuning {
             planes,
             keys,
             min_planes: knob("AF2_MMA_MIN_PLANES").unwrap_or(MIN_PLANES),
+            min_query_rows: knob("AF2_MMA_MIN_QUERY_ROWS").unwrap_or(MIN_QUERY_ROWS),
             pad: knob("AF2_MMA_PAD") != Some(0),
         }
     })
@@ -124,6 +127,12 @@ fn default_planes(max_shared_memory: usize, keys: usize, pad: bool) -> usize {
 /// × 8 heads × 8 planes) ran on the scalar kernel and its combine pass, ~80 µs; on tensor cores
 /// the block took 0.08 ms less (H200, `AF2_MMA_MIN_PLANES=64`, docs/PERFORMANCE.md).
 const MIN_PLANES: usize = 64;
+
+/// Fewest query rows a head must have for the tensor-core kernel, whose planes take 16 rows
+/// each: the MSA column attention of a single-sequence design (its few MSA rows are the
+/// queries) ran 12-13% faster on the scalar kernel at L=256 B=8 and L=128 B=16 on an H100, and
+/// no slower at B=1 (docs/PERFORMANCE.md, eighteenth session).
+const MIN_QUERY_ROWS: usize = 16;
 
 /// Planes per cube for `q_len` query rows: `preferred`, or fewer where the rows fill fewer
 /// (an MSA column has a few sequences), at least 2.
@@ -172,8 +181,9 @@ pub(crate) fn runs_f16_instructions(props: &DeviceProperties) -> bool {
 }
 
 /// The attention core on tensor cores, or `None` where the scalar kernel takes the inputs:
-/// not f16, heads other than 32 channels, too few query rows to fill the GPU, no matrix
-/// instructions on the device, or `AF2_ATTENTION_MMA=0`. Shapes are checked by the caller.
+/// not f16, heads other than 32 channels, fewer than [`MIN_QUERY_ROWS`] query rows a head or
+/// too few planes in all to fill the GPU, no matrix instructions on the device, or
+/// `AF2_ATTENTION_MMA=0`. Shapes are checked by the caller.
 pub(crate) fn try_launch(
     q: &CubeTensor,
     k: &CubeTensor,
@@ -188,6 +198,7 @@ pub(crate) fn try_launch(
         planes,
         keys,
         min_planes,
+        min_query_rows,
         pad,
     } = *tuning();
     let preferred = planes.unwrap_or_else(|| {
@@ -204,6 +215,7 @@ pub(crate) fn try_launch(
         && c == MMA_HEAD_DIM
         && cv == MMA_HEAD_DIM
         && q_tiles * h * b * planes >= min_planes
+        && q_len >= min_query_rows
         && device_supports(q);
     if !suitable {
         return None;
