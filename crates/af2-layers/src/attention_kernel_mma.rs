@@ -129,9 +129,9 @@ fn default_planes(max_shared_memory: usize, keys: usize, pad: bool) -> usize {
 const MIN_PLANES: usize = 64;
 
 /// Fewest query rows a head must have for the tensor-core kernel, whose planes take 16 rows
-/// each: the MSA column attention of a single-sequence design (its few MSA rows are the
-/// queries) ran 12-13% faster on the scalar kernel at L=256 B=8 and L=128 B=16 on an H100, and
-/// no slower at B=1 (docs/PERFORMANCE.md, eighteenth session).
+/// each: the MSA column attention layer of a single-sequence design (its few MSA rows are the
+/// queries) took 12-13% less time with the scalar kernel at L=256 B=8 and L=128 B=16 on an
+/// H100, and no more at B=1 (docs/PERFORMANCE.md, eighteenth session).
 const MIN_QUERY_ROWS: usize = 16;
 
 /// Planes per cube for `q_len` query rows: `preferred`, or fewer where the rows fill fewer
@@ -639,7 +639,8 @@ pub(crate) mod kernel {
         for r in 0..MMA {
             let row = row0 + plane * MMA + r;
             if row < q_len {
-                // l >= 1: the running max itself contributes exp(0).
+                // l >= 1: the row's largest logit contributes exp(max - reference), and the
+                // reference is at most the max.
                 out[out_base + row * out_row_stride] =
                     F::cast_from(s_s[stripe + r * key_row + lane] / row_s[plane * MMA + r]);
             }
