@@ -341,6 +341,35 @@ impl GatedAttention {
         .reshape([b, q_len, out_dim])
     }
 
+    /// [`GatedAttention::forward`] where every query row attends to a single key (`m_data`
+    /// `[B, 1, C]`), whatever its mask: the softmax of one logit is exactly 1 (AlphaFold's -1e9
+    /// mask fill shifts the logit and its max alike), so each row's output is its key's
+    /// projected value, gated by the query where the layer has a gate. No queries, keys or
+    /// logits are computed: the template pointwise attention of a single template.
+    ///
+    /// # Shapes
+    /// - q_data: `[B, Q, q_channels]`, m_data: `[B, 1, m_channels]`
+    /// - output: `[B, Q, output_dim]`
+    pub fn forward_single_key(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Tensor<3> {
+        let [b, q_len, _] = q_data.dims();
+        let [_, h, value_dim] = self.value_w.dims();
+        let v = project_heads(m_data, self.value_w.val(), None, None)
+            .reshape([b, 1, h * value_dim])
+            .expand([b, q_len, h * value_dim])
+            .reshape([b * q_len, h * value_dim]);
+        let gate = self.gate().map(|(gw, gb)| {
+            let gate = project_heads(q_data, gw.val(), Some(gb.val()), None);
+            (gate.reshape([b * q_len, h * value_dim]), 0)
+        });
+        let out_dim = self.output_b.dims()[0];
+        let finish = Epilogue {
+            input_gate: gate,
+            ..Epilogue::default()
+        };
+        matmul_bias_with(v, self.output_weight(), Some(self.output_b.val()), finish)
+            .reshape([b, q_len, out_dim])
+    }
+
     /// Queries (scaled by `1/sqrt(key_dim)`), keys, values and gate, one projection each.
     fn project_separately(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Projected {
         let gate = self.gate().map(|(gw, gb)| {
@@ -641,6 +670,43 @@ pub(crate) fn randomized(mut attention: GatedAttention) -> GatedAttention {
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn single_key_attention_is_the_gated_projected_value() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        for gating in [true, false] {
+            let config = GatedAttentionConfig::new(6, 5, 2, 3, 4, 7).with_gating(gating);
+            let mut attention = randomized(config.init(&device));
+            attention.gating_b = attention.gating_b.map(|_| {
+                Param::from_tensor(Tensor::random(
+                    [2, 4],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                ))
+            });
+            attention.output_b =
+                Param::from_tensor(Tensor::random([7], Distribution::Normal(0.0, 1.0), &device));
+            let q = Tensor::<3>::random([4, 3, 6], Distribution::Normal(0.0, 1.0), &device);
+            let m = Tensor::<3>::random([4, 1, 5], Distribution::Normal(0.0, 1.0), &device);
+            // Rows 1 and 3 have their only key masked: AlphaFold's softmax still gives it 1.
+            let mask = Tensor::<2>::from_data(
+                burn::tensor::TensorData::new(vec![1.0f32, 0.0, 1.0, 0.0], [4, 1]),
+                &device,
+            );
+            let full = attention.forward(q.clone(), m.clone(), mask, None);
+            let single = attention.forward_single_key(q, m);
+            let peak: f32 = full.clone().abs().max().into_scalar();
+            let diff: f32 = (full - single).abs().max().into_scalar();
+            // The full path multiplies the value by a softmax weight of exactly 1 and sums one
+            // term: the same products, so f32 rounding of the projections alone.
+            assert!(
+                diff <= 1e-6 * peak.max(1.0),
+                "gating {gating}: differs by {diff} (peak {peak})"
+            );
+            assert!(peak > 0.1, "the test must produce a non-trivial output");
+        }
+    }
 
     #[test]
     fn chunked_attention_equals_unchunked() {

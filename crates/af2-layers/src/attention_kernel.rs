@@ -284,6 +284,11 @@ fn launch(
     {
         return out;
     }
+    if let Some(out) =
+        crate::attention_kernel_few_keys::try_launch(&q, &k, &v, &key_mask, bias.as_ref())
+    {
+        return out;
+    }
 
     let client = q.client.clone();
     let device = q.device.clone();

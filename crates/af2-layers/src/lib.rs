@@ -13,6 +13,8 @@ pub mod attention;
 #[cfg(feature = "cube")]
 pub mod attention_kernel;
 #[cfg(feature = "cube")]
+pub mod attention_kernel_few_keys;
+#[cfg(feature = "cube")]
 pub mod attention_kernel_mma;
 #[cfg(feature = "cube")]
 pub mod batched_matmul_kernel;
@@ -30,6 +32,8 @@ pub mod msa_column_attention;
 pub mod msa_column_global_attention;
 pub mod msa_row_attention;
 pub mod outer_product_mean;
+#[cfg(feature = "cube")]
+pub mod point_logits_kernel;
 #[cfg(feature = "cube")]
 pub mod split_k_linear;
 pub mod transition;

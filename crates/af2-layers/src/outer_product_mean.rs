@@ -82,14 +82,30 @@ impl OuterProductMean {
     /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`
     /// - output: `[B, N, N, c_z]`
     pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
+        let counts = Self::pair_counts(msa_mask.clone());
+        self.forward_with_counts(msa, msa_mask, counts)
+    }
+
+    /// [`OuterProductMean::forward`] with the divisor [`OuterProductMean::pair_counts`] of this
+    /// `msa_mask` computed already: a stack whose blocks share one MSA mask computes it once.
+    ///
+    /// # Shapes
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`, counts: `[B, N, N, 1]`
+    /// - output: `[B, N, N, c_z]`
+    pub fn forward_with_counts(
+        &self,
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        counts: Tensor<4>,
+    ) -> Tensor<4> {
         let [b, s, n, _] = msa.dims();
         let [o, _, c_z] = self.output_w.dims();
         // Multiplications per pair (i, j): contracted S*o*c_z; outer products first o*o*(S + c_z).
         let contracted_is_cheaper = s * o * c_z < o * o * (s + c_z);
         if contracted_is_cheaper && b * s * n * o * c_z <= MAX_OUTER_ELEMENTS {
-            self.forward_contracted(msa, msa_mask)
+            self.contracted(msa, msa_mask, counts)
         } else {
-            self.forward_outer(msa, msa_mask, MAX_OUTER_ELEMENTS)
+            self.outer(msa, msa_mask, counts, MAX_OUTER_ELEMENTS)
         }
     }
 
@@ -102,8 +118,19 @@ impl OuterProductMean {
         msa_mask: Tensor<3>,
         max_elements: usize,
     ) -> Tensor<4> {
+        let counts = Self::pair_counts(msa_mask.clone());
+        self.outer(msa, msa_mask, counts, max_elements)
+    }
+
+    fn outer(
+        &self,
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        counts: Tensor<4>,
+        max_elements: usize,
+    ) -> Tensor<4> {
         let [b, s, n, _] = msa.dims();
-        let (left, right) = self.projections(msa, msa_mask.clone());
+        let (left, right) = self.projections(msa, msa_mask);
         let o = left.dims()[3];
         // right as [B, S, N*o]
         let right = right.reshape([b, s, n * o]);
@@ -116,7 +143,7 @@ impl OuterProductMean {
                 self.project_outer(left, right.clone(), len, n, o)
             })
             .collect();
-        Self::mean(Tensor::cat(chunks, 1), msa_mask)
+        Tensor::cat(chunks, 1) / counts
     }
 
     /// The same sum in the other order: `t[s,c,j,f] = sum_e right[s,j,e] w[c,e,f]` first (one
@@ -126,9 +153,13 @@ impl OuterProductMean {
     /// recorded before the products, so that the bias and the division follow the last matmul
     /// directly (Burn's fusion takes them, and a caller's residual add, in one pass).
     pub fn forward_contracted(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
+        let counts = Self::pair_counts(msa_mask.clone());
+        self.contracted(msa, msa_mask, counts)
+    }
+
+    fn contracted(&self, msa: Tensor<4>, msa_mask: Tensor<3>, counts: Tensor<4>) -> Tensor<4> {
         let [b, s, n, _] = msa.dims();
         let [o, _, c_z] = self.output_w.dims();
-        let counts = Self::pair_counts(msa_mask.clone());
         let (left, right) = self.joint_projections(msa, msa_mask);
         // [B*S, 1, N_j, e] x [1, c, e, f] -> [B*S, c, N_j, f], read as [B, S*c, N_j*f]
         let t = right
@@ -194,13 +225,12 @@ impl OuterProductMean {
         (left, right)
     }
 
-    /// Divides the summed outer products by `1e-3 +` the number of rows valid at both residues.
-    fn mean(act: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
-        act / Self::pair_counts(msa_mask)
-    }
-
-    /// `1e-3 +` the number of rows valid at both residues, `[B, N, N, 1]`.
-    fn pair_counts(msa_mask: Tensor<3>) -> Tensor<4> {
+    /// The mean's divisor: `1e-3 +` the number of rows valid at both residues.
+    ///
+    /// # Shapes
+    /// - msa_mask: `[B, S, N]`
+    /// - output: `[B, N, N, 1]`
+    pub fn pair_counts(msa_mask: Tensor<3>) -> Tensor<4> {
         let norm = msa_mask
             .clone()
             .swap_dims(1, 2)

@@ -12,6 +12,7 @@ mod common;
 
 use af2_layers::attention::{attention_core, attention_core_reference};
 use af2_layers::attention_kernel::{attention_core_kernel, kernel_supports};
+use af2_layers::attention_kernel_few_keys::few_keys_launches;
 use af2_layers::attention_kernel_mma::mma_launches;
 use af2_layers::{GatedAttention, GatedAttentionConfig};
 use burn::module::Param;
@@ -197,6 +198,45 @@ fn kernel_matches_reference_f32() {
     cases.push(offset);
     for case in &cases {
         check(case, &device);
+    }
+}
+
+/// Heads of at most 16 keys without a bias, on the one-unit-a-row kernel: the single-sequence
+/// MSA column attention (2 rows, 8 heads of 32, swapped views as GatedAttention passes them),
+/// the most keys and the widest heads, one key, a shared mask with other value widths, views
+/// at an offset; in f32 and in f16.
+#[test]
+fn few_keys_kernel_matches_reference() {
+    let Some(device) = gpu() else { return };
+    let mut column = Case::new(256, 8, 2, 2, 32, None);
+    column.swapped = true;
+    let mut shared = Case::new(6, 3, 9, 5, 16, None);
+    shared.shared_mask = true;
+    shared.cv = 8;
+    let mut offset = Case::new(4, 2, 16, 16, 8, None);
+    offset.offset = true;
+    offset.swapped = true;
+    let cases = [
+        column,
+        Case::new(3, 4, 16, 16, 64, None),
+        Case::new(5, 2, 7, 1, 8, None),
+        shared,
+        offset,
+    ];
+    for case in &cases {
+        let before = few_keys_launches();
+        check(case, &device);
+        assert!(
+            few_keys_launches() > before,
+            "{case:?}: the kernel did not run"
+        );
+        let data = inputs(case, 9);
+        let kernel = run(attention_core_kernel, &data, case, &device, DType::F16);
+        let reference = reference_of_f16_inputs(&data, case);
+        // As `kernel_matches_reference_f16`: f32 arithmetic, the output rounded to f16.
+        let error = relative_error(&kernel, &reference);
+        println!("f16 {case:?}: relative error {error:.2e}");
+        assert!(error <= 2e-3, "f16 {case:?}: relative error {error:.3e}");
     }
 }
 

@@ -101,19 +101,20 @@ pub(crate) use pair_layers_of;
 
 /// The MSA half of an Evoformer or extra-MSA block (Algorithm 6 lines 2-5): row attention with
 /// pair bias, a column attention (`column`), the MSA transition, then the outer product mean
-/// into the pair. Returns `(msa, pair)`.
+/// into the pair, which divides by `counts` ([`OuterProductMean::pair_counts`] of `msa_mask`).
+/// Returns `(msa, pair)`.
 pub(crate) fn msa_half(
     row: &MsaRowAttentionWithPairBias,
     column: impl FnOnce(Tensor<4>, Tensor<3>) -> Tensor<4>,
     transition: &Transition,
     outer_product_mean: &OuterProductMean,
-    (msa, msa_mask): (Tensor<4>, Tensor<3>),
+    (msa, msa_mask, counts): (Tensor<4>, Tensor<3>, Tensor<4>),
     pair: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>) {
     let msa = row.forward_residual(msa, msa_mask.clone(), pair.clone());
     let msa = msa.clone() + column(msa, msa_mask.clone());
     let msa = transition.forward_residual(msa);
-    let pair = pair + outer_product_mean.forward(msa.clone(), msa_mask);
+    let pair = pair + outer_product_mean.forward_with_counts(msa.clone(), msa_mask, counts);
     (msa, pair)
 }
 
@@ -271,12 +272,24 @@ impl EvoformerBlock {
         pair: Tensor<4>,
         pair_mask: Tensor<3>,
     ) -> (Tensor<4>, Tensor<4>) {
+        let counts = OuterProductMean::pair_counts(msa_mask.clone());
+        self.forward_with_counts((msa, msa_mask, counts), pair, pair_mask)
+    }
+
+    /// [`EvoformerBlock::forward`] with the outer product mean's divisor of `msa_mask`
+    /// ([`OuterProductMean::pair_counts`]) computed once for a whole stack.
+    pub fn forward_with_counts(
+        &self,
+        msa: (Tensor<4>, Tensor<3>, Tensor<4>),
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let (msa, pair) = msa_half(
             &self.msa_row_attention_with_pair_bias,
             |m, mask| self.msa_column_attention.forward(m, mask),
             &self.msa_transition,
             &self.outer_product_mean,
-            (msa, msa_mask),
+            msa,
             pair,
         );
         (
@@ -332,8 +345,10 @@ impl EvoformerStack {
         mut pair: Tensor<4>,
         pair_mask: Tensor<3>,
     ) -> (Tensor<4>, Tensor<4>, Tensor<3>) {
+        let counts = OuterProductMean::pair_counts(msa_mask.clone());
         for block in &self.blocks {
-            (msa, pair) = block.forward(msa, msa_mask.clone(), pair, pair_mask.clone());
+            let masked_msa = (msa, msa_mask.clone(), counts.clone());
+            (msa, pair) = block.forward_with_counts(masked_msa, pair, pair_mask.clone());
         }
         let [b, _, n, c] = msa.dims();
         let first_row = msa.clone().narrow(1, 0, 1).reshape([b, n, c]);

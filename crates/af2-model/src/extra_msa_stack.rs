@@ -100,12 +100,24 @@ impl ExtraMsaBlock {
         pair: Tensor<4>,
         pair_mask: Tensor<3>,
     ) -> (Tensor<4>, Tensor<4>) {
+        let counts = OuterProductMean::pair_counts(msa_mask.clone());
+        self.forward_with_counts((msa, msa_mask, counts), pair, pair_mask)
+    }
+
+    /// [`ExtraMsaBlock::forward`] with the outer product mean's divisor of `msa_mask`
+    /// ([`OuterProductMean::pair_counts`]) computed once for a whole stack.
+    pub fn forward_with_counts(
+        &self,
+        msa: (Tensor<4>, Tensor<3>, Tensor<4>),
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let (msa, pair) = msa_half(
             &self.msa_row_attention_with_pair_bias,
             |m, mask| self.msa_column_global_attention.forward(m, mask),
             &self.msa_transition,
             &self.outer_product_mean,
-            (msa, msa_mask),
+            msa,
             pair,
         );
         (
@@ -129,8 +141,10 @@ impl ExtraMsaStack {
         pair_mask: Tensor<3>,
     ) -> Tensor<4> {
         let mut msa = self.extra_msa_activations.forward(extra_feat);
+        let counts = OuterProductMean::pair_counts(extra_mask.clone());
         for block in &self.blocks {
-            (msa, pair) = block.forward(msa, extra_mask.clone(), pair, pair_mask.clone());
+            let masked_msa = (msa, extra_mask.clone(), counts.clone());
+            (msa, pair) = block.forward_with_counts(masked_msa, pair, pair_mask.clone());
         }
         pair
     }

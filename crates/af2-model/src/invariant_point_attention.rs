@@ -272,8 +272,9 @@ impl InvariantPointAttention {
 }
 
 /// `-0.5 * Σ_p w_h |q_hip - k_hjp|²` computed as differences (not by expanding the square, which
-/// loses precision far from the origin), in chunks of query residues so that the
-/// `[H, Q, K, P, 3]` buffer stays below [`MAX_LOGITS_PER_CHUNK`] elements.
+/// loses precision far from the origin): on a cubecl device one kernel, each logit summed by one
+/// unit (`af2_layers::point_logits_kernel`); elsewhere as Burn operations, in chunks of query
+/// residues so that the `[H, Q, K, P, 3]` buffer stays below [`MAX_LOGITS_PER_CHUNK`] elements.
 ///
 /// # Shapes
 /// - q: `[H, N, P, 3]`
@@ -281,6 +282,10 @@ impl InvariantPointAttention {
 /// - weights: `[H]`
 /// - output: `[H, N, N]`
 fn point_logits(q: Tensor<4>, k: Tensor<4>, weights: Tensor<1>) -> Tensor<3> {
+    #[cfg(feature = "wgpu")]
+    if let Some(logits) = af2_layers::point_logits_kernel::try_point_logits(&q, &k, &weights) {
+        return logits;
+    }
     let [h, n, p, _] = q.dims();
     let k = k.unsqueeze_dim::<5>(1);
     let weights = weights.reshape([h, 1, 1, 1]);

@@ -253,7 +253,9 @@ impl TemplateEmbedding {
     }
 
     /// The template update to the pair: each pair position attends over its embedded
-    /// templates (Algorithm 17); zero for a design without any template.
+    /// templates (Algorithm 17); zero for a design without any template. With one template slot
+    /// the attention is that template's projected value
+    /// ([`af2_layers::GatedAttention::forward_single_key`]).
     ///
     /// # Shapes
     /// - pair: `[B, N, N, c_z]`; memory: `[B * N * N, T, c_t]` ([`TemplateEmbedding::embed_templates`])
@@ -274,6 +276,14 @@ impl TemplateEmbedding {
             .greater_elem(0.0)
             .float()
             .reshape([b, 1, 1, 1]);
+        if t == 1 {
+            // One template (a binder's target): its softmax weight is exactly 1, so no logits.
+            let embedding = self
+                .attention
+                .forward_single_key(query, memory)
+                .reshape([b, n, n, c_z]);
+            return embedding * any_template;
+        }
         // One key mask per query row: each design's template mask over its N * N pairs.
         let key_mask = if b == 1 {
             template_mask
