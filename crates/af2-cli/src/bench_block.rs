@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 
 use af2_io::weights::ModelDims;
-use af2_model::evoformer::{EvoformerBlock, EvoformerBlockConfig};
+use af2_model::evoformer::{EvoformerBlock, EvoformerBlockConfig, MsaPairBlock};
 use af2_model::model::AlphaFoldConfig;
 use af2_model::precision::cast_module;
 

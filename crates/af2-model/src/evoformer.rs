@@ -260,12 +260,30 @@ impl EvoformerBlockConfig {
     }
 }
 
-impl EvoformerBlock {
+/// A block of an MSA half and a pair half (an Evoformer or extra-MSA block), with the outer
+/// product mean's divisor of the MSA mask ([`OuterProductMean::pair_counts`]) given, so that a
+/// stack computes it once rather than once a block.
+pub trait MsaPairBlock {
+    /// The block on `(msa, msa_mask, counts)`, counts the divisor of `msa_mask`.
+    ///
     /// # Shapes
-    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`
+    /// - msa: `[B, S, N, c]`, msa_mask: `[B, S, N]`, counts: `[B, N, N, 1]`
     /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
     /// - returns `(msa, pair)` of the same shapes
-    pub fn forward(
+    fn forward_with_counts(
+        &self,
+        msa: (Tensor<4>, Tensor<3>, Tensor<4>),
+        pair: Tensor<4>,
+        pair_mask: Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>);
+
+    /// [`MsaPairBlock::forward_with_counts`] with the divisor computed from `msa_mask`.
+    ///
+    /// # Shapes
+    /// - msa: `[B, S, N, c]`, msa_mask: `[B, S, N]`
+    /// - pair: `[B, N, N, c_z]`, pair_mask: `[B, N, N]`
+    /// - returns `(msa, pair)` of the same shapes
+    fn forward(
         &self,
         msa: Tensor<4>,
         msa_mask: Tensor<3>,
@@ -275,10 +293,10 @@ impl EvoformerBlock {
         let counts = OuterProductMean::pair_counts(msa_mask.clone());
         self.forward_with_counts((msa, msa_mask, counts), pair, pair_mask)
     }
+}
 
-    /// [`EvoformerBlock::forward`] with the outer product mean's divisor of `msa_mask`
-    /// ([`OuterProductMean::pair_counts`]) computed once for a whole stack.
-    pub fn forward_with_counts(
+impl MsaPairBlock for EvoformerBlock {
+    fn forward_with_counts(
         &self,
         msa: (Tensor<4>, Tensor<3>, Tensor<4>),
         pair: Tensor<4>,

@@ -9,7 +9,7 @@ use af2_layers::{
     OuterProductMean, Transition, TriangleAttention, TriangleMultiplication, linear,
 };
 
-use crate::evoformer::{EvoformerBlockConfig, msa_half, pair_layers_of};
+use crate::evoformer::{EvoformerBlockConfig, MsaPairBlock, msa_half, pair_layers_of};
 
 /// Number of extra-MSA input features: 23-way one-hot, has-deletion, deletion value.
 pub const EXTRA_MSA_FEATURES: usize = 25;
@@ -88,25 +88,8 @@ impl ExtraMsaStackConfig {
     }
 }
 
-impl ExtraMsaBlock {
-    /// # Shapes
-    /// - msa: `[B, Se, N, c_e]`, msa_mask: `[B, Se, N]`, pair: `[B, N, N, c_z]`,
-    ///   pair_mask: `[B, N, N]`
-    /// - returns `(msa, pair)` of the same shapes
-    pub fn forward(
-        &self,
-        msa: Tensor<4>,
-        msa_mask: Tensor<3>,
-        pair: Tensor<4>,
-        pair_mask: Tensor<3>,
-    ) -> (Tensor<4>, Tensor<4>) {
-        let counts = OuterProductMean::pair_counts(msa_mask.clone());
-        self.forward_with_counts((msa, msa_mask, counts), pair, pair_mask)
-    }
-
-    /// [`ExtraMsaBlock::forward`] with the outer product mean's divisor of `msa_mask`
-    /// ([`OuterProductMean::pair_counts`]) computed once for a whole stack.
-    pub fn forward_with_counts(
+impl MsaPairBlock for ExtraMsaBlock {
+    fn forward_with_counts(
         &self,
         msa: (Tensor<4>, Tensor<3>, Tensor<4>),
         pair: Tensor<4>,
