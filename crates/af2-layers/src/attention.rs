@@ -323,17 +323,29 @@ impl GatedAttention {
             key_mask,
             bias,
         )
-        .swap_dims(1, 2);
+        .swap_dims(1, 2)
+        .reshape([b * q_len, h * value_dim]);
+        self.project_output(weighted, gate, residual, [b, q_len])
+    }
+
+    /// The output projection of the attended values `[B * Q, H * value_dim]`, gated by `gate`
+    /// (see [`Projected::gate`]) on their way in (in the linear kernel's staging where it runs,
+    /// else as a Burn operation), plus `residual` `[B, Q, output_dim]`: `[B, Q, output_dim]`.
+    fn project_output(
+        &self,
+        weighted: Tensor<2>,
+        gate: Option<(Tensor<2>, usize)>,
+        residual: Option<Tensor<3>>,
+        [b, q_len]: [usize; 2],
+    ) -> Tensor<3> {
         let out_dim = self.output_b.dims()[0];
-        // The gate multiplies the attended values on their way into the output projection
-        // (in the linear kernel's staging where it runs, else as a Burn operation).
         let finish = Epilogue {
             residual: residual.map(|r| r.reshape([b * q_len, out_dim])),
             input_gate: gate,
             ..Epilogue::default()
         };
         matmul_bias_with(
-            weighted.reshape([b * q_len, h * value_dim]),
+            weighted,
             self.output_weight(),
             Some(self.output_b.val()),
             finish,
@@ -357,26 +369,23 @@ impl GatedAttention {
             .reshape([b, 1, h * value_dim])
             .expand([b, q_len, h * value_dim])
             .reshape([b * q_len, h * value_dim]);
-        let gate = self.gate().map(|(gw, gb)| {
+        let gate = self.project_gate(q_data);
+        self.project_output(v, gate, None, [b, q_len])
+    }
+
+    /// The gate's pre-activation `[B * Q, H * value_dim]` from `q_data` `[B, Q, q_channels]`,
+    /// where the layer has a gate, as [`Projected::gate`] takes it (from column 0).
+    fn project_gate(&self, q_data: Tensor<3>) -> Option<(Tensor<2>, usize)> {
+        self.gate().map(|(gw, gb)| {
             let gate = project_heads(q_data, gw.val(), Some(gb.val()), None);
-            (gate.reshape([b * q_len, h * value_dim]), 0)
-        });
-        let out_dim = self.output_b.dims()[0];
-        let finish = Epilogue {
-            input_gate: gate,
-            ..Epilogue::default()
-        };
-        matmul_bias_with(v, self.output_weight(), Some(self.output_b.val()), finish)
-            .reshape([b, q_len, out_dim])
+            let [b, n, h, v] = gate.dims();
+            (gate.reshape([b * n, h * v]), 0)
+        })
     }
 
     /// Queries (scaled by `1/sqrt(key_dim)`), keys, values and gate, one projection each.
     fn project_separately(&self, q_data: Tensor<3>, m_data: Tensor<3>) -> Projected {
-        let gate = self.gate().map(|(gw, gb)| {
-            let gate = project_heads(q_data.clone(), gw.val(), Some(gb.val()), None);
-            let [b, n, h, v] = gate.dims();
-            (gate.reshape([b * n, h * v]), 0)
-        });
+        let gate = self.project_gate(q_data.clone());
         Projected {
             q: project_heads(q_data, self.query_w.val(), None, Some(self.query_scale())),
             k: project_heads(m_data.clone(), self.key_w.val(), None, None),
