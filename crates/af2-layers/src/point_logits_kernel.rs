@@ -11,7 +11,7 @@
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{Shape, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::{into_contiguous, untile};
@@ -57,9 +57,7 @@ impl PointLogitsOps for CubeBackend {
 /// # Panics
 /// If the shapes disagree (groups, points, three coordinates) or the dtypes differ.
 pub fn try_point_logits(q: &Tensor<4>, k: &Tensor<4>, weights: &Tensor<1>) -> Option<Tensor<3>> {
-    if !matches!(q.device().as_dispatch(), DispatchDevice::Cube(_)) {
-        return None;
-    }
+    crate::with_cube_properties(&q.device(), |_| ())?;
     let ([g, _, p, xyz], [g_k, _, p_k, xyz_k]) = (q.dims(), k.dims());
     assert!(
         g == g_k && p == p_k && xyz == 3 && xyz_k == 3 && weights.dims() == [g],
