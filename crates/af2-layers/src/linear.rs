@@ -112,14 +112,20 @@ pub struct Epilogue {
     /// first + d_input])` before the product (an attention's gate on its way into the output
     /// projection). On the f16 linear kernel in f32, rounded once, as the input is staged.
     pub input_gate: Option<(Tensor<2>, usize)>,
+    /// `(divisor, width)`, divisor `[M, N / width]`: each row's output divided by one value a
+    /// `width`-column block, before the residual is added (the outer product mean's per-pair
+    /// count, its `c_z` channels a block). The linear kernel takes it with a residual alone,
+    /// where `width` is its column block (128).
+    pub divisor: Option<(Tensor<2>, usize)>,
 }
 
 /// `x · weight (+ bias)` finished by `epilogue`: on the tensor-core kernel in one pass where it
 /// takes the inputs and the combination ([`crate::linear_kernel::try_linear_kernel_with`]), else
-/// [`matmul_bias`] and the epilogue's operations as Burn tensor operations.
+/// [`matmul_bias`] and the epilogue's operations as Burn tensor operations. The bias may be
+/// shorter than a row: `[P]` with `P` dividing `d_output` is repeated along it.
 ///
 /// # Shapes
-/// - x: `[rows, d_input]`, weight: `[d_input, d_output]`, bias: `[d_output]`
+/// - x: `[rows, d_input]`, weight: `[d_input, d_output]`, bias: `[P]`
 /// - gate and residual: `[rows, d_output]`
 /// - output: `[rows, d_output]`
 pub fn matmul_bias_with(
@@ -144,7 +150,21 @@ pub fn matmul_bias_with(
         };
         return matmul_bias_with(x, weight, bias, rest);
     }
-    let mut output = matmul_bias(x, weight, bias);
+    let [rows, d_output] = [x.dims()[0], weight.dims()[1]];
+    let mut output = match bias {
+        Some(bias) if bias.dims()[0] != d_output => {
+            let period = bias.dims()[0];
+            let repeats = d_output / period;
+            assert_eq!(
+                repeats * period,
+                d_output,
+                "bias [{period}] must divide {d_output}"
+            );
+            let product = matmul_bias(x, weight, None).reshape([rows, repeats, period]);
+            (product + bias.unsqueeze::<3>()).reshape([rows, d_output])
+        }
+        bias => matmul_bias(x, weight, bias),
+    };
     if let Some((columns, scale)) = epilogue.scale_columns {
         let width = output.dims()[1];
         let scaled = output.clone().narrow(1, 0, columns).mul_scalar(scale);
@@ -154,6 +174,11 @@ pub fn matmul_bias_with(
         // ReLU as one clamp, which Burn's fusion folds into the matmul's output stage
         // (`clamp_min` it does not fuse).
         output = output.clamp(0.0, f32::INFINITY);
+    }
+    if let Some((divisor, width)) = epilogue.divisor {
+        let blocks = d_output / width;
+        let divisor = divisor.reshape([rows, blocks, 1]);
+        output = (output.reshape([rows, blocks, width]) / divisor).reshape([rows, d_output]);
     }
     if let Some(gate) = epilogue.gate {
         output = output * sigmoid(gate);
@@ -167,7 +192,7 @@ pub fn matmul_bias_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     #[test]
     fn matches_burn_linear_on_every_rank() {
@@ -262,6 +287,34 @@ mod tests {
         let expected = matmul_bias(gated_x, w, Some(b)) + residual;
         let diff: f32 = (ours - expected).abs().max().into_scalar();
         assert_eq!(diff, 0.0, "input gate");
+    }
+
+    #[test]
+    fn epilogue_divides_column_blocks_and_repeats_a_short_bias() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        let normal =
+            |shape: [usize; 2]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        // Three blocks of 2 columns: the bias [2] repeats, each row has one divisor a block.
+        let (x, w, residual) = (normal([4, 5]), normal([5, 6]), normal([4, 6]));
+        let b = normal([1, 2]).reshape([2]);
+        let divisor = normal([4, 3]).abs() + 0.5;
+        let finish = Epilogue {
+            divisor: Some((divisor.clone(), 2)),
+            residual: Some(residual.clone()),
+            ..Epilogue::default()
+        };
+        let ours = matmul_bias_with(x.clone(), w.clone(), Some(b.clone()), finish);
+        let repeated = Tensor::cat(vec![b.clone(), b.clone(), b], 0);
+        let divisors: Vec<f32> = divisor.into_data().try_to_vec().unwrap();
+        let expanded: Vec<f32> = (0..24)
+            .map(|i| divisors[(i / 6) * 3 + (i % 6) / 2])
+            .collect();
+        let expanded = Tensor::<2>::from_data(TensorData::new(expanded, [4, 6]), &device);
+        let expected = matmul_bias(x, w, Some(repeated)) / expanded + residual;
+        let diff: f32 = (ours - expected).abs().max().into_scalar();
+        // The bias added after the product instead of with it: f32 rounding only.
+        assert!(diff <= 1e-5, "divided blocks differ by {diff}");
     }
 
     #[test]

@@ -21,8 +21,11 @@
 //!
 //! The output stage can finish a layer on the way out ([`Epilogue`]; in f32 from the f16-rounded
 //! product, rounded once more): a ReLU (the transitions), a sigmoid gate and a residual add (the
-//! triangle multiplication's output), a residual add alone, or a scale of the first columns (the
-//! queries of an attention's shared projection); and the transposed form can gate
+//! triangle multiplication's output), a residual add alone, a scale of the first columns (the
+//! queries of an attention's shared projection), or a division by one value a row and column
+//! block followed by a residual add, with a bias shorter than the row repeated along it (the
+//! outer product mean's last product for one design, `[N, S·32] · [S·32, N·c_z]`: each pair's
+//! `c_z` channels divided by its count, the pair added); and the transposed form can gate
 //! its own columns ([`try_gated_edges_kernel`]: the triangle multiplication's masked, gated
 //! edges). It can also gate its input as it stages it (`Epilogue::input_gate`: the attentions'
 //! `sigmoid(gate)` on their output, read from the columns of the shared projection that hold
@@ -201,6 +204,22 @@ pub trait LinearOps: Backend {
         residual: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// `(x · weight + bias) / divisor + residual`: bias `[P]` repeated along the row (P divides
+    /// N), `divisor` `[M, N / width]` with one value per row and `width` columns (the kernel's
+    /// column block), residual `[M, N]`.
+    #[fusion(dtype = x, shape = {
+        let mut shape = x.clone();
+        shape[1] = weight[1];
+        shape
+    })]
+    fn linear_rows_divided_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        divisor: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// `x · weight` for `x` `[M, K]`, `weight` `[K, N]`.
     #[fusion(dtype = x, shape = {
         let mut shape = x.clone();
@@ -322,6 +341,21 @@ impl LinearOps for CubeBackend {
         launch(x, weight, Some(bias), stage)
     }
 
+    fn linear_rows_divided_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        divisor: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let stage = Stage {
+            divisor: Some(divisor),
+            residual: Some(residual),
+            ..Stage::default()
+        };
+        launch(x, weight, Some(bias), stage)
+    }
+
     fn linear_rows_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         launch(x, weight, None, Stage::default())
     }
@@ -340,6 +374,8 @@ struct Stage {
     scale: Option<(f32, usize)>,
     /// `(gates, first)`: the input times `sigmoid(gates[:, first .. first + K])`.
     input_gate: Option<(CubeTensor, usize)>,
+    /// `[M, N / n_block]`: the output divided by one value per row and column block.
+    divisor: Option<CubeTensor>,
 }
 
 /// Whether `AF2_LINEAR_KERNEL=0` turned the kernel off.
@@ -456,12 +492,17 @@ pub fn try_linear_kernel(
 }
 
 /// Whether the kernel has this epilogue combination: a bias with a ReLU alone, a gate with a
-/// residual, a residual alone, scaled columns alone, or an input gate alone or with a
-/// residual; without a bias, none of them (`AF2_LINEAR_EPILOGUE=0`: none).
+/// residual, a residual alone, scaled columns alone, an input gate alone or with a residual,
+/// or a divisor with a residual; without a bias, none of them (`AF2_LINEAR_EPILOGUE=0`: none).
 fn offered(epilogue: &Epilogue, biased: bool) -> bool {
+    let others = epilogue.relu || epilogue.gate.is_some() || epilogue.scale_columns.is_some();
+    if epilogue.divisor.is_some() {
+        // With a residual, nothing else.
+        let alone = !others && epilogue.input_gate.is_none();
+        return alone && epilogue.residual.is_some() && biased && !epilogues_disabled();
+    }
     if epilogue.input_gate.is_some() {
         // With a residual or alone.
-        let others = epilogue.relu || epilogue.gate.is_some() || epilogue.scale_columns.is_some();
         return !others && biased && !epilogues_disabled();
     }
     match (
@@ -511,8 +552,20 @@ pub fn try_linear_kernel_with(
     let scale_fits = epilogue
         .scale_columns
         .is_none_or(|(columns, _)| columns.is_multiple_of(VECTOR) && columns <= shape[1]);
+    // The divisor's blocks are the kernel's column blocks.
+    let divisor_fits = epilogue.divisor.as_ref().is_none_or(|(divisor, width)| {
+        let blocks = shape[1] / width;
+        assert_eq!(
+            divisor.dims(),
+            [shape[0], blocks],
+            "linear kernel: the divisor must be [{}, {blocks}]",
+            shape[0]
+        );
+        divisor.dtype() == x.dtype() && *width == block_width(shape[1])
+    });
     if !extras_fit
         || !scale_fits
+        || !divisor_fits
         || !input_gate_fits(epilogue, x)
         || !offered(epilogue, bias.is_some())
         || !kernel_supports(x, weight)
@@ -527,6 +580,13 @@ pub fn try_linear_kernel_with(
             x, weight,
         )));
     };
+    if let Some((divisor, _)) = &epilogue.divisor {
+        let divisor = divisor.clone().into_dispatch();
+        let residual = extra(&epilogue.residual).expect("offered only with a residual");
+        return Some(Tensor::<2>::from_dispatch(
+            Dispatch::linear_rows_divided_residual(x, weight, bias, divisor, residual),
+        ));
+    }
     if let Some((gates, first)) = &epilogue.input_gate {
         let gates = gates.clone().into_dispatch();
         let out = match extra(&epilogue.residual) {
@@ -648,9 +708,14 @@ pub fn gated_edges_supported(x: &Tensor<2>, weight: &Tensor<2>) -> bool {
         && transposed_kernel_supports(x, weight)
 }
 
-/// The bias for the backend operation, checked to be `[n]`.
+/// The bias for the backend operation, checked to be `[n]`, or `[p]` with `p` dividing `n`
+/// (repeated along the row).
 fn checked_bias(bias: &Tensor<1>, n: usize) -> FloatTensor<Dispatch> {
-    assert_eq!(bias.dims(), [n], "linear kernel: bias must be [{n}]");
+    let [p] = bias.dims();
+    assert!(
+        p > 0 && n.is_multiple_of(p),
+        "linear kernel: bias must be [{n}] or divide it, got [{p}]"
+    );
     bias.clone().into_dispatch()
 }
 
@@ -679,12 +744,30 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         mask,
         scale,
         input_gate,
+        divisor,
     } = stage;
     let (gate, residual, mask) = (
         gate.map(contiguous),
         residual.map(contiguous),
         mask.map(contiguous),
     );
+    let divisor = divisor.map(untile);
+    let bias_period = bias.as_ref().map_or(n, |bias| bias.meta.shape()[0]);
+    assert!(
+        bias_period > 0 && n.is_multiple_of(bias_period),
+        "linear kernel: bias [{bias_period}] for {n} columns"
+    );
+    if let Some(divisor) = &divisor {
+        assert_eq!(
+            divisor.meta.shape().to_vec(),
+            [m, n / block_width(n)],
+            "linear kernel: divisor shape"
+        );
+        assert!(
+            !transposed && mask.is_none(),
+            "linear kernel: divisor on rows"
+        );
+    }
     let (input_gate, gate_first) = match input_gate {
         Some((gates, first)) => (Some(contiguous(gates)), first),
         None => (None, 0),
@@ -719,6 +802,7 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         || mask.is_some()
         || scale.is_some()
         || input_gate.is_some()
+        || divisor.is_some()
     {
         FUSED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -757,7 +841,7 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
     let address_type = address_type(
         [&x, &weight, &out].into_iter().chain(
-            [&bias, &gate, &residual, &mask, &input_gate]
+            [&bias, &gate, &residual, &mask, &input_gate, &divisor]
                 .into_iter()
                 .flatten(),
         ),
@@ -767,9 +851,10 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         dtype_to_storage_type(bias.as_ref().map_or(out.dtype, |b| b.dtype)),
     ];
     // SAFETY: reads of x stay below row M (checked per element) and column K, of the weight
-    // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, N), of the gate and
-    // residual (contiguous [M, N], asserted above) at the output's own indices, of the mask
-    // ([M], M a multiple of 8, asserted) below row M, of the input gates (contiguous [M, G],
+    // inside [0, K) × [0, N) (`n_block` divides N), of the bias inside [0, P) (column modulo
+    // its length P), of the gate and residual (contiguous [M, N], asserted above) at the
+    // output's own indices, of the divisor ([M, N / n_block], asserted) at row and block, of
+    // the mask ([M], M a multiple of 8, asserted) below row M, of the input gates (contiguous [M, G],
     // columns first .. first + K inside G, asserted) below row M; writes of the output stay
     // below row M and column N (N / 2 gated).
     unsafe {
@@ -786,11 +871,13 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             residual.map(CubeTensor::into_tensor_arg).into(),
             mask.map(CubeTensor::into_tensor_arg).into(),
             input_gate.map(CubeTensor::into_tensor_arg).into(),
+            divisor.map(CubeTensor::into_tensor_arg).into(),
             out.clone().into_tensor_arg(),
             cubes_per_block,
             scale.map_or(1.0, |(scale, _)| scale),
             scale.map_or(0, |(_, columns)| columns),
             gate_first,
+            bias_period,
             k,
             n_block,
             planes,
@@ -799,6 +886,7 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
             relu,
             scale.is_some(),
             groups,
+            bias_period != n,
             dtypes,
         );
     }

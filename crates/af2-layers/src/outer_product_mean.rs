@@ -98,14 +98,45 @@ impl OuterProductMean {
         msa_mask: Tensor<3>,
         counts: Tensor<4>,
     ) -> Tensor<4> {
+        self.sum_orders(msa, msa_mask, counts, None)
+    }
+
+    /// `pair + forward_with_counts(msa, msa_mask, counts)`. For one design in the contracted
+    /// order the last product, its bias, the division and the add run as one pass of the linear
+    /// kernel where it takes them (f16 on a GPU with matrix instructions).
+    ///
+    /// # Shapes
+    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`, counts: `[B, N, N, 1]`
+    /// - pair, output: `[B, N, N, c_z]`
+    pub fn forward_residual_with_counts(
+        &self,
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        counts: Tensor<4>,
+        pair: Tensor<4>,
+    ) -> Tensor<4> {
+        self.sum_orders(msa, msa_mask, counts, Some(pair))
+    }
+
+    /// The cheaper order of the sum (see [`OuterProductMean::forward`]), plus `pair` where given.
+    fn sum_orders(
+        &self,
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        counts: Tensor<4>,
+        pair: Option<Tensor<4>>,
+    ) -> Tensor<4> {
         let [b, s, n, _] = msa.dims();
         let [o, _, c_z] = self.output_w.dims();
         // Multiplications per pair (i, j): contracted S*o*c_z; outer products first o*o*(S + c_z).
         let contracted_is_cheaper = s * o * c_z < o * o * (s + c_z);
         if contracted_is_cheaper && b * s * n * o * c_z <= MAX_OUTER_ELEMENTS {
-            self.contracted(msa, msa_mask, counts)
-        } else {
-            self.outer(msa, msa_mask, counts, MAX_OUTER_ELEMENTS)
+            return self.contracted(msa, msa_mask, counts, pair);
+        }
+        let update = self.outer(msa, msa_mask, counts, MAX_OUTER_ELEMENTS);
+        match pair {
+            Some(pair) => pair + update,
+            None => update,
         }
     }
 
@@ -154,10 +185,17 @@ impl OuterProductMean {
     /// directly (Burn's fusion takes them, and a caller's residual add, in one pass).
     pub fn forward_contracted(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
         let counts = Self::pair_counts(msa_mask.clone());
-        self.contracted(msa, msa_mask, counts)
+        self.contracted(msa, msa_mask, counts, None)
     }
 
-    fn contracted(&self, msa: Tensor<4>, msa_mask: Tensor<3>, counts: Tensor<4>) -> Tensor<4> {
+    /// The contracted order, plus `pair` where given.
+    fn contracted(
+        &self,
+        msa: Tensor<4>,
+        msa_mask: Tensor<3>,
+        counts: Tensor<4>,
+        pair: Option<Tensor<4>>,
+    ) -> Tensor<4> {
         let [b, s, n, _] = msa.dims();
         let [o, _, c_z] = self.output_w.dims();
         let (left, right) = self.joint_projections(msa, msa_mask);
@@ -168,8 +206,32 @@ impl OuterProductMean {
             .reshape([b, s * o, n * c_z]);
         // left as [B, N_i, S*c]
         let left = left.permute([0, 2, 1, 3]).reshape([b, n, s * o]);
+        #[cfg(feature = "cube")]
+        if let (1, Some(pair)) = (b, &pair) {
+            // One design: `left · t` is a linear layer of N_i rows with t as its weight; the
+            // bias (repeated for every j), the division by the pair's count and the add of the
+            // pair finish it in the kernel's output stage.
+            let finish = crate::linear::Epilogue {
+                divisor: Some((counts.clone().reshape([n, n]), c_z)),
+                residual: Some(pair.clone().reshape([n, n * c_z])),
+                ..Default::default()
+            };
+            let out = crate::linear_kernel::try_linear_kernel_with(
+                &left.clone().reshape([n, s * o]),
+                &t.clone().reshape([s * o, n * c_z]),
+                Some(&self.output_b.val()),
+                &finish,
+            );
+            if let Some(out) = out {
+                return out.reshape([1, n, n, c_z]);
+            }
+        }
         let act = left.matmul(t).reshape([b, n, n, c_z]);
-        (act + self.output_b.val().unsqueeze::<4>()) / counts
+        let update = (act + self.output_b.val().unsqueeze::<4>()) / counts;
+        match pair {
+            Some(pair) => pair + update,
+            None => update,
+        }
     }
 
     /// The parameters reshaped for both orders, built once for these parameters.

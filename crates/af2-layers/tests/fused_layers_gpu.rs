@@ -1,8 +1,8 @@
 //! Layers whose f16 GPU path finishes in the linear kernel's output stage (the triangle
 //! multiplication's gated edges, gate and residual; the starting-node triangle attention's
-//! residual; the transition's ReLU) against the same layers in f32 on the CPU, from the same
-//! f16-rounded parameters and inputs (`AF2_GPU_TESTS=1`; without it the tests say they were
-//! skipped and pass).
+//! residual; the outer product mean's bias, division and residual; the transition's ReLU)
+//! against the same layers in f32 on the CPU, from the same f16-rounded parameters and inputs
+//! (`AF2_GPU_TESTS=1`; without it the tests say they were skipped and pass).
 #![cfg(feature = "cube")]
 
 mod common;
@@ -10,7 +10,8 @@ mod common;
 use af2_layers::batched_matmul_kernel::batched_matmul_launches;
 use af2_layers::linear_kernel::{fused_stage_launches, kernel_supports};
 use af2_layers::{
-    TransitionConfig, TriangleAttentionConfig, TriangleDirection, TriangleMultiplicationConfig,
+    OuterProductMean, OuterProductMeanConfig, TransitionConfig, TriangleAttentionConfig,
+    TriangleDirection, TriangleMultiplicationConfig,
 };
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -206,5 +207,49 @@ fn transition_f16_matches_f32() {
     let error = compare(gpu_out, cpu_out, &zeros);
     expect_fused_stages(launches);
     println!("pair transition: relative error {error:.2e}");
+    assert!(error <= F16_LAYER, "relative error {error:.3e}");
+}
+
+/// A `[1, s, n, c]` MSA (rounded through f16) and its `[1, s, n]` mask with about a third of
+/// the entries off (the first row kept whole, so that every pair has a count).
+fn msa_and_mask(s: usize, n: usize, c: usize) -> (TensorData, TensorData) {
+    let msa = TensorData::new(values(s * n * c, 91, 1.0), [1, s, n, c]);
+    let mask: Vec<f32> = values(s * n, 92, 1.0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| if i >= n && v < -0.3 { 0.0 } else { 1.0 })
+        .collect();
+    (through_f16(&msa), TensorData::new(mask, [1, s, n]))
+}
+
+/// One design's outer product mean in the contracted order: its last product with the bias,
+/// the per-pair division and the residual in one linear-kernel pass.
+#[test]
+fn outer_product_mean_residual_f16_matches_f32() {
+    let Some(device) = gpu() else { return };
+    let (s, n, c_m, c_z) = (2, 64, 256, 128);
+    if !kernel_here(&device, n * n, s * 32) {
+        return;
+    }
+    let (msa, mask) = msa_and_mask(s, n, c_m);
+    let (pair, _) = pair_and_mask(n, c_z);
+    let config = OuterProductMeanConfig::new(c_m, 32, c_z);
+    let (on_cpu, on_gpu) = both(|d| config.init(d), &device);
+    let run = |opm: &OuterProductMean, device: &Device, dtype| {
+        let mask = tensor_in::<3>(&mask, device, dtype);
+        let counts = OuterProductMean::pair_counts(mask.clone());
+        let (msa, pair) = (
+            tensor_in(&msa, device, dtype),
+            tensor_in(&pair, device, dtype),
+        );
+        opm.forward_residual_with_counts(msa, mask, counts, pair)
+    };
+    let cpu_out = run(&on_cpu, &cpu(), DType::F32);
+    let launches = fused_stage_launches();
+    let gpu_out = run(&on_gpu, &device, DType::F16);
+    // Comparing reads the output back, so the kernels have run before the count is checked.
+    let error = compare(gpu_out, cpu_out, &pair);
+    expect_fused_stages(launches);
+    println!("outer product mean, S={s}: relative error {error:.2e}");
     assert!(error <= F16_LAYER, "relative error {error:.3e}");
 }

@@ -512,3 +512,57 @@ fn split_k_batched_matches_reference_f32() {
         assert!(error <= 1e-5, "split-K batched {lead:?}: {error:.3e}");
     }
 }
+
+#[test]
+fn divisor_matches_reference_f16() {
+    let Some(device) = gpu() else { return };
+    // (M, K): the outer product mean's last product for one design (`[N, S*32] x [S*32,
+    // N*128]`) at L=64 and L=256 for two MSA rows, and at L=256 for one (the extra MSA of a
+    // single sequence): the count of each pair divides a 128-column block, the bias repeats
+    // every 128 columns, and the pair is added.
+    let width = 128;
+    for (seed, (m, k)) in [(64, 64), (256, 64), (256, 32)].into_iter().enumerate() {
+        let n = m * width;
+        let seed = 900 + seed as u64 * 10;
+        let data = |len: usize, s: u64, scale: f32, shape: Vec<usize>| {
+            TensorData::new(values(len, seed + s, scale), shape)
+        };
+        let x = data(m * k, 0, 2.0, vec![m, k]);
+        let w = data(k * n, 1, (k as f32).powf(-0.5), vec![k, n]);
+        let b = data(width, 2, 1.0, vec![width]);
+        let blocks = n / width;
+        let counts: Vec<f32> = values(m * blocks, seed + 4, 1.0)
+            .into_iter()
+            .map(|v| (v.abs() * 8.0).floor() + 1e-3)
+            .collect();
+        let residual = data(m * n, 5, 8.0, vec![m, n]);
+        let on_gpu = |d: &TensorData| tensor_in::<2>(d, &device, DType::F16);
+        let epilogue = Epilogue {
+            divisor: Some((on_gpu(&TensorData::new(counts.clone(), [m, blocks])), width)),
+            residual: Some(on_gpu(&residual)),
+            ..Epilogue::default()
+        };
+        let bias = tensor_in::<1>(&b, &device, DType::F16);
+        let what = format!("divisor a {width}-column block, [{m}, {k}] x [{k}, {n}]");
+        let out = try_linear_kernel_with(&on_gpu(&x), &on_gpu(&w), Some(&bias), &epilogue);
+        if !offered(out.is_some(), &what) {
+            return;
+        }
+        let out = host_f32(out.unwrap());
+        let b = b.try_to_vec::<f32>().unwrap();
+        let repeated = TensorData::new((0..n).map(|c| b[c % width]).collect::<Vec<f32>>(), [n]);
+        let counts = through_f16(&TensorData::new(counts, [m * blocks]))
+            .try_to_vec::<f32>()
+            .unwrap();
+        let residual = through_f16(&residual).try_to_vec::<f32>().unwrap();
+        let expected: Vec<f32> = reference(&x, &w, Some(&repeated))
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| y / counts[(i / n) * blocks + (i % n) / width] + residual[i])
+            .collect();
+        // The product rounded to f16 before the division, the result once more.
+        let error = relative_error(&out, &expected);
+        println!("{what}: relative error {error:.2e}");
+        assert!(error <= 2e-3, "{what}: relative error {error:.3e}");
+    }
+}

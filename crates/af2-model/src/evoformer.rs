@@ -114,7 +114,7 @@ pub(crate) fn msa_half(
     let msa = row.forward_residual(msa, msa_mask.clone(), pair.clone());
     let msa = msa.clone() + column(msa, msa_mask.clone());
     let msa = transition.forward_residual(msa);
-    let pair = pair + outer_product_mean.forward_with_counts(msa.clone(), msa_mask, counts);
+    let pair = outer_product_mean.forward_residual_with_counts(msa.clone(), msa_mask, counts, pair);
     (msa, pair)
 }
 

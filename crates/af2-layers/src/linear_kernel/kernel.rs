@@ -23,8 +23,10 @@ fn sigmoid(x: f32) -> f32 {
 ///
 /// The output stage, per element `y` (the f32 accumulator rounded to `F`), in f32 and rounded
 /// once: `y · scale` in the first `scaled_cols` columns with `scaled`, `max(y, 0)` with `relu`,
-/// `y · sigmoid(gate)` with a gate, `+ residual` with a residual (gate and residual `[M, N]` like
-/// the output, contiguous). With a mask the output is
+/// `y · sigmoid(gate)` with a gate, `/ divisor[row, c % blocks]` with a divisor (one per row and
+/// column block), `+ residual` with a residual (gate and residual `[M, N]` like the output,
+/// contiguous). With `periodic` the bias is read at column `col % bias_period` (a bias repeated
+/// along the row). With a mask the output is
 /// transposed and gated from the cube's own columns: the first half of each column block holds
 /// projections, the second half their gates, and the cube writes `mask[row] · projection ·
 /// sigmoid(gate)` as `n_block / 2` output rows `(c % blocks) · n_block / 2 ..` of an
@@ -39,11 +41,13 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     residual: ComptimeOption<&Tensor<Vector<F, N>>>,
     mask: ComptimeOption<&Tensor<Vector<F, N>>>,
     input_gate: ComptimeOption<&Tensor<Vector<F, N>>>,
+    divisor: ComptimeOption<&Tensor<F>>,
     out: &mut Tensor<Vector<F, N>>,
     cubes_per_block: usize,
     scale: f32,
     scaled_cols: usize,
     gate_col0: usize,
+    bias_period: usize,
     #[comptime] k_dim: usize,
     #[comptime] n_block: usize,
     #[comptime] planes: usize,
@@ -52,6 +56,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     #[comptime] relu: bool,
     #[comptime] scaled: bool,
     #[comptime] row_groups: usize,
+    #[comptime] periodic: bool,
     #[define(F, Bt)] _dtypes: [ElemType; 2],
 ) {
     let threads = comptime!(PLANE * planes);
@@ -92,7 +97,8 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     let stripe0 = (plane / col_planes) * my_stripes;
     let gated = comptime!(gate.is_some());
     let with_residual = comptime!(residual.is_some());
-    let epilogue = comptime!(relu || gated || with_residual || scaled);
+    let divided = comptime!(divisor.is_some());
+    let epilogue = comptime!(relu || gated || with_residual || scaled || divided);
 
     // Both tiles hold whole vectors, so that staging and writing out move 16 bytes a unit
     // instead of eight 2-byte accesses; the matrix loads and stores address them in elements.
@@ -108,7 +114,11 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             let mut value = f32::new(0.0);
             #[comptime]
             if let ComptimeOption::Some(bias) = &bias {
-                value = f32::cast_from(bias[(col0 + c) * bias.stride(0)]);
+                let mut col = col0 + c;
+                if comptime!(periodic) {
+                    col %= bias_period;
+                }
+                value = f32::cast_from(bias[col * bias.stride(0)]);
             }
             bias_s[r * out_row + c] = value;
         }
@@ -297,15 +307,22 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
         // all in flight together: a load placed after a store to the output would wait for
         // that store (the buffers might alias), one memory latency per vector.
         let out_vectors = comptime!(TILE_ROWS * n_block / (vs * threads));
-        let mut gate_in = Array::<Vector<F, N>>::new(out_vectors);
-        let mut residual_in = Array::<Vector<F, N>>::new(out_vectors);
-        if comptime!(gated || with_residual) {
+        // Each sized 1 where its stage is off. With the divisor's array at full size in every
+        // variant and the bias index always taken modulo its length, every product of the
+        // kernel took 2-5% longer on an H200 (docs/PERFORMANCE.md, twentieth session).
+        let mut gate_in =
+            Array::<Vector<F, N>>::new(comptime!(if gated { out_vectors } else { 1 }));
+        let mut residual_in =
+            Array::<Vector<F, N>>::new(comptime!(if with_residual { out_vectors } else { 1 }));
+        let mut divisor_in = Array::<f32>::new(comptime!(if divided { out_vectors } else { 1 }));
+        if comptime!(gated || with_residual || divided) {
             #[unroll]
             for i in 0..out_vectors {
                 let e = t + i * threads;
                 let (r, cv) = (e / comptime!(n_block / vs), e % comptime!(n_block / vs));
                 let mut gate_v = Vector::<F, N>::new(F::new(0.0));
                 let mut residual_v = Vector::<F, N>::new(F::new(0.0));
+                let mut divisor_v = 1.0f32;
                 if row0 + r < m {
                     let at = ((row0 + r) * out_row_stride + col0) / vs + cv;
                     #[comptime]
@@ -316,9 +333,22 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     if let ComptimeOption::Some(residual) = &residual {
                         residual_v = residual[at];
                     }
+                    #[comptime]
+                    if let ComptimeOption::Some(divisor) = &divisor {
+                        divisor_v = f32::cast_from(
+                            divisor[(row0 + r) * divisor.stride(0) + block * divisor.stride(1)],
+                        );
+                    }
                 }
-                gate_in[i] = gate_v;
-                residual_in[i] = residual_v;
+                if comptime!(gated) {
+                    gate_in[i] = gate_v;
+                }
+                if comptime!(with_residual) {
+                    residual_in[i] = residual_v;
+                }
+                if comptime!(divided) {
+                    divisor_in[i] = divisor_v;
+                }
             }
         }
         // The gated edges' mask: every unit writes the same eight rows at each step.
@@ -388,6 +418,9 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                                     }
                                     if comptime!(gated) {
                                         y *= sigmoid(f32::cast_from(gate_in[i].extract(j)));
+                                    }
+                                    if comptime!(divided) {
+                                        y /= divisor_in[i];
                                     }
                                     if comptime!(with_residual) {
                                         y += f32::cast_from(residual_in[i].extract(j));
