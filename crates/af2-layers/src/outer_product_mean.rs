@@ -133,11 +133,7 @@ impl OuterProductMean {
         if contracted_is_cheaper && b * s * n * o * c_z <= MAX_OUTER_ELEMENTS {
             return self.contracted(msa, msa_mask, counts, pair);
         }
-        let update = self.outer(msa, msa_mask, counts, MAX_OUTER_ELEMENTS);
-        match pair {
-            Some(pair) => pair + update,
-            None => update,
-        }
+        plus(pair, self.outer(msa, msa_mask, counts, MAX_OUTER_ELEMENTS))
     }
 
     /// AlphaFold's order: the `[i, j, outer, outer]` outer products, then their projection to
@@ -227,11 +223,7 @@ impl OuterProductMean {
             }
         }
         let act = left.matmul(t).reshape([b, n, n, c_z]);
-        let update = (act + self.output_b.val().unsqueeze::<4>()) / counts;
-        match pair {
-            Some(pair) => pair + update,
-            None => update,
-        }
+        plus(pair, (act + self.output_b.val().unsqueeze::<4>()) / counts)
     }
 
     /// The parameters reshaped for both orders, built once for these parameters.
@@ -325,6 +317,14 @@ impl OuterProductMean {
             Some(self.output_b.val()),
         )
         .reshape([b, rows, n, c_z])
+    }
+}
+
+/// `pair + update` where a pair is given, else the update.
+fn plus(pair: Option<Tensor<4>>, update: Tensor<4>) -> Tensor<4> {
+    match pair {
+        Some(pair) => pair + update,
+        None => update,
     }
 }
 
