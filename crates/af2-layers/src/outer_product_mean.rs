@@ -83,27 +83,14 @@ impl OuterProductMean {
     /// - output: `[B, N, N, c_z]`
     pub fn forward(&self, msa: Tensor<4>, msa_mask: Tensor<3>) -> Tensor<4> {
         let counts = Self::pair_counts(msa_mask.clone());
-        self.forward_with_counts(msa, msa_mask, counts)
-    }
-
-    /// [`OuterProductMean::forward`] with the divisor [`OuterProductMean::pair_counts`] of this
-    /// `msa_mask` computed already: a stack whose blocks share one MSA mask computes it once.
-    ///
-    /// # Shapes
-    /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`, counts: `[B, N, N, 1]`
-    /// - output: `[B, N, N, c_z]`
-    pub fn forward_with_counts(
-        &self,
-        msa: Tensor<4>,
-        msa_mask: Tensor<3>,
-        counts: Tensor<4>,
-    ) -> Tensor<4> {
         self.sum_orders(msa, msa_mask, counts, None)
     }
 
-    /// `pair + forward_with_counts(msa, msa_mask, counts)`. For one design in the contracted
-    /// order the last product, its bias, the division and the add run as one pass of the linear
-    /// kernel where it takes them (f16 on a GPU with matrix instructions).
+    /// `pair + forward(msa, msa_mask)`, with the divisor [`OuterProductMean::pair_counts`] of
+    /// this `msa_mask` given (a stack whose blocks share one MSA mask computes it once). For one
+    /// design in the contracted order the last product, its bias, the division and the add run
+    /// as one pass of the linear kernel where it takes them (f16 on a GPU with matrix
+    /// instructions).
     ///
     /// # Shapes
     /// - msa: `[B, S, N, c_m]`, msa_mask: `[B, S, N]`, counts: `[B, N, N, 1]`
