@@ -41,9 +41,9 @@ pub struct KernelArgs {
 }
 
 /// Rows of the linear-kernel table of `af2 bench-kernels` (with `--f16`): the pair stack's row
-/// counts at L=128 B=16 and L=256 B=8.
+/// counts at L=256 B=1, L=128 B=16 and L=256 B=8.
 #[cfg(feature = "wgpu")]
-const LINEAR_ROWS: [usize; 2] = [262_144, 524_288];
+const LINEAR_ROWS: [usize; 3] = [65_536, 262_144, 524_288];
 
 /// Inputs of one attention core call.
 struct Problem {

@@ -82,10 +82,13 @@ pub const EDGE_BLOCK: usize = MAX_BLOCK;
 /// f16 elements a unit moves per global load or store (16 bytes).
 const VECTOR: usize = 8;
 /// Cubes worth launching: beyond this a cube walks several tiles, reusing its weight
-/// fragments (an H100 has 132 multiprocessors; eight cubes each were the aim, though shared
-/// memory lets at most five of these run on one at a time). Half or double this count made no
-/// consistent difference on an H100 (eleventh session).
-const TARGET_CUBES: usize = 1056;
+/// fragments and its bias rows. Two a multiprocessor of an H100 (132): the kernel's registers
+/// let one or two cubes run on one at a time, so more cubes only queue up, each paying its
+/// start (weight fragments, bias rows, a barrier) again. On an H100 (docs/PERFORMANCE.md,
+/// twenty-first session) 264 cubes instead of 1,056 took an L=256 Evoformer block of one design
+/// from 2.06 to 2.01 ms and a prediction from 0.441-0.443 to 0.433-0.435 s; 132 and 396-528 were
+/// within 1% of 264, 2,112 slower.
+const TARGET_CUBES: usize = 264;
 
 /// Linear layer as a backend operation.
 #[backend_extension(Cube, Fusion)]
