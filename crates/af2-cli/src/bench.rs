@@ -13,6 +13,7 @@ use af2_model::precision::Precision;
 use af2_model::predict::{PdbLabels, PredictionInputs, predict, write_prediction_pdb};
 
 use crate::device::{describe_device, parse_device};
+use crate::kernel_cache::non_finite_message;
 use crate::weights::build_model;
 
 /// Arguments of `af2 bench`.
@@ -139,6 +140,13 @@ fn first_pdb(
         device,
         |_| pass_ends.push(process_start.elapsed().as_secs_f64()),
     );
+    let non_finite = prediction.non_finite_outputs();
+    if !non_finite.is_empty() {
+        bail!(non_finite_message(
+            &format!("the first prediction (L={n})"),
+            &non_finite
+        ));
+    }
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("first.pdb");
     write_prediction_pdb(
@@ -299,7 +307,12 @@ pub fn run(args: &Args) -> Result<()> {
     );
     let broken = rows.iter().filter(|row| !row.finite).count();
     if broken > 0 {
-        bail!("{broken} rows of the table predicted non-finite coordinates (marked under them)");
+        let hint = crate::kernel_cache::non_finite_hint()
+            .map(|hint| format!("; {hint}"))
+            .unwrap_or_default();
+        bail!(
+            "{broken} rows of the table predicted non-finite coordinates (marked under them){hint}"
+        );
     }
     Ok(())
 }

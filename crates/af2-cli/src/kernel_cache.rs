@@ -79,6 +79,37 @@ fn set_up() -> Option<(PathBuf, bool)> {
     }
 }
 
+/// The error for a prediction whose `outputs` came out non-finite (NaN or infinite), with what
+/// to try where a kernel cache is in use: on an H100 such NaN came with a cache that an earlier
+/// run with other kernel settings had written, and a fresh cache gave finite predictions
+/// (docs/PERFORMANCE.md, twenty-first session).
+pub fn non_finite_message(what: &str, outputs: &[&str]) -> String {
+    non_finite_message_with(what, outputs, non_finite_hint())
+}
+
+/// [`non_finite_message`] with the hint given.
+fn non_finite_message_with(what: &str, outputs: &[&str], hint: Option<String>) -> String {
+    let mut message = format!(
+        "{what}: the prediction came out non-finite ({}); no output was written for it",
+        outputs.join(", ")
+    );
+    if let Some(hint) = hint {
+        message.push_str("; ");
+        message.push_str(&hint);
+    }
+    message
+}
+
+/// What to try after a non-finite GPU prediction, where a kernel cache is in use.
+pub fn non_finite_hint() -> Option<String> {
+    let (dir, _) = configured_dir()?;
+    Some(format!(
+        "if it recurs, rerun with AF2_KERNEL_CACHE=off or after removing the kernel cache {} \
+         (NaN has been seen with a cache written by runs of other kernel settings)",
+        dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +158,16 @@ mod tests {
             store.is_some(),
             "no persistent store for compiled kernels: cubecl-server lacks `persistence`"
         );
+    }
+
+    #[test]
+    fn non_finite_message_names_the_outputs_and_the_hint() {
+        let message = non_finite_message_with("design_7", &["pLDDT", "PAE"], None);
+        assert_eq!(
+            message,
+            "design_7: the prediction came out non-finite (pLDDT, PAE); no output was written for it"
+        );
+        let message = non_finite_message_with("x", &["pTM"], Some("try Y".into()));
+        assert!(message.ends_with("written for it; try Y"), "{message}");
     }
 }

@@ -25,6 +25,7 @@ use af2_model::predict::{
 };
 
 use crate::device::parse_device;
+use crate::kernel_cache::non_finite_message;
 use crate::run_args::RunArgs;
 use crate::weights::{LoadedModel, load_models};
 
@@ -440,6 +441,13 @@ fn run_job(
                     );
                 },
             );
+            let non_finite = prediction.non_finite_outputs();
+            if !non_finite.is_empty() {
+                bail!(non_finite_message(
+                    &format!("{} {tag}", job.name),
+                    &non_finite
+                ));
+            }
             if prediction.log.stopped_early {
                 eprintln!(
                     "{} {tag}: stopped early after {} recycle(s)",

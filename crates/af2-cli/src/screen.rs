@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use af2_io::designs::read_designs;
 use af2_io::output::{ScreenRow, ScreenTable, TableFormat, safe_filename};
 use af2_io::structure::read_structure;
-use af2_model::binder::{BinderComplex, BinderProtocol, BinderSpec, FoldKind, score_designs};
+use af2_model::binder::{
+    BinderComplex, BinderError, BinderProtocol, BinderSpec, FoldKind, score_designs,
+};
 use af2_model::binder_metrics::{BinderMetrics, Filter};
 use af2_model::model::{AlphaFold, RecycleOptions};
 use af2_model::predict::write_prediction_pdb;
@@ -246,7 +248,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let mut progress = Progress::items(todo.len() as u64, "screen");
     let verbose_recycles = !bars_enabled();
-    let (mut scored, mut failed) = (0usize, 0usize);
+    let (mut scored, mut failed, mut non_finite) = (0usize, 0usize, 0usize);
     let mut passed = vec![0usize; args.filters.len()];
     for batch in todo.chunks(batch_size) {
         let start = Instant::now();
@@ -319,6 +321,7 @@ pub fn run(args: &Args) -> Result<()> {
                 }
                 Err(e) => {
                     failed += 1;
+                    non_finite += usize::from(matches!(e, BinderError::NonFinite(_)));
                     progress.inc();
                     let message = format!("{}:{}: {e}", args.designs.display(), design.line);
                     progress.log(&format!(
@@ -335,6 +338,11 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     progress.finish();
+    if non_finite > 0
+        && let Some(hint) = crate::kernel_cache::non_finite_hint()
+    {
+        eprintln!("{non_finite} design(s) came out non-finite: {hint}");
+    }
     let filters: Vec<String> = args
         .filters
         .iter()

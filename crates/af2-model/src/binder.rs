@@ -31,6 +31,10 @@ pub enum BinderError {
     /// Metric inputs that do not fit.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// A prediction whose named outputs hold NaN or infinities
+    /// ([`Prediction::non_finite_outputs`]).
+    #[error("the prediction came out non-finite ({})", .0.join(", "))]
+    NonFinite(Vec<&'static str>),
     /// Anything else, in words.
     #[error("{0}")]
     Invalid(String),
@@ -546,6 +550,11 @@ pub fn score_designs(
             };
             let mut scored = Vec::with_capacity(batch.len());
             for (&d, prediction) in batch.iter().zip(complexes) {
+                let non_finite = prediction.non_finite_outputs();
+                if !non_finite.is_empty() {
+                    runs[d] = Err(BinderError::NonFinite(non_finite));
+                    continue;
+                }
                 match complex_metrics(complex, &prediction) {
                     Ok(m) => scored.push((d, m, prediction)),
                     Err(e) => runs[d] = Err(e),
@@ -574,6 +583,11 @@ pub fn score_designs(
             for ((d, mut metrics, prediction), monomer) in scored.into_iter().zip(monomers) {
                 let Ok(run) = &mut runs[d] else { continue };
                 if let Some(m) = &monomer {
+                    let non_finite = m.non_finite_outputs();
+                    if !non_finite.is_empty() {
+                        runs[d] = Err(BinderError::NonFinite(non_finite));
+                        continue;
+                    }
                     metrics.plddt_monomer = Some(m.mean_plddt() / 100.0);
                     let bound = &prediction.ca()[complex.target_len()..];
                     match ca_rmsd(bound, &m.ca(), None) {

@@ -113,6 +113,31 @@ impl Prediction {
         self.plddt.iter().sum::<f64>() / self.plddt.len().max(1) as f64
     }
 
+    /// The outputs holding a NaN or an infinity, by name ("atom positions", "pLDDT", "PAE",
+    /// "pTM", "ipTM"); empty for a usable prediction. Only atoms that exist (`atom_mask`) count.
+    pub fn non_finite_outputs(&self) -> Vec<&'static str> {
+        let positions = self
+            .atom_positions
+            .data
+            .chunks_exact(3)
+            .zip(&self.atom_mask.data)
+            .any(|(p, &exists)| exists > 0.0 && !p.iter().all(|v| v.is_finite()));
+        let finite = |v: &f64| v.is_finite();
+        [
+            ("atom positions", positions),
+            ("pLDDT", !self.plddt.iter().all(finite)),
+            (
+                "PAE",
+                self.pae.as_ref().is_some_and(|p| !p.pae.iter().all(finite)),
+            ),
+            ("pTM", self.ptm.is_some_and(|v| !v.is_finite())),
+            ("ipTM", self.iptm.is_some_and(|v| !v.is_finite())),
+        ]
+        .into_iter()
+        .filter_map(|(name, bad)| bad.then_some(name))
+        .collect()
+    }
+
     /// CA positions in f64.
     pub fn ca(&self) -> Vec<[f64; 3]> {
         self.atom_positions
@@ -498,6 +523,49 @@ mod tests {
             align_blocks(&[5, 6, 7], &[9, 9, 5, 6, 7, 9]),
             vec![(0, 2, 3)]
         );
+    }
+
+    /// Two residues, atom37, every slot existing unless `missing` is given.
+    fn prediction(missing: Option<usize>) -> Prediction {
+        let mut atom_mask = NdArray::new(vec![2, 37], vec![1.0f32; 74]).unwrap();
+        if let Some(slot) = missing {
+            atom_mask.data[slot] = 0.0;
+        }
+        Prediction {
+            atom_positions: NdArray::new(vec![2, 37, 3], vec![1.0f32; 222]).unwrap(),
+            atom_mask,
+            plddt: vec![80.0, 90.0],
+            pae: Some(PaeOutput {
+                pae: vec![1.0; 4],
+                max_pae: 31.75,
+                logits: Vec::new(),
+                bins: 64,
+            }),
+            ptm: Some(0.5),
+            iptm: None,
+            log: RecycleLog::default(),
+        }
+    }
+
+    #[test]
+    fn non_finite_outputs_are_named() {
+        assert!(prediction(None).non_finite_outputs().is_empty());
+        let mut p = prediction(None);
+        p.atom_positions.data[5] = f32::NAN;
+        p.plddt[1] = f64::NAN;
+        p.ptm = Some(f64::INFINITY);
+        assert_eq!(
+            p.non_finite_outputs(),
+            vec!["atom positions", "pLDDT", "pTM"]
+        );
+        let mut p = prediction(None);
+        p.pae.as_mut().unwrap().pae[3] = f64::NAN;
+        p.iptm = Some(f64::NAN);
+        assert_eq!(p.non_finite_outputs(), vec!["PAE", "ipTM"]);
+        // A NaN in an atom slot the residue does not have is not an output.
+        let mut p = prediction(Some(1));
+        p.atom_positions.data[3..6].fill(f32::NAN);
+        assert!(p.non_finite_outputs().is_empty());
     }
 
     #[test]
