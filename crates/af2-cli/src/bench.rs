@@ -242,14 +242,17 @@ pub fn run(args: &Args) -> Result<()> {
         for &batch in &args.batch_sizes {
             let row = time_row(&model, n, batch, args, &device);
             let b = batch as f64;
+            // The row's own line says when its predictions were broken, so that a copied or
+            // filtered row cannot pass for a timing of working predictions.
             println!(
-                "{:>6} {:>4} {:>10.3} {:>13.3} {:>13.3} {:>11.0}",
+                "{:>6} {:>4} {:>10.3} {:>13.3} {:>13.3} {:>11.0}{}",
                 row.n,
                 row.batch,
                 row.first,
                 row.best / b,
                 row.mean / b,
-                row.designs_per_hour()
+                row.designs_per_hour(),
+                if row.finite { "" } else { "  NON-FINITE" }
             );
             // Whether the row's passes were recorded once and replayed (GPU builds; layouts
             // over the recording limit have no entry).
@@ -311,7 +314,7 @@ pub fn run(args: &Args) -> Result<()> {
             .map(|hint| format!("; {hint}"))
             .unwrap_or_default();
         bail!(
-            "{broken} rows of the table predicted non-finite coordinates (marked under them){hint}"
+            "{broken} rows of the table predicted non-finite coordinates (marked NON-FINITE){hint}"
         );
     }
     Ok(())
