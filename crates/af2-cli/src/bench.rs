@@ -144,7 +144,8 @@ fn first_pdb(
     if !non_finite.is_empty() {
         bail!(non_finite_message(
             &format!("the first prediction (L={n})"),
-            &non_finite
+            &non_finite,
+            "no PDB written"
         ));
     }
     let dir = tempfile::tempdir()?;

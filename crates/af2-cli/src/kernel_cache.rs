@@ -79,18 +79,23 @@ fn set_up() -> Option<(PathBuf, bool)> {
     }
 }
 
-/// The error for a prediction whose `outputs` came out non-finite (NaN or infinite), with what
-/// to try where a kernel cache is in use: on an H100 such NaN came with a cache that an earlier
+/// The error for a prediction whose `outputs` came out non-finite (NaN or infinite), `then`
+/// saying what the command did about it, with what to try where a kernel cache is in use: on an H100 such NaN came with a cache that an earlier
 /// run with other kernel settings had written, and a fresh cache gave finite predictions
 /// (docs/PERFORMANCE.md, twenty-first session).
-pub fn non_finite_message(what: &str, outputs: &[&str]) -> String {
-    non_finite_message_with(what, outputs, non_finite_hint())
+pub fn non_finite_message(what: &str, outputs: &[&str], then: &str) -> String {
+    non_finite_message_with(what, outputs, then, non_finite_hint())
 }
 
 /// [`non_finite_message`] with the hint given.
-fn non_finite_message_with(what: &str, outputs: &[&str], hint: Option<String>) -> String {
+fn non_finite_message_with(
+    what: &str,
+    outputs: &[&str],
+    then: &str,
+    hint: Option<String>,
+) -> String {
     let mut message = format!(
-        "{what}: the prediction came out non-finite ({}); no output was written for it",
+        "{what}: the prediction came out non-finite ({}); {then}",
         outputs.join(", ")
     );
     if let Some(hint) = hint {
@@ -162,12 +167,12 @@ mod tests {
 
     #[test]
     fn non_finite_message_names_the_outputs_and_the_hint() {
-        let message = non_finite_message_with("design_7", &["pLDDT", "PAE"], None);
+        let message = non_finite_message_with("design_7", &["pLDDT", "PAE"], "not written", None);
         assert_eq!(
             message,
-            "design_7: the prediction came out non-finite (pLDDT, PAE); no output was written for it"
+            "design_7: the prediction came out non-finite (pLDDT, PAE); not written"
         );
-        let message = non_finite_message_with("x", &["pTM"], Some("try Y".into()));
-        assert!(message.ends_with("written for it; try Y"), "{message}");
+        let message = non_finite_message_with("x", &["pTM"], "skipped", Some("try Y".into()));
+        assert!(message.ends_with("(pTM); skipped; try Y"), "{message}");
     }
 }

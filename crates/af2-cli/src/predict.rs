@@ -445,7 +445,8 @@ fn run_job(
             if !non_finite.is_empty() {
                 bail!(non_finite_message(
                     &format!("{} {tag}", job.name),
-                    &non_finite
+                    &non_finite,
+                    "none of this job's predictions are written"
                 ));
             }
             if prediction.log.stopped_early {
