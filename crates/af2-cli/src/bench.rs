@@ -13,7 +13,7 @@ use af2_model::precision::Precision;
 use af2_model::predict::{PdbLabels, PredictionInputs, predict, write_prediction_pdb};
 
 use crate::device::{describe_device, parse_device};
-use crate::kernel_cache::non_finite_message;
+use crate::kernel_cache::ensure_finite;
 use crate::weights::build_model;
 
 /// Arguments of `af2 bench`.
@@ -140,14 +140,11 @@ fn first_pdb(
         device,
         |_| pass_ends.push(process_start.elapsed().as_secs_f64()),
     );
-    let non_finite = prediction.non_finite_outputs();
-    if !non_finite.is_empty() {
-        bail!(non_finite_message(
-            &format!("the first prediction (L={n})"),
-            &non_finite,
-            "no PDB written"
-        ));
-    }
+    ensure_finite(
+        &prediction,
+        &format!("the first prediction (L={n})"),
+        "no PDB written",
+    )?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("first.pdb");
     write_prediction_pdb(

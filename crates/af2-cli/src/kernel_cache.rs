@@ -79,11 +79,25 @@ fn set_up() -> Option<(PathBuf, bool)> {
     }
 }
 
+/// An error ([`non_finite_message`]) where `prediction` has outputs holding NaN or infinities.
+pub fn ensure_finite(
+    prediction: &af2_model::predict::Prediction,
+    what: &str,
+    then: &str,
+) -> anyhow::Result<()> {
+    let non_finite = prediction.non_finite_outputs();
+    if non_finite.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(non_finite_message(what, &non_finite, then))
+    }
+}
+
 /// The error for a prediction whose `outputs` came out non-finite (NaN or infinite), `then`
 /// saying what the command did about it, with what to try where a kernel cache is in use: on an H100 such NaN came with a cache that an earlier
 /// run with other kernel settings had written, and a fresh cache gave finite predictions
 /// (docs/PERFORMANCE.md, twenty-first session).
-pub fn non_finite_message(what: &str, outputs: &[&str], then: &str) -> String {
+fn non_finite_message(what: &str, outputs: &[&str], then: &str) -> String {
     non_finite_message_with(what, outputs, then, non_finite_hint())
 }
 

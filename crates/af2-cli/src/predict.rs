@@ -25,7 +25,7 @@ use af2_model::predict::{
 };
 
 use crate::device::parse_device;
-use crate::kernel_cache::non_finite_message;
+use crate::kernel_cache::ensure_finite;
 use crate::run_args::RunArgs;
 use crate::weights::{LoadedModel, load_models};
 
@@ -441,14 +441,11 @@ fn run_job(
                     );
                 },
             );
-            let non_finite = prediction.non_finite_outputs();
-            if !non_finite.is_empty() {
-                bail!(non_finite_message(
-                    &format!("{} {tag}", job.name),
-                    &non_finite,
-                    "none of this job's predictions are written"
-                ));
-            }
+            ensure_finite(
+                &prediction,
+                &format!("{} {tag}", job.name),
+                "none of this job's predictions are written",
+            )?;
             if prediction.log.stopped_early {
                 eprintln!(
                     "{} {tag}: stopped early after {} recycle(s)",

@@ -443,6 +443,16 @@ pub fn score_design(
     .swap_remove(0)
 }
 
+/// [`BinderError::NonFinite`] where the prediction has outputs holding NaN or infinities.
+fn require_finite(prediction: &Prediction) -> Result<(), BinderError> {
+    let non_finite = prediction.non_finite_outputs();
+    if non_finite.is_empty() {
+        Ok(())
+    } else {
+        Err(BinderError::NonFinite(non_finite))
+    }
+}
+
 /// One design on its way through [`score_designs`].
 struct DesignRun {
     inputs: ComplexInputs,
@@ -550,9 +560,8 @@ pub fn score_designs(
             };
             let mut scored = Vec::with_capacity(batch.len());
             for (&d, prediction) in batch.iter().zip(complexes) {
-                let non_finite = prediction.non_finite_outputs();
-                if !non_finite.is_empty() {
-                    runs[d] = Err(BinderError::NonFinite(non_finite));
+                if let Err(e) = require_finite(&prediction) {
+                    runs[d] = Err(e);
                     continue;
                 }
                 match complex_metrics(complex, &prediction) {
@@ -583,9 +592,8 @@ pub fn score_designs(
             for ((d, mut metrics, prediction), monomer) in scored.into_iter().zip(monomers) {
                 let Ok(run) = &mut runs[d] else { continue };
                 if let Some(m) = &monomer {
-                    let non_finite = m.non_finite_outputs();
-                    if !non_finite.is_empty() {
-                        runs[d] = Err(BinderError::NonFinite(non_finite));
+                    if let Err(e) = require_finite(m) {
+                        runs[d] = Err(e);
                         continue;
                     }
                     metrics.plddt_monomer = Some(m.mean_plddt() / 100.0);
