@@ -74,7 +74,7 @@ const MAX_BLOCK: usize = 128;
 pub const EDGE_BLOCK: usize = MAX_BLOCK;
 /// f16 elements a unit moves per global load or store (16 bytes).
 const VECTOR: usize = 8;
-/// Cubes worth launching: beyond this a cube walks several tiles, reusing its weight
+/// Cubes worth launching (`AF2_LINEAR_CUBES` overrides it): beyond this a cube walks several tiles, reusing its weight
 /// fragments and its bias rows. Two a multiprocessor of an H100 (132): the kernel's registers
 /// let one or two cubes run on one at a time, so more cubes only queue up, each paying its
 /// start (weight fragments, bias rows, a barrier) again. On an H100 (docs/PERFORMANCE.md,
@@ -144,13 +144,33 @@ fn input_width_supported(k: usize) -> bool {
 fn chunked_input_limit() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| {
-        std::env::var("AF2_LINEAR_MAX_INPUT")
-            .ok()
-            .and_then(|value| value.trim().parse().ok())
-            .map_or(MAX_CHUNKED_INPUT, |limit: usize| {
-                limit.min(MAX_CHUNKED_INPUT)
-            })
+        count_knob("AF2_LINEAR_MAX_INPUT")
+            .map_or(MAX_CHUNKED_INPUT, |limit| limit.min(MAX_CHUNKED_INPUT))
     })
+}
+
+/// A count from the environment variable `name`, if it holds one (a tuning knob).
+fn count_knob(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// [`TARGET_CUBES`], or `AF2_LINEAR_CUBES` (a tuning knob for other GPUs).
+fn target_cubes() -> usize {
+    static CUBES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CUBES.get_or_init(|| {
+        count_knob("AF2_LINEAR_CUBES")
+            .filter(|&cubes| cubes > 0)
+            .unwrap_or(TARGET_CUBES)
+    })
+}
+
+/// [`SPLIT_STRIPES_MIN_ROWS`], or `AF2_LINEAR_SPLIT_ROWS` (a tuning knob: 1 splits every
+/// row-major product of at most 128 inputs).
+fn split_stripes_min_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| count_knob("AF2_LINEAR_SPLIT_ROWS").unwrap_or(SPLIT_STRIPES_MIN_ROWS))
 }
 
 /// Whether [`linear_kernel`] takes `x · weight`: f16 on a device with matrix instructions,
@@ -474,15 +494,22 @@ mod ops;
 const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 17;
 
 /// Plane groups sharing a tile (each takes half its stripes): 2 for row-major outputs of inputs
-/// held in registers (`K ≤ 128`) from [`SPLIT_STRIPES_MIN_ROWS`] rows, where the device allows
+/// held in registers (`K ≤ 128`) from `min_rows` rows ([`split_stripes_min_rows`]), where the device allows
 /// a cube of twice the `units`; else 1. NVIDIA's driver gave the 256-unit kernel 169-179
 /// registers a unit (one cube, 8 planes, a multiprocessor); a cube of 512 units gets at most 128, so 16
 /// planes run on a multiprocessor. On an H100 an L=256 B=8 Evoformer block took 3% less time
 /// with two groups; with every product split, L=128 B=1 took 6% more (small products), the
 /// pair transition's chunked 512 -> 128 product 15% more, and the transposed forms gained
 /// nothing (docs/PERFORMANCE.md, fourteenth session).
-fn row_groups(m: usize, k: usize, column_major: bool, units: usize, max_units: usize) -> usize {
-    let split = !column_major && k <= MAX_INPUT && m >= SPLIT_STRIPES_MIN_ROWS;
+fn row_groups(
+    m: usize,
+    k: usize,
+    column_major: bool,
+    units: usize,
+    max_units: usize,
+    min_rows: usize,
+) -> usize {
+    let split = !column_major && k <= MAX_INPUT && m >= min_rows;
     if split && 2 * units <= max_units {
         2
     } else {
@@ -525,10 +552,14 @@ mod tests {
     #[test]
     fn large_row_major_products_split_their_stripes() {
         let rows = SPLIT_STRIPES_MIN_ROWS;
-        assert_eq!(row_groups(rows, 128, false, 256, 1024), 2);
-        assert_eq!(row_groups(rows - 1, 128, false, 256, 1024), 1);
-        assert_eq!(row_groups(rows, 512, false, 256, 1024), 1);
-        assert_eq!(row_groups(rows, 128, true, 256, 1024), 1);
-        assert_eq!(row_groups(rows, 128, false, 256, 256), 1);
+        let groups =
+            |m, k, column_major, max_units| row_groups(m, k, column_major, 256, max_units, rows);
+        assert_eq!(groups(rows, 128, false, 1024), 2);
+        assert_eq!(groups(rows - 1, 128, false, 1024), 1);
+        assert_eq!(groups(rows, 512, false, 1024), 1);
+        assert_eq!(groups(rows, 128, true, 1024), 1);
+        assert_eq!(groups(rows, 128, false, 256), 1);
+        // AF2_LINEAR_SPLIT_ROWS=1: every row-major product of at most 128 inputs.
+        assert_eq!(row_groups(64, 128, false, 256, 1024, 1), 2);
     }
 }

@@ -13,8 +13,8 @@ use cubecl::prelude::CubeDim;
 
 use super::kernel::linear_mma_kernel;
 use super::{
-    EDGE_BLOCK, FUSED_LAUNCHES, PLANE, TARGET_CUBES, TILE_ROWS, VECTOR, block_width, planes_for,
-    row_groups,
+    EDGE_BLOCK, FUSED_LAUNCHES, PLANE, TILE_ROWS, VECTOR, block_width, planes_for, row_groups,
+    split_stripes_min_rows, target_cubes,
 };
 use crate::attention_kernel::{address_type, cube_count};
 
@@ -414,11 +414,12 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
         transposed || mask.is_some(),
         PLANE * group_planes,
         max_units,
+        split_stripes_min_rows(),
     );
     let planes = group_planes * groups;
     let column_blocks = n / n_block;
     let tiles = m.div_ceil(TILE_ROWS);
-    let cubes_per_block = tiles.min(TARGET_CUBES.div_ceil(column_blocks)).max(1);
+    let cubes_per_block = tiles.min(target_cubes().div_ceil(column_blocks)).max(1);
     let address_type = address_type(
         [&x, &weight, &out].into_iter().chain(
             [&bias, &gate, &residual, &mask, &input_gate, &divisor]
