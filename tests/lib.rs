@@ -332,6 +332,25 @@ pub fn parity(
     compare_outputs(case, &prediction_arrays(&out))
 }
 
+/// [`parity`] of every iteration (from zeros) with `extra` masked residues appended to the
+/// features ([`Features::padded_to`]) and the outputs cut back to the case's residues.
+pub fn parity_padded(case: &OracleCase, extra: usize, device: &Device) -> Result<Vec<Comparison>> {
+    let model = case_model(case, device)?;
+    let features: Vec<Features> = (0..case.iterations())
+        .map(|r| case.iteration_features(r))
+        .collect::<Result<_>>()?;
+    let n = features
+        .first()
+        .with_context(|| format!("{}: features have no iterations", case.dir.display()))?
+        .num_residues();
+    let padded: Vec<Features> = features
+        .iter()
+        .map(|f| f.padded_to(n + extra).into_owned())
+        .collect();
+    let out = model.forward_recycled(&padded, None, device);
+    compare_outputs(case, &prediction_arrays(&out.first_residues(n)))
+}
+
 /// A printable table of comparisons.
 pub fn format_table(title: &str, rows: &[Comparison]) -> String {
     let mut s = format!(

@@ -4,7 +4,9 @@
 //! Tolerance: 10x the oracle's own float32-vs-float64 deviation per output
 //! (`meta.json:float64_deviation`, made with `make_golden.py --x64-compare`).
 
-use af2_tests::{OracleCase, fixtures_dir, format_table, parity, reference_device};
+use af2_tests::{
+    Comparison, OracleCase, fixtures_dir, format_table, parity, parity_padded, reference_device,
+};
 
 fn check(case: &str, teacher_forcing: bool) {
     let device = reference_device();
@@ -19,7 +21,24 @@ fn check(case: &str, teacher_forcing: bool) {
             "all iterations"
         }
     );
-    println!("{}", format_table(&title, &rows));
+    assert_within_tolerance(&title, &rows);
+}
+
+/// A run padded with `extra` masked residues (as the GPU pads lengths to a multiple of 8),
+/// cut back, against the oracle's unpadded run at the same tolerance.
+fn check_padded(case: &str, extra: usize) {
+    let device = reference_device();
+    let case = OracleCase::open(&fixtures_dir().join(case)).expect("fixture");
+    let rows = parity_padded(&case, extra, &device).expect("forward pass");
+    let title = format!(
+        "{} (all iterations, {extra} masked residues appended)",
+        case.dir.display()
+    );
+    assert_within_tolerance(&title, &rows);
+}
+
+fn assert_within_tolerance(title: &str, rows: &[Comparison]) {
+    println!("{}", format_table(title, rows));
     assert!(rows.len() >= 20, "too few outputs compared: {}", rows.len());
     let failed: Vec<_> = rows
         .iter()
@@ -42,6 +61,16 @@ fn msa_template_n16_last_iteration_matches_oracle() {
 #[test]
 fn msa_template_n16_recycled_matches_oracle() {
     check("msa_template_n16", false);
+}
+
+#[test]
+fn r0_n20_padded_matches_oracle() {
+    check_padded("r0_n20", 7);
+}
+
+#[test]
+fn msa_template_n16_padded_recycled_matches_oracle() {
+    check_padded("msa_template_n16", 5);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use af2_io::weights::{ModelDims, load_weights};
 use af2_model::features::{BatchFeatures, Features, benchmark_features};
 use af2_model::model::{AlphaFold, AlphaFoldConfig, RecycleOptions, StageTimes};
 use af2_model::outputs::to_host;
+use af2_model::padding::{padded_length, residue_multiple};
 use af2_model::precision::Precision;
 use af2_model::predict::{PdbLabels, PredictionInputs, predict, write_prediction_pdb};
 
@@ -69,9 +70,11 @@ fn build(args: &Args, device: &Device) -> Result<(AlphaFold, String)> {
 /// Seconds for one batched prediction of `designs` (all passes, read back to the host), and
 /// whether every predicted coordinate came back finite (a NaN in a replayed or batched pass
 /// would otherwise go unseen: only the first prediction is written out).
+/// `designs` are padded ([`padded_benchmark_features`]); `n` is their real length.
 fn batch_seconds(
     model: &AlphaFold,
     designs: &[Features],
+    n: usize,
     passes: usize,
     device: &Device,
 ) -> (f64, bool) {
@@ -79,7 +82,7 @@ fn batch_seconds(
     let batch = BatchFeatures::new(designs).expect("copies of one design share their shapes");
     let out = model.forward_recycled_batch(&batch, passes - 1, device);
     // Reading the result back waits for the device.
-    let atoms = to_host(out.structure.final_atom37);
+    let atoms = to_host(out.structure.final_atom37.narrow(1, 0, n));
     let seconds = start.elapsed().as_secs_f64();
     (seconds, atoms.data.iter().all(|v| v.is_finite()))
 }
@@ -91,7 +94,7 @@ const STAGE_RUNS: usize = 3;
 /// Per stage, the median over [`STAGE_RUNS`] predictions with the device synchronised after
 /// every stage, after one such prediction untimed.
 fn stage_seconds(model: &AlphaFold, n: usize, passes: usize, device: &Device) -> StageTimes {
-    let features = benchmark_features(n);
+    let features = padded_benchmark_features(n, device);
     let mut runs = Vec::with_capacity(STAGE_RUNS);
     for run in 0..=STAGE_RUNS {
         let mut times = StageTimes::default();
@@ -175,12 +178,20 @@ impl Row {
     }
 }
 
+/// The benchmark features of length `n`, padded as a prediction on `device` pads them
+/// ([`af2_model::padding`]).
+fn padded_benchmark_features(n: usize, device: &Device) -> Features {
+    benchmark_features(n)
+        .padded_to(padded_length(n, residue_multiple(device)))
+        .into_owned()
+}
+
 fn time_row(model: &AlphaFold, n: usize, batch: usize, args: &Args, device: &Device) -> Row {
     let passes = args.recycles + 1;
-    let designs = vec![benchmark_features(n); batch];
-    let (first, first_finite) = batch_seconds(model, &designs, passes, device);
+    let designs = vec![padded_benchmark_features(n, device); batch];
+    let (first, first_finite) = batch_seconds(model, &designs, n, passes, device);
     let runs: Vec<(f64, bool)> = (0..args.repeats.max(1))
-        .map(|_| batch_seconds(model, &designs, passes, device))
+        .map(|_| batch_seconds(model, &designs, n, passes, device))
         .collect();
     let times: Vec<f64> = runs.iter().map(|&(seconds, _)| seconds).collect();
     Row {
@@ -235,6 +246,12 @@ pub fn run(args: &Args) -> Result<()> {
         "{:>6} {:>4} {:>10} {:>13} {:>13} {:>11}",
         "L", "B", "first s", "best s/design", "mean s/design", "designs/h"
     );
+    let multiple = residue_multiple(&device);
+    if multiple > 1 {
+        println!(
+            "(residues padded to a multiple of {multiple}, masked, as every prediction on this device)"
+        );
+    }
     let mut rows = Vec::new();
     for &n in &lengths {
         for &batch in &args.batch_sizes {
@@ -254,7 +271,7 @@ pub fn run(args: &Args) -> Result<()> {
             );
             // Whether the row's passes were recorded once and replayed (GPU builds; layouts
             // over the recording limit have no entry).
-            let layout = format!("B={batch} N={n}:");
+            let layout = format!("B={batch} N={}:", padded_length(n, multiple));
             for status in model
                 .pass_recordings()
                 .iter()

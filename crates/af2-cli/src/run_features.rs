@@ -12,6 +12,7 @@ use af2_io::weights::load_weights;
 use af2_model::features::Features;
 use af2_model::model::RecycleOptions;
 use af2_model::outputs::prediction_arrays;
+use af2_model::padding::{padded_length, residue_multiple};
 
 use crate::device::parse_device;
 
@@ -85,11 +86,22 @@ pub fn run(args: &Args) -> Result<()> {
     let options = RecycleOptions {
         early_stop_tolerance: args.recycle_early_stop_tolerance,
     };
-    let (out, log) = model.forward_recycled_with(&slices, None, &options, &device);
-    let arrays = prediction_arrays(&out);
+    let n = slices[0].num_residues();
+    let padded_n = padded_length(n, residue_multiple(&device));
+    let padded: Vec<Features> = slices
+        .iter()
+        .map(|f| f.padded_to(padded_n).into_owned())
+        .collect();
+    let (out, log) = model.forward_recycled_with(&padded, None, &options, &device);
+    let arrays = prediction_arrays(&out.first_residues(n));
     eprintln!(
-        "{} residues, {} iteration(s) in {:.2} s{}",
-        slices[0].num_residues(),
+        "{} residues{}, {} iteration(s) in {:.2} s{}",
+        n,
+        if padded_n > n {
+            format!(" (run padded to {padded_n})")
+        } else {
+            String::new()
+        },
         log.iterations_run,
         start.elapsed().as_secs_f64(),
         if log.stopped_early {

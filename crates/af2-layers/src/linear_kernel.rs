@@ -490,8 +490,9 @@ fn block_width(n: usize) -> usize {
 mod kernel;
 mod ops;
 
-/// Fewest rows at which [`row_groups`] splits a tile's stripes over two plane groups.
-const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 17;
+/// Fewest rows at which [`row_groups`] splits a tile's stripes over two plane groups: one
+/// design at L=256.
+const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 16;
 
 /// Plane groups sharing a tile (each takes half its stripes): 2 for row-major outputs of inputs
 /// held in registers (`K ≤ 128`) from `min_rows` rows ([`split_stripes_min_rows`]), where the device allows
@@ -500,7 +501,9 @@ const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 17;
 /// planes run on a multiprocessor. On an H100 an L=256 B=8 Evoformer block took 3% less time
 /// with two groups; with every product split, L=128 B=1 took 6% more (small products), the
 /// pair transition's chunked 512 -> 128 product 15% more, and the transposed forms gained
-/// nothing (docs/PERFORMANCE.md, fourteenth session).
+/// nothing (docs/PERFORMANCE.md, fourteenth session). With at most 264 cubes (twenty-first
+/// session) two groups from 16,384 rows made an L=256 B=1 prediction 4% faster on an H200
+/// (65,536 rows) but an L=128 B=1 one (16,384 rows) 6% slower (twenty-second session).
 fn row_groups(
     m: usize,
     k: usize,

@@ -13,6 +13,7 @@ use af2_io::structure::Structure;
 
 use crate::binder_metrics::{BinderLayout, BinderMetrics, MetricsError, binder_rmsd, ca_rmsd};
 use crate::model::{AlphaFold, RecycleOptions};
+use crate::padding::{padded_length, residue_multiple};
 use crate::pipeline::{
     BuiltFeatures, ChainAtoms, ChainAtomsOptions, MsaConfig, MsaRows, PipelineError, Query,
     TemplateSegment, build_features, template_from_segments,
@@ -485,9 +486,10 @@ fn complex_metrics(
     Ok(metrics)
 }
 
-/// [`score_design`] for several designs: designs of one length are folded together, a batch per
-/// model (and a batch of binders alone), each pass of a batch one batched forward pass
-/// ([`predict_batch`]). Returns one result per sequence, in order; a design that fails (its
+/// [`score_design`] for several designs: designs whose lengths pad to one length
+/// ([`crate::padding`]: on a GPU, lengths rounded up to a multiple of 8; on the CPU, one length)
+/// are folded together, a batch per model (and a batch of binders alone), each pass of a batch
+/// one batched forward pass ([`predict_batch`]). Returns one result per sequence, in order; a design that fails (its
 /// sequence, its metrics) does not stop the others. `on_recycle(design, model, kind, report)`
 /// reports every pass of every design.
 #[allow(clippy::too_many_arguments)]
@@ -524,18 +526,17 @@ pub fn score_designs(
             })
         })
         .collect();
-    let mut lengths: Vec<usize> = runs
-        .iter()
-        .flatten()
-        .map(|r| r.inputs.query.len())
-        .collect();
+    // Designs whose lengths pad to the same length fold in one batch.
+    let multiple = residue_multiple(device);
+    let padded = |run: &DesignRun| padded_length(run.inputs.query.len(), multiple);
+    let mut lengths: Vec<usize> = runs.iter().flatten().map(padded).collect();
     lengths.sort_unstable();
     lengths.dedup();
     for length in lengths {
         for (k, model) in models.iter().enumerate() {
             let live = |runs: &[Result<DesignRun, BinderError>]| -> Vec<usize> {
                 (0..runs.len())
-                    .filter(|&d| matches!(&runs[d], Ok(r) if r.inputs.query.len() == length))
+                    .filter(|&d| matches!(&runs[d], Ok(r) if padded(r) == length))
                     .collect()
             };
             let batch = live(&runs);

@@ -19,6 +19,7 @@ pub mod input_embedder;
 pub mod invariant_point_attention;
 pub mod model;
 pub mod outputs;
+pub mod padding;
 pub mod pipeline;
 pub mod precision;
 pub mod predict;

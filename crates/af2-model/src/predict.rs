@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -29,6 +30,7 @@ use crate::features::{BatchFeatures, FeatureError, Features, TemplateFeatures};
 use crate::model::{AlphaFold, RecycleLog, RecycleOptions};
 pub use crate::outputs::PaeOutput;
 use crate::outputs::{confidences, to_host};
+use crate::padding::{padded_length, residue_multiple};
 use crate::pipeline::{ChainAtoms, PipelineError, Query, TemplateSegment, template_from_segments};
 use crate::residue_constants as rc;
 
@@ -186,15 +188,19 @@ pub fn predict(
     .swap_remove(0)
 }
 
-/// [`predict`] for a batch of designs of one length (and one MSA depth and template count):
-/// every pass runs the whole batch in one batched forward pass
-/// ([`AlphaFold::forward_recycled_batch_observed`]). `on_recycle(design, report)` is called
-/// after each pass for every design still recycling. Early stop is per design: a design that
-/// stops keeps the outputs of that pass while the others recycle on. Designs without an
-/// initial guess start from zeros, designs without a template pair mask are unmasked, as alone.
+/// [`predict`] for a batch of designs (of one MSA depth and template count): every pass runs
+/// the whole batch in one batched forward pass
+/// ([`AlphaFold::forward_recycled_batch_observed`]). Every design is padded with masked
+/// residues to the longest one's length rounded up to [`residue_multiple`] (8 on a GPU, none
+/// on the CPU; see [`crate::padding`]), and its outputs are cut back to its own residues.
+/// `on_recycle(design, report)` is called after each pass for every design still recycling.
+/// Early stop is per design: a design that stops keeps the outputs of that pass while the
+/// others recycle on. Designs without an initial guess start from zeros, designs without a
+/// template pair mask are unmasked, as alone.
 ///
 /// # Errors
-/// If the designs' features differ in shape; the error names the first design that differs.
+/// If the designs' features differ in shape other than in length; the error names the first
+/// design that differs.
 ///
 /// # Panics
 /// If `inputs` is empty, a design has no features, or its initial positions or mask do not fit
@@ -212,23 +218,33 @@ pub fn predict_batch(
         inputs.iter().all(|i| !i.iterations.is_empty()),
         "predict needs features"
     );
+    let lengths: Vec<usize> = inputs
+        .iter()
+        .map(|i| i.iterations[0].num_residues())
+        .collect();
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let (b, n) = (
+        inputs.len(),
+        padded_length(longest, residue_multiple(device)),
+    );
+    let padded: Vec<Vec<Cow<'_, Features>>> = inputs
+        .iter()
+        .map(|i| i.iterations.iter().map(|f| f.padded_to(n)).collect())
+        .collect();
     let passes = (0..=num_recycles)
-        .map(|r| {
-            BatchFeatures::new(
-                inputs
-                    .iter()
-                    .map(|i| &i.iterations[r.min(i.iterations.len() - 1)]),
-            )
-        })
+        .map(|r| BatchFeatures::new(padded.iter().map(|p| p[r.min(p.len() - 1)].as_ref())))
         .collect::<Result<Vec<_>, _>>()?;
-    let (b, n) = (inputs.len(), passes[0].num_residues());
     let mut initial = model.zero_state_batch(b, n, device);
     if inputs.iter().any(|i| i.initial_positions.is_some()) {
         let mut positions = vec![0.0f32; b * n * 37 * 3];
-        for (i, chunk) in inputs.iter().zip(positions.chunks_exact_mut(n * 37 * 3)) {
+        for ((i, &len), chunk) in inputs
+            .iter()
+            .zip(&lengths)
+            .zip(positions.chunks_exact_mut(n * 37 * 3))
+        {
             if let Some(p) = i.initial_positions {
-                assert_eq!(p.shape, vec![n, 37, 3], "initial positions");
-                chunk.copy_from_slice(&p.data);
+                assert_eq!(p.shape, vec![len, 37, 3], "initial positions");
+                chunk[..p.data.len()].copy_from_slice(&p.data);
             }
         }
         initial.positions = Tensor::from_data(TensorData::new(positions, [b, n, 37, 3]), device);
@@ -238,10 +254,16 @@ pub fn predict_batch(
         .any(|i| i.template_pair_mask.is_some())
         .then(|| {
             let mut values = vec![1.0f32; b * n * n];
-            for (i, chunk) in inputs.iter().zip(values.chunks_exact_mut(n * n)) {
+            for ((i, &len), chunk) in inputs
+                .iter()
+                .zip(&lengths)
+                .zip(values.chunks_exact_mut(n * n))
+            {
                 if let Some(m) = i.template_pair_mask {
-                    assert_eq!(m.len(), n * n, "template pair mask");
-                    chunk.copy_from_slice(m);
+                    assert_eq!(m.len(), len * len, "template pair mask");
+                    for (row, values) in m.chunks_exact(len).zip(chunk.chunks_exact_mut(n)) {
+                        values[..len].copy_from_slice(row);
+                    }
                 }
             }
             Tensor::<3>::from_data(TensorData::new(values, [b, n, n]), device)
@@ -257,7 +279,7 @@ pub fn predict_batch(
         |r, out, status| {
             let seconds = pass_start.elapsed().as_secs_f64();
             for (d, s) in status.iter().enumerate().filter(|(_, s)| s.active) {
-                let conf = confidences(&out.design(d));
+                let conf = confidences(&out.design(d).first_residues(lengths[d]));
                 on_recycle(
                     d,
                     &RecycleReport {
@@ -280,7 +302,7 @@ pub fn predict_batch(
         .enumerate()
         .map(|(d, ((i, conf), log))| {
             let conf = conf.expect("at least one pass");
-            let out = run.output(d);
+            let out = run.output(d).first_residues(lengths[d]);
             let iptm = match &conf.pae {
                 Some(p) if i.asym_id.iter().any(|&a| a != i.asym_id[0]) => Some(
                     confidence::predicted_tm_score(&p.logits, p.bins, None, Some(i.asym_id), true),

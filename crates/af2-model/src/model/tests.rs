@@ -397,6 +397,57 @@ fn batched_prediction_equals_each_design_alone_with_per_design_early_stop() {
     );
 }
 
+/// Designs of different lengths fold in one batch: each is padded with masked residues to the
+/// longest, and its outputs are cut back ([`crate::padding`]). Each design equals itself alone
+/// (unpadded) within [`REL_TOL`]: the masked residues contribute exact zeros, and only the
+/// order of float sums can differ.
+#[test]
+fn designs_of_different_lengths_fold_in_one_batch_as_alone() {
+    let device = device();
+    let model = model(&device);
+    let lengths = [N, N - 3, N - 1];
+    let designs: Vec<Features> = lengths
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| {
+            let mut f = random_features(31 + d as u64, n, 3, 4, 2);
+            // Every residue real: a masked residue's own outputs (its fully masked attention
+            // rows average every key, padded ones too) are not a prediction's.
+            f.seq_mask.data.fill(1.0);
+            f
+        })
+        .collect();
+    let asym: Vec<Vec<i64>> = lengths
+        .iter()
+        .map(|&n| (0..n).map(|i| i64::from(i >= n - 4)).collect())
+        .collect();
+    let masks: Vec<Vec<f32>> = asym
+        .iter()
+        .map(|a| crate::predict::same_chain_mask(a))
+        .collect();
+    let guesses: Vec<NdArray<f32>> = lengths
+        .iter()
+        .map(|&n| arr(vec![n, 37, 3], Rng(n as u64).floats(n * 37 * 3, 12.0)))
+        .collect();
+    let inputs: Vec<PredictionInputs<'_>> = (0..designs.len())
+        .map(|d| PredictionInputs {
+            iterations: std::slice::from_ref(&designs[d]),
+            asym_id: &asym[d],
+            initial_positions: (d != 0).then_some(&guesses[d]),
+            template_pair_mask: (d != 2).then_some(masks[d].as_slice()),
+        })
+        .collect();
+    let options = RecycleOptions::default();
+    let batch = predict_batch(&model, &inputs, 2, &options, &device, |_, _| {}).unwrap();
+    let mut worst: f64 = 0.0;
+    for (d, (i, b)) in inputs.iter().zip(&batch).enumerate() {
+        assert_eq!(b.len(), lengths[d]);
+        let alone = predict(&model, i, 2, &options, &device, |_| {});
+        worst = worst.max(compare_predictions(d, &alone, b));
+    }
+    eprintln!("designs of lengths {lengths:?} in one batch vs alone: worst difference {worst:.3e}");
+}
+
 /// The recycling loop keeps the template embeddings from pass to pass while the templates stay
 /// the same, and embeds them again when a pass brings other templates: its passes equal passes
 /// run one at a time with nothing kept.
