@@ -70,9 +70,12 @@ impl GlobalAttention {
         let value_dim = self.value_w.dims()[1];
         let mask3 = mask.clone().reshape([b, n, 1]);
 
-        // utils.mask_mean over the sequence axis, eps 1e-10.
+        // utils.mask_mean over the sequence axis. AlphaFold adds 1e-10 to the count, which
+        // leaves a count of 1 or more unchanged in f32 and makes an empty column 0 / 1e-10 = 0;
+        // in f16 1e-10 is 0 and that column 0 / 0. A floor of 1e-4 gives the same values in f32
+        // (counts of 0/1 masks are whole) and 0 for an empty column in f16 too (a padded one).
         let q_avg = (x.clone() * mask3.clone()).sum_dim(1).reshape([b, c])
-            / (mask3.sum_dim(1).reshape([b, 1]) + 1e-10);
+            / mask3.sum_dim(1).reshape([b, 1]).clamp_min(1e-4);
         let q = q_avg
             .matmul(self.query_w.val().reshape([c, h * key_dim]))
             .reshape([b, h, key_dim])

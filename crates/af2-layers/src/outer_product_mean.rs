@@ -280,6 +280,22 @@ impl OuterProductMean {
         norm + 1e-3
     }
 
+    /// [`OuterProductMean::pair_counts`] with 1 added where `pair_mask` is 0 (a pair holding a
+    /// masked residue, such as the padding of `af2_model::padding`).
+    ///
+    /// Such a residue's MSA rows are all masked, so AlphaFold's divisor there is 1e-3 and every
+    /// block adds the output bias times 1000 to its pairs: in f16 that can overflow, and an
+    /// infinity in a masked pair reaches the real pairs through `0 * inf` (the triangle
+    /// multiplication's masked edges, an attention's zero weight on its value). Pairs of
+    /// unmasked residues keep AlphaFold's divisor exactly; masked pairs never reach them.
+    ///
+    /// # Shapes
+    /// - msa_mask: `[B, S, N]`, pair_mask: `[B, N, N]`
+    /// - output: `[B, N, N, 1]`
+    pub fn pair_counts_masked(msa_mask: Tensor<3>, pair_mask: Tensor<3>) -> Tensor<4> {
+        Self::pair_counts(msa_mask) + (pair_mask.neg() + 1.0).unsqueeze_dim::<4>(3)
+    }
+
     /// `sum_s left[b,s,i,c] right[b,s,j,e]` contracted with `output_w[c,e,f]`, plus `output_b`.
     fn project_outer(
         &self,
@@ -340,6 +356,43 @@ mod tests {
         opm.left_projection.bias = Some(Param::from_tensor(normal([1, 3]).val().reshape([3])));
         opm.right_projection.bias = Some(Param::from_tensor(normal([1, 3]).val().reshape([3])));
         opm
+    }
+
+    /// Masked pairs divide by at least 1 (no bias times 1000 to overflow f16); the others keep
+    /// AlphaFold's divisor to the bit.
+    #[test]
+    fn masked_pairs_divide_by_at_least_one() {
+        #[allow(deprecated)] // ndarray is the CPU reference backend.
+        let device = Device::ndarray();
+        // Two rows; residue 2 is padding (masked in every row), residue 1 masked in row 1.
+        let msa_mask = Tensor::<3>::from_data(
+            burn::tensor::TensorData::new(vec![1.0f32, 1.0, 0.0, 1.0, 0.0, 0.0], [1, 2, 3]),
+            &device,
+        );
+        let seq_mask = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(vec![1.0f32, 1.0, 0.0], [1, 3]),
+            &device,
+        );
+        let pair_mask = seq_mask.clone().unsqueeze_dim::<3>(2) * seq_mask.unsqueeze_dim::<3>(1);
+        let plain: Vec<f32> = OuterProductMean::pair_counts(msa_mask.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let masked: Vec<f32> = OuterProductMean::pair_counts_masked(msa_mask, pair_mask)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (k, (p, m)) in plain.iter().zip(&masked).enumerate() {
+            let (i, j) = (k / 3, k % 3);
+            if i == 2 || j == 2 {
+                assert_eq!(*p, 1e-3, "pair {i},{j}: AlphaFold's divisor");
+                assert_eq!(*m, 1.0 + 1e-3, "pair {i},{j}");
+            } else {
+                assert_eq!(p.to_bits(), m.to_bits(), "pair {i},{j}");
+            }
+        }
+        assert_eq!(plain[0], 2.0 + 1e-3);
+        assert_eq!(plain[4], 1.0 + 1e-3);
     }
 
     #[test]

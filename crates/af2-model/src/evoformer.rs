@@ -290,7 +290,7 @@ pub trait MsaPairBlock {
         pair: Tensor<4>,
         pair_mask: Tensor<3>,
     ) -> (Tensor<4>, Tensor<4>) {
-        let counts = OuterProductMean::pair_counts(msa_mask.clone());
+        let counts = OuterProductMean::pair_counts_masked(msa_mask.clone(), pair_mask.clone());
         self.forward_with_counts((msa, msa_mask, counts), pair, pair_mask)
     }
 }
@@ -363,7 +363,7 @@ impl EvoformerStack {
         mut pair: Tensor<4>,
         pair_mask: Tensor<3>,
     ) -> (Tensor<4>, Tensor<4>, Tensor<3>) {
-        let counts = OuterProductMean::pair_counts(msa_mask.clone());
+        let counts = OuterProductMean::pair_counts_masked(msa_mask.clone(), pair_mask.clone());
         for block in &self.blocks {
             let masked_msa = (msa, msa_mask.clone(), counts.clone());
             (msa, pair) = block.forward_with_counts(masked_msa, pair, pair_mask.clone());

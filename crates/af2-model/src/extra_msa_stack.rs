@@ -124,7 +124,7 @@ impl ExtraMsaStack {
         pair_mask: Tensor<3>,
     ) -> Tensor<4> {
         let mut msa = self.extra_msa_activations.forward(extra_feat);
-        let counts = OuterProductMean::pair_counts(extra_mask.clone());
+        let counts = OuterProductMean::pair_counts_masked(extra_mask.clone(), pair_mask.clone());
         for block in &self.blocks {
             let masked_msa = (msa, extra_mask.clone(), counts.clone());
             (msa, pair) = block.forward_with_counts(masked_msa, pair, pair_mask.clone());
