@@ -222,6 +222,14 @@ pub fn predict_batch(
         .iter()
         .map(|i| i.iterations[0].num_residues())
         .collect();
+    for (d, (i, &len)) in inputs.iter().zip(&lengths).enumerate() {
+        if let Some(f) = i.iterations.iter().find(|f| f.num_residues() != len) {
+            return Err(FeatureError::Batch {
+                design: d,
+                message: format!("its passes have {len} and {} residues", f.num_residues()),
+            });
+        }
+    }
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let (b, n) = (
         inputs.len(),

@@ -446,6 +446,17 @@ fn designs_of_different_lengths_fold_in_one_batch_as_alone() {
         worst = worst.max(compare_predictions(d, &alone, b));
     }
     eprintln!("designs of lengths {lengths:?} in one batch vs alone: worst difference {worst:.3e}");
+
+    // A design whose passes differ in length is refused, naming it.
+    let passes = [designs[0].clone(), designs[1].clone()];
+    let mixed = [inputs[0], PredictionInputs::new(&passes, &asym[0])];
+    let err = predict_batch(&model, &mixed, 1, &options, &device, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("design 1") && err.contains("12 and 9"),
+        "{err}"
+    );
 }
 
 /// The recycling loop keeps the template embeddings from pass to pass while the templates stay
