@@ -5,7 +5,10 @@
 //! Masked residues change nothing for the real ones: every attention gives their keys AlphaFold's
 //! -1e9 logit, the triangle multiplications multiply their edges by a zero mask, the outer
 //! product mean counts only unmasked pairs, and the invariant point attention subtracts 1e5
-//! from their logits. What differs is the order of float sums: the parity tests run the oracle
+//! from their logits. The one departure from AlphaFold's arithmetic is for the added residues'
+//! own pairs: no MSA row covers them, and the outer product mean divides them by at least 1
+//! rather than 1e-3 (`OuterProductMean::pair_counts_masked`), which keeps them inside f16's
+//! range. What differs for the real residues is the order of float sums: the parity tests run the oracle
 //! fixtures padded (`tests/parity.rs`), and `model::tests` batches designs of different lengths
 //! against each alone. A residue masked in its own input (`seq_mask` 0) is not covered: its
 //! fully masked attention rows average every key, the added ones too, as AlphaFold's do.
