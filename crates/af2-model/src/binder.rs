@@ -489,9 +489,9 @@ fn complex_metrics(
 /// [`score_design`] for several designs: designs whose lengths pad to one length
 /// ([`crate::padding`]: on a GPU, lengths rounded up to a multiple of 8; on the CPU, one length)
 /// are folded together, a batch per model (and a batch of binders alone), each pass of a batch
-/// one batched forward pass ([`predict_batch`]). Returns one result per sequence, in order; a design that fails (its
-/// sequence, its metrics) does not stop the others. `on_recycle(design, model, kind, report)`
-/// reports every pass of every design.
+/// one batched forward pass ([`predict_batch`]). Returns one result per sequence, in order; a
+/// design that fails (its sequence, its metrics) does not stop the others.
+/// `on_recycle(design, model, kind, report)` reports every pass of every design.
 #[allow(clippy::too_many_arguments)]
 pub fn score_designs(
     models: &[&AlphaFold],
