@@ -93,16 +93,15 @@ impl Features {
         if self.num_residues() == n {
             return Cow::Borrowed(self);
         }
-        let vec = |v: &[i64], fill: &dyn Fn(usize) -> i64| -> Vec<i64> {
-            let mut out = v.to_vec();
-            out.extend((v.len()..n).map(fill));
-            out
-        };
+        let len = self.num_residues();
+        assert!(n >= len, "padding {len} residues to {n}");
+        let mut aatype = self.aatype.clone();
+        aatype.resize(n, 0);
         let next = self.residue_index.last().map_or(0, |&r| r + 1);
-        let first_pad = self.num_residues();
+        let added = next..next + (n - len) as i64;
         Cow::Owned(Features {
-            aatype: vec(&self.aatype, &|_| 0),
-            residue_index: vec(&self.residue_index, &|i| next + (i - first_pad) as i64),
+            aatype,
+            residue_index: self.residue_index.iter().copied().chain(added).collect(),
             seq_mask: pad_axis(&self.seq_mask, 0, n, 0.0),
             target_feat: pad_axis(&self.target_feat, 0, n, 0.0),
             msa_feat: pad_axis(&self.msa_feat, 1, n, 0.0),
