@@ -5,7 +5,14 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::linear::{Epilogue, matmul_bias_with};
-use crate::{LayerNorm, LayerNormConfig, Linear, MAX_LOGITS_PER_CHUNK, linear};
+use crate::{LayerNorm, LayerNormConfig, Linear, linear};
+
+/// The largest hidden activation a transition computes at once: 512 MiB, the pair
+/// transition's whole hidden layer for 8 designs of 256 residues in f16 (`[8 · 256², 512]`),
+/// under wgpu's buffer limit (a 2 GiB buffer failed on the H100). Chunked there, the chunks'
+/// outputs had to be joined by a copy of the pair (0.10 ms an Evoformer block at L=256 B=8 on
+/// an H200, 1% of it; docs/PERFORMANCE.md, twenty-third session).
+pub const MAX_HIDDEN_BYTES: usize = 1 << 29;
 
 /// Configuration of a [`Transition`].
 #[derive(Config, Debug)]
@@ -42,9 +49,8 @@ impl Transition {
     /// Returns the update (the residual is added by the caller).
     ///
     /// Rows are processed in chunks so that the widened hidden activation never exceeds
-    /// [`MAX_LOGITS_PER_CHUNK`] f32 elements' bytes (twice the elements in f16): at L=1024 the
-    /// pair transition's whole hidden layer (`[L, L, 4 * 128]`) would be a 2 GiB buffer, over
-    /// wgpu's buffer limit.
+    /// [`MAX_HIDDEN_BYTES`]: at L=1024 the pair transition's whole hidden layer (`[L, L, 4 *
+    /// 128]`, f32) would be a 2 GiB buffer, over wgpu's buffer limit.
     ///
     /// # Shapes
     /// - x: `[..., channels]`
@@ -65,12 +71,10 @@ impl Transition {
         self.forward_chunked(x, max_rows, true)
     }
 
-    /// Rows per chunk: a hidden activation of at most [`MAX_LOGITS_PER_CHUNK`] f32 elements'
-    /// bytes.
+    /// Rows per chunk: a hidden activation of at most [`MAX_HIDDEN_BYTES`].
     fn max_rows<const D: usize>(&self, x: &Tensor<D>) -> usize {
         let hidden = self.transition1.weight.dims()[1];
-        let bytes = MAX_LOGITS_PER_CHUNK * std::mem::size_of::<f32>();
-        (bytes / (hidden * x.dtype().size()).max(1)).max(1)
+        (MAX_HIDDEN_BYTES / (hidden * x.dtype().size()).max(1)).max(1)
     }
 
     /// [`Transition::forward`] (with `residual`, [`Transition::forward_residual`]) on at most

@@ -121,6 +121,24 @@ mod kernel {
         let tile_row = comptime!(d + 1);
         let mut tile = Shared::<[f32]>::new_slice(comptime!(tile_rows * (d + 1)));
 
+        // The lane's scale and offset (channels `lane, lane + 32, ..`), loaded before the
+        // stores: a load after a store to `out` would wait for it (the buffers might alias).
+        let per_lane = comptime!(d.div_ceil(LANES));
+        let mut held_gamma = Array::<f32>::new(per_lane);
+        let mut held_beta = Array::<f32>::new(per_lane);
+        #[unroll]
+        for i in 0..per_lane {
+            let c = lane + i * LANES;
+            let mut g = f32::new(0.0);
+            let mut b = f32::new(0.0);
+            if c < d {
+                g = f32::cast_from(gamma[c * gamma.stride(0)]);
+                b = f32::cast_from(beta[c * beta.stride(0)]);
+            }
+            held_gamma[i] = g;
+            held_beta[i] = b;
+        }
+
         let per_channel = comptime!(tile_rows / vs);
         #[unroll]
         for i in 0..comptime!((d * tile_rows / vs).div_ceil(LANES * PLANES)) {
@@ -140,7 +158,6 @@ mod kernel {
         }
         sync_cube();
 
-        let per_lane = comptime!(d.div_ceil(LANES));
         // Unrolled: the plane sums of a plane's rows are independent and overlap.
         #[unroll]
         for k in 0..comptime!(tile_rows / PLANES) {
@@ -177,8 +194,7 @@ mod kernel {
                     let c = lane + i * LANES;
                     if c < d {
                         let normalised = (held[i] - shifted_mean) * inv_std;
-                        let scaled = normalised * f32::cast_from(gamma[c * gamma.stride(0)])
-                            + f32::cast_from(beta[c * beta.stride(0)]);
+                        let scaled = normalised * held_gamma[i] + held_beta[i];
                         out[row * d + c] = F::cast_from(scaled);
                     }
                 }

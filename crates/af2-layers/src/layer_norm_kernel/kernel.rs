@@ -116,14 +116,35 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
         }
     }
 
-    // Unrolled: the rows' loads and reductions can overlap.
+    // The lane's scale and offset, the same for all its rows.
+    let mut held_gamma = Array::<f32>::new(comptime!(per_unit * vs));
+    let mut held_beta = Array::<f32>::new(comptime!(per_unit * vs));
+    #[unroll]
+    for i in 0..per_unit {
+        let c = (lane + i * LANES) * vs;
+        let mut gamma_v = Vector::<G, N>::new(G::new(0.0));
+        let mut beta_v = Vector::<B, N>::new(B::new(0.0));
+        if c < d {
+            gamma_v = gamma[c * gamma.stride(0) / vs];
+            beta_v = beta[c * beta.stride(0) / vs];
+        }
+        #[unroll]
+        for j in 0..vs {
+            held_gamma[i * vs + j] = f32::cast_from(gamma_v.extract(j));
+            held_beta[i * vs + j] = f32::cast_from(beta_v.extract(j));
+        }
+    }
+
+    // Every row's loads first, all in flight together: a load placed after a store to `out`
+    // would wait for that store (the buffers might alias), one memory latency per row.
+    let row_values = comptime!(per_unit * vs);
+    let mut held = Array::<f32>::new(comptime!(rows_per_plane * per_unit * vs));
+    let mut sums = Array::<f32>::new(rows_per_plane);
     #[unroll]
     for r in 0..rows_per_plane {
         let row = (CUBE_POS * rows_per_plane + r) * ROWS_PER_CUBE + slot;
-        // No early return: every unit takes part in the cube's synchronisations.
-        let valid = row < rows;
         let mut safe_row = row;
-        if !valid {
+        if row >= rows {
             safe_row = 0;
         }
         let mut base = safe_row * layout.s2;
@@ -133,11 +154,9 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
             let i0 = safe_row / (layout.n2 * layout.n1);
             base = i0 * layout.s0 + i1 * layout.s1 + i2 * layout.s2;
         }
-
         // Sums of x - x[0]: a row's common offset (residual streams carry large ones)
         // would otherwise dominate the sum and cost the mean its low digits.
         let shift = f32::cast_from(x[base / vs].extract(0usize));
-        let mut held = Array::<f32>::new(comptime!(per_unit * vs));
         let mut sum = f32::new(0.0);
         #[unroll]
         for i in 0..per_unit {
@@ -152,10 +171,20 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
                 if c < d {
                     value = f32::cast_from(v.extract(j)) - shift;
                 }
-                held[i * vs + j] = value;
+                held[r * row_values + i * vs + j] = value;
                 sum += value;
             }
         }
+        sums[r] = sum;
+    }
+
+    #[unroll]
+    for r in 0..rows_per_plane {
+        let row = (CUBE_POS * rows_per_plane + r) * ROWS_PER_CUBE + slot;
+        // No early return: every unit takes part in the cube's synchronisations.
+        let valid = row < rows;
+        let held_at = r * row_values;
+        let sum = sums[r];
         let shifted_mean = lane_sum(&mut partial, sum, slot, lane, plane_reduce) * inv_d;
 
         let mut squares = f32::new(0.0);
@@ -165,7 +194,7 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
             if c < d {
                 #[unroll]
                 for j in 0..vs {
-                    let centered = held[i * vs + j] - shifted_mean;
+                    let centered = held[held_at + i * vs + j] - shifted_mean;
                     squares += centered * centered;
                 }
             }
@@ -185,14 +214,11 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
         for i in 0..per_unit {
             let c = (lane + i * LANES) * vs;
             if c < d {
-                let gamma_v = gamma[c * gamma.stride(0) / vs];
-                let beta_v = beta[c * beta.stride(0) / vs];
                 let mut v = Vector::<F, N>::empty();
                 #[unroll]
                 for j in 0..vs {
-                    let normalised = (held[i * vs + j] - shifted_mean) * inv_std;
-                    let scaled = normalised * f32::cast_from(gamma_v.extract(j))
-                        + f32::cast_from(beta_v.extract(j));
+                    let normalised = (held[held_at + i * vs + j] - shifted_mean) * inv_std;
+                    let scaled = normalised * held_gamma[i * vs + j] + held_beta[i * vs + j];
                     v.insert(j, F::cast_from(scaled));
                 }
                 if comptime!(write_normalised) {

@@ -174,6 +174,27 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
 
     let out_row_stride = out.stride(0);
     let tiles = m.div_ceil(TILE_ROWS);
+    // Single-chunk inputs load the next tile into registers between the product and the
+    // write-out of the current one, so that its loads are in flight while the output is
+    // written (and are not issued right behind the output's stores).
+    let prefetch = comptime!(!chunked);
+    let staged_vectors = comptime!((TILE_ROWS * k_chunk / vs).div_ceil(threads));
+    let mut next_rows =
+        Array::<Vector<F, N>>::new(comptime!(if prefetch { staged_vectors } else { 1 }));
+    if comptime!(prefetch) {
+        stage_rows(
+            x,
+            input_gate,
+            gate_col0,
+            &mut x_s,
+            first_tile * TILE_ROWS,
+            0,
+            t,
+            k_chunk,
+            threads,
+            vs,
+        );
+    }
     let mut tile = first_tile;
     while tile < tiles {
         let row0 = tile * TILE_ROWS;
@@ -255,9 +276,11 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
             }
         } else {
-            stage_rows(
-                x, input_gate, gate_col0, &mut x_s, row0, 0, t, k_chunk, threads, vs,
-            );
+            if comptime!(!prefetch) {
+                stage_rows(
+                    x, input_gate, gate_col0, &mut x_s, row0, 0, t, k_chunk, threads, vs,
+                );
+            }
             sync_cube();
             #[unroll]
             for si in 0..my_stripes {
@@ -302,6 +325,20 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                     );
                 }
             }
+        }
+        if comptime!(prefetch) {
+            load_rows(
+                x,
+                input_gate,
+                gate_col0,
+                &mut next_rows,
+                row0 + cubes_per_block * TILE_ROWS,
+                0,
+                t,
+                k_chunk,
+                threads,
+                vs,
+            );
         }
         // The output stage's own inputs at this unit's positions, loaded before the barrier and
         // all in flight together: a load placed after a store to the output would wait for
@@ -434,14 +471,16 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
             }
         }
+        if comptime!(prefetch) {
+            // Every plane has read the staged tile before the barrier ahead of the write-out.
+            store_rows(&next_rows, &mut x_s, t, k_chunk, threads, vs);
+        }
         tile += cubes_per_block;
     }
 }
 
 /// Stages columns `col0 .. col0 + k_chunk` of the 64-row tile of `x` from `row0` into `x_s`
-/// (rows of `k_chunk + PAD` elements), zero past M: consecutive units read consecutive 16-byte
-/// vectors. With an input gate each element is first multiplied, in f32 and rounded once, by
-/// the sigmoid of the gate's element `gate_col0` columns further right in its row.
+/// (rows of `k_chunk + PAD` elements), zero past M: [`load_rows`] then [`store_rows`].
 #[allow(clippy::too_many_arguments)]
 #[cube]
 fn stage_rows<F: Float, N: Size>(
@@ -456,35 +495,82 @@ fn stage_rows<F: Float, N: Size>(
     #[comptime] threads: usize,
     #[comptime] vs: usize,
 ) {
+    let mut held =
+        Array::<Vector<F, N>>::new(comptime!((TILE_ROWS * k_chunk / vs).div_ceil(threads)));
+    load_rows(
+        x, input_gate, gate_col0, &mut held, row0, col0, t, k_chunk, threads, vs,
+    );
+    store_rows(&held, x_s, t, k_chunk, threads, vs);
+}
+
+/// Loads this unit's vectors of columns `col0 .. col0 + k_chunk` of the 64-row tile of `x`
+/// from `row0` into `held` (vector `i` is tile vector `t + i · threads`), zero past M:
+/// consecutive units read consecutive 16-byte vectors. With an input gate each element is
+/// first multiplied, in f32 and rounded once, by the sigmoid of the gate's element
+/// `gate_col0` columns further right in its row.
+#[allow(clippy::too_many_arguments)]
+#[cube]
+fn load_rows<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    input_gate: ComptimeOption<&Tensor<Vector<F, N>>>,
+    gate_col0: usize,
+    held: &mut Array<Vector<F, N>>,
+    row0: usize,
+    col0: usize,
+    t: usize,
+    #[comptime] k_chunk: usize,
+    #[comptime] threads: usize,
+    #[comptime] vs: usize,
+) {
     let m = x.shape(0);
     let x_row_stride = x.stride(0);
     let vectors = comptime!(TILE_ROWS * k_chunk / vs);
     #[unroll]
     for i in 0..comptime!(vectors.div_ceil(threads)) {
         let e = t + i * threads;
+        let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
+        let mut v = Vector::<F, N>::new(F::new(0.0));
         // Vectors a tile need not be a multiple of the cube's units (K = 16 or 48 with 8
         // planes): the last pass is partial.
+        if row0 + r < m && e < vectors {
+            v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
+            #[comptime]
+            if let ComptimeOption::Some(gates) = &input_gate {
+                let g = gates[((row0 + r) * gates.stride(0) + gate_col0 + col0) / vs + cv];
+                #[unroll]
+                for j in 0..vs {
+                    let gated =
+                        f32::cast_from(v.extract(j)) * sigmoid(f32::cast_from(g.extract(j)));
+                    v.insert(j, F::cast_from(gated));
+                }
+            }
+        }
+        held[i] = v;
+    }
+}
+
+/// Stores the vectors [`load_rows`] loaded into the shared tile `x_s` (rows of `k_chunk + PAD`
+/// elements).
+#[cube]
+fn store_rows<F: Float, N: Size>(
+    held: &Array<Vector<F, N>>,
+    x_s: &mut Shared<[Vector<F, N>]>,
+    t: usize,
+    #[comptime] k_chunk: usize,
+    #[comptime] threads: usize,
+    #[comptime] vs: usize,
+) {
+    let vectors = comptime!(TILE_ROWS * k_chunk / vs);
+    #[unroll]
+    for i in 0..comptime!(vectors.div_ceil(threads)) {
+        let e = t + i * threads;
         let mut inside = true;
         if comptime!(!vectors.is_multiple_of(threads)) {
             inside = e < vectors;
         }
         if inside {
             let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
-            let mut v = Vector::<F, N>::new(F::new(0.0));
-            if row0 + r < m {
-                v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
-                #[comptime]
-                if let ComptimeOption::Some(gates) = &input_gate {
-                    let g = gates[((row0 + r) * gates.stride(0) + gate_col0 + col0) / vs + cv];
-                    #[unroll]
-                    for j in 0..vs {
-                        let gated =
-                            f32::cast_from(v.extract(j)) * sigmoid(f32::cast_from(g.extract(j)));
-                        v.insert(j, F::cast_from(gated));
-                    }
-                }
-            }
-            x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = v;
+            x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = held[i];
         }
     }
 }
