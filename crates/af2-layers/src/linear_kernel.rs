@@ -497,6 +497,7 @@ fn block_width(n: usize) -> usize {
 
 mod kernel;
 mod ops;
+mod staging;
 
 /// Fewest rows at which [`row_groups`] splits a tile's stripes over two plane groups: one
 /// design at L=256.

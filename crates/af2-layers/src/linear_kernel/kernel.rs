@@ -1,16 +1,17 @@
 //! The CubeCL source of the linear kernel; see the parent module's documentation.
 
+use super::staging::{load_rows, stage_rows, store_rows};
 use super::{MAX_INPUT, MMA, PLANE, TILE_ROWS};
 use crate::attention_kernel_mma::kernel::fragment;
 use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
 use cubecl::prelude::*;
 
 /// Padding of the shared rows (8 elements: the rows of a fragment start in different banks).
-const PAD: usize = 8;
+pub(super) const PAD: usize = 8;
 
 /// `1 / (1 + exp(-x))` in f32.
 #[cube]
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     1.0f32 / (1.0f32 + (-x).exp())
 }
 
@@ -476,102 +477,6 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
             store_rows(&next_rows, &mut x_s, t, k_chunk, threads, vs);
         }
         tile += cubes_per_block;
-    }
-}
-
-/// Stages columns `col0 .. col0 + k_chunk` of the 64-row tile of `x` from `row0` into `x_s`
-/// (rows of `k_chunk + PAD` elements), zero past M: [`load_rows`] then [`store_rows`].
-#[allow(clippy::too_many_arguments)]
-#[cube]
-fn stage_rows<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    input_gate: ComptimeOption<&Tensor<Vector<F, N>>>,
-    gate_col0: usize,
-    x_s: &mut Shared<[Vector<F, N>]>,
-    row0: usize,
-    col0: usize,
-    t: usize,
-    #[comptime] k_chunk: usize,
-    #[comptime] threads: usize,
-    #[comptime] vs: usize,
-) {
-    let mut held =
-        Array::<Vector<F, N>>::new(comptime!((TILE_ROWS * k_chunk / vs).div_ceil(threads)));
-    load_rows(
-        x, input_gate, gate_col0, &mut held, row0, col0, t, k_chunk, threads, vs,
-    );
-    store_rows(&held, x_s, t, k_chunk, threads, vs);
-}
-
-/// Loads this unit's vectors of columns `col0 .. col0 + k_chunk` of the 64-row tile of `x`
-/// from `row0` into `held` (vector `i` is tile vector `t + i · threads`), zero past M:
-/// consecutive units read consecutive 16-byte vectors. With an input gate each element is
-/// first multiplied, in f32 and rounded once, by the sigmoid of the gate's element
-/// `gate_col0` columns further right in its row.
-#[allow(clippy::too_many_arguments)]
-#[cube]
-fn load_rows<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    input_gate: ComptimeOption<&Tensor<Vector<F, N>>>,
-    gate_col0: usize,
-    held: &mut Array<Vector<F, N>>,
-    row0: usize,
-    col0: usize,
-    t: usize,
-    #[comptime] k_chunk: usize,
-    #[comptime] threads: usize,
-    #[comptime] vs: usize,
-) {
-    let m = x.shape(0);
-    let x_row_stride = x.stride(0);
-    let vectors = comptime!(TILE_ROWS * k_chunk / vs);
-    #[unroll]
-    for i in 0..comptime!(vectors.div_ceil(threads)) {
-        let e = t + i * threads;
-        let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
-        let mut v = Vector::<F, N>::new(F::new(0.0));
-        // Vectors a tile need not be a multiple of the cube's units (K = 16 or 48 with 8
-        // planes): the last pass is partial.
-        if row0 + r < m && e < vectors {
-            v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
-            #[comptime]
-            if let ComptimeOption::Some(gates) = &input_gate {
-                let g = gates[((row0 + r) * gates.stride(0) + gate_col0 + col0) / vs + cv];
-                #[unroll]
-                for j in 0..vs {
-                    let gated =
-                        f32::cast_from(v.extract(j)) * sigmoid(f32::cast_from(g.extract(j)));
-                    v.insert(j, F::cast_from(gated));
-                }
-            }
-        }
-        held[i] = v;
-    }
-}
-
-/// Stores the vectors [`load_rows`] loaded into the shared tile `x_s` (rows of `k_chunk + PAD`
-/// elements).
-#[cube]
-fn store_rows<F: Float, N: Size>(
-    held: &Array<Vector<F, N>>,
-    x_s: &mut Shared<[Vector<F, N>]>,
-    t: usize,
-    #[comptime] k_chunk: usize,
-    #[comptime] threads: usize,
-    #[comptime] vs: usize,
-) {
-    let vectors = comptime!(TILE_ROWS * k_chunk / vs);
-    #[unroll]
-    for i in 0..comptime!(vectors.div_ceil(threads)) {
-        let e = t + i * threads;
-        let mut inside = true;
-        if comptime!(!vectors.is_multiple_of(threads)) {
-            inside = e < vectors;
-        }
-        if inside {
-            let (r, cv) = (e / comptime!(k_chunk / vs), e % comptime!(k_chunk / vs));
-            x_s[comptime!((k_chunk + PAD) / vs) * r + cv] = held[i];
-        }
     }
 }
 
