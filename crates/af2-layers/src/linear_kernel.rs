@@ -41,9 +41,9 @@
 //! before the current tile's product (141 µs), transposed stores with consecutive units on
 //! consecutive columns (944 µs). On an H200 (twenty-third session) the loads, the products and
 //! the write-out each took about a third of a `[524288, 128] · [128, 512]` product (0.65 ms;
-//! 0.43, 0.47 and 0.42 ms with each left out): they did not overlap. Loading the next tile
-//! between the product and the write-out took it to 0.50 ms and an L=256 B=8 Evoformer block
-//! from 11.62 to 10.72 ms. Whole
+//! 0.43, 0.47 and 0.42 ms with each left out), consistent with little overlap. Loading the next
+//! tile between the product and the write-out took it from 0.643 to 0.497 ms (same call) and an
+//! L=256 B=8 Evoformer block from 11.62 to 10.72 ms. Whole
 //! vectors in shared memory took the triangle multiplication's gated edges from 890 to 803 µs
 //! (`[524288, 128] · [128, 512]`, in a block); 32-row tiles were slower than 64. Eight planes of
 //! 16 columns instead of four of 32 took an Evoformer block 4-6% less time (eleventh session).

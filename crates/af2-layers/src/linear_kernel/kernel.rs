@@ -277,11 +277,7 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
                 }
             }
         } else {
-            if comptime!(!prefetch) {
-                stage_rows(
-                    x, input_gate, gate_col0, &mut x_s, row0, 0, t, k_chunk, threads, vs,
-                );
-            }
+            // The tile was staged before the loop or at the end of the previous step.
             sync_cube();
             #[unroll]
             for si in 0..my_stripes {

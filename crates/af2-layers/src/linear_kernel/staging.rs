@@ -58,7 +58,11 @@ pub(super) fn load_rows<F: Float, N: Size>(
         let mut v = Vector::<F, N>::new(F::new(0.0));
         // Vectors a tile need not be a multiple of the cube's units (K = 16 or 48 with 8
         // planes): the last pass is partial.
-        if row0 + r < m && e < vectors {
+        let mut inside = true;
+        if comptime!(!vectors.is_multiple_of(threads)) {
+            inside = e < vectors;
+        }
+        if row0 + r < m && inside {
             v = x[((row0 + r) * x_row_stride + col0) / vs + cv];
             #[comptime]
             if let ComptimeOption::Some(gates) = &input_gate {
