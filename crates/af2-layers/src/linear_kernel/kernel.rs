@@ -1,6 +1,6 @@
 //! The CubeCL source of the linear kernel; see the parent module's documentation.
 
-use super::staging::{load_rows, stage_rows, store_rows};
+use super::staging::{load_rows, stage_rows, store_rows, unit_vectors};
 use super::{MAX_INPUT, MMA, PLANE, TILE_ROWS};
 use crate::attention_kernel_mma::kernel::fragment;
 use cubecl::cmma::{self, Matrix, MatrixIdent, MatrixLayout};
@@ -179,9 +179,11 @@ pub(super) fn linear_mma_kernel<F: Float, Bt: Float, N: Size>(
     // write-out of the current one, so that its loads are in flight while the output is
     // written (and are not issued right behind the output's stores).
     let prefetch = comptime!(!chunked);
-    let staged_vectors = comptime!((TILE_ROWS * k_chunk / vs).div_ceil(threads));
-    let mut next_rows =
-        Array::<Vector<F, N>>::new(comptime!(if prefetch { staged_vectors } else { 1 }));
+    let mut next_rows = Array::<Vector<F, N>>::new(comptime!(if prefetch {
+        unit_vectors(k_chunk, vs, threads)
+    } else {
+        1
+    }));
     if comptime!(prefetch) {
         stage_rows(
             x,

@@ -5,6 +5,11 @@ use super::TILE_ROWS;
 use super::kernel::{PAD, sigmoid};
 use cubecl::prelude::*;
 
+/// Vectors of a staged `k_chunk`-wide tile one of `threads` units loads.
+pub(super) const fn unit_vectors(k_chunk: usize, vs: usize, threads: usize) -> usize {
+    (TILE_ROWS * k_chunk / vs).div_ceil(threads)
+}
+
 /// Stages columns `col0 .. col0 + k_chunk` of the 64-row tile of `x` from `row0` into `x_s`
 /// (rows of `k_chunk + PAD` elements), zero past M: [`load_rows`] then [`store_rows`].
 #[allow(clippy::too_many_arguments)]
@@ -21,8 +26,7 @@ pub(super) fn stage_rows<F: Float, N: Size>(
     #[comptime] threads: usize,
     #[comptime] vs: usize,
 ) {
-    let mut held =
-        Array::<Vector<F, N>>::new(comptime!((TILE_ROWS * k_chunk / vs).div_ceil(threads)));
+    let mut held = Array::<Vector<F, N>>::new(comptime!(unit_vectors(k_chunk, vs, threads)));
     load_rows(
         x, input_gate, gate_col0, &mut held, row0, col0, t, k_chunk, threads, vs,
     );
