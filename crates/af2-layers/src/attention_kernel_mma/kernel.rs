@@ -48,8 +48,8 @@ fn store_output(
 #[cube(launch_unchecked, address_type = "dynamic")]
 pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     q: &Tensor<F>,
-    k: &Tensor<F>,
-    v: &Tensor<F>,
+    k: &Tensor<Vector<F, NB>>,
+    v: &Tensor<Vector<F, NB>>,
     key_mask: &Tensor<M>,
     bias: ComptimeOption<&Tensor<Vector<Bt, NB>>>,
     out: &mut Tensor<F>,
@@ -103,8 +103,10 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     // `key_row`). K and V come in two buffers: tile `s` is read from buffer `s % 2` while
     // tile `s + 1` is stored into the other, so one cube barrier a tile suffices.
     let mut qp_s = Shared::<[F]>::new_slice(comptime!(rows * qp_row));
-    let mut k_s = Shared::<[F]>::new_slice(comptime!(2 * kv_tile));
-    let mut v_s = Shared::<[F]>::new_slice(comptime!(2 * kv_tile));
+    // K and V are staged as whole vectors of `bias_vs` channels (the matrix loads address them
+    // in elements).
+    let mut k_s = Shared::<[Vector<F, NB>]>::new_slice(comptime!(2 * kv_tile / bias_vs));
+    let mut v_s = Shared::<[Vector<F, NB>]>::new_slice(comptime!(2 * kv_tile / bias_vs));
     // Each plane's stripe: its bias rows, then (in place) the scores, then the P·V product
     // (keys >= HEAD columns).
     let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * key_row));
@@ -152,14 +154,15 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     let mut logits = Array::<f32>::new(half_keys);
 
     let mask_base = key_mask_base(key_mask, b);
-    // Staging roles: unit `t` loads elements `t + i * threads` of the tile's K followed by
-    // its V: a tile's K is a multiple of the cube's units, so the first half of the `i`
-    // read K and the second V, each 32 lanes one key's channels (7% faster at L=512 on an
-    // H100 than a K and a V element at every `i`, docs/PERFORMANCE.md). Lane `l` loads
-    // tile element `l + i * PLANE` of its plane's bias stripe. Offsets and strides are
-    // read once, not per element.
-    let tile_elements = comptime!(keys * HEAD);
-    let kv_count = comptime!(2 * tile_elements / threads);
+    // Staging roles: unit `t` loads vectors `t + i * threads` of the tile's K followed by
+    // its V (vectors of `bias_vs` channels: the host vectorises K and V with the bias): a
+    // tile's K is a multiple of the cube's units, so the first half of the `i` read K and
+    // the second V (7% faster at L=512 on an H100 than a K and a V element at every `i`,
+    // docs/PERFORMANCE.md). Lane `l` loads tile element `l + i * PLANE` of its plane's bias
+    // stripe. Offsets and strides are read once, not per element.
+    let head_vectors = comptime!(HEAD / bias_vs);
+    let tile_vectors = comptime!(keys * head_vectors);
+    let kv_count = comptime!(2 * tile_vectors / threads);
     // Bias vectors a lane loads per tile.
     let bias_count = comptime!(MMA * keys / (PLANE * bias_vs));
     let (k_row_stride, k_ch_stride) = (k.stride(2), k.stride(3));
@@ -177,7 +180,7 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
         bias_row_stride = bias.stride(2);
     }
     // The next tile, loaded into registers while the current one is computed.
-    let mut kv_next = Array::<F>::new(kv_count);
+    let mut kv_next = Array::<Vector<F, NB>>::new(kv_count);
     let mut bias_next = Array::<f32>::new(comptime!(bias_count * bias_vs));
     let mut fill_next = f32::new(0.0);
 
@@ -191,15 +194,17 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
             #[unroll]
             for i in 0..kv_count {
                 let e = t + i * threads;
-                let r = e % tile_elements;
-                let key = key0 + r / HEAD;
-                let channel = r % HEAD;
-                let mut value = F::new(0.0);
+                let r = e % tile_vectors;
+                let key = key0 + r / head_vectors;
+                // Channels `channel ..` of the vector: their stride is 1 where vectors are
+                // wider than one channel.
+                let channel = (r % head_vectors) * bias_vs;
+                let mut value = Vector::<F, NB>::new(F::new(0.0));
                 if key < k_len {
-                    if e < tile_elements {
-                        value = k[k_base + key * k_row_stride + channel * k_ch_stride];
+                    if e < tile_vectors {
+                        value = k[(k_base + key * k_row_stride + channel * k_ch_stride) / bias_vs];
                     } else {
-                        value = v[v_base + key * v_row_stride + channel * v_ch_stride];
+                        value = v[(v_base + key * v_row_stride + channel * v_ch_stride) / bias_vs];
                     }
                 }
                 kv_next[i] = value;
@@ -245,9 +250,17 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
                     key_row as u32,
                     MatrixLayout::RowMajor,
                 );
-                cmma::load(&mut k_frag, &k_s[k_at..k_end], head_row as u32);
+                cmma::load(
+                    &mut k_frag,
+                    &k_s[k_at / bias_vs..k_end / bias_vs],
+                    head_row as u32,
+                );
                 cmma::execute(&q_lo, &k_frag, &scores, &scores);
-                cmma::load(&mut k_frag, &k_s[k_at + MMA..k_end], head_row as u32);
+                cmma::load(
+                    &mut k_frag,
+                    &k_s[(k_at + MMA) / bias_vs..k_end / bias_vs],
+                    head_row as u32,
+                );
                 cmma::execute(&q_hi, &k_frag, &scores, &scores);
                 cmma::store(
                     &mut s_s[s_at..stripe_end],
@@ -324,9 +337,17 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
                 cmma::load(&mut p_frag, &qp_s[p_at..qp_end], key_row as u32);
                 let v_at = kv_buffer + half * MMA * head_row;
                 let v_end = v_at + MMA * head_row;
-                cmma::load(&mut v_frag, &v_s[v_at..v_end], head_row as u32);
+                cmma::load(
+                    &mut v_frag,
+                    &v_s[v_at / bias_vs..v_end / bias_vs],
+                    head_row as u32,
+                );
                 cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
-                cmma::load(&mut v_frag, &v_s[v_at + MMA..v_end], head_row as u32);
+                cmma::load(
+                    &mut v_frag,
+                    &v_s[(v_at + MMA) / bias_vs..v_end / bias_vs],
+                    head_row as u32,
+                );
                 cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
             }
         }
@@ -338,9 +359,9 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
             #[unroll]
             for i in 0..kv_count {
                 let e = t + i * threads;
-                let r = e % tile_elements;
-                let at = kv_buffer + (r / HEAD) * head_row + r % HEAD;
-                if e < tile_elements {
+                let r = e % tile_vectors;
+                let at = (kv_buffer + (r / head_vectors) * head_row) / bias_vs + r % head_vectors;
+                if e < tile_vectors {
                     k_s[at] = kv_next[i];
                 } else {
                     v_s[at] = kv_next[i];

@@ -59,8 +59,11 @@ pub(super) struct RowLayout {
 /// also projected onto the weights' columns, written to `projected` `[B, heads, P]` for row
 /// `b · P + p` (P = `rows_per_batch`): the attention's pair bias, laid out as the attention
 /// reads it. A lane keeps the weights of its columns in registers for all its rows; the
-/// heads' sums are reduced across the plane by halving exchanges (see [`heads_plane_sum`]).
-/// Only offered where planes are rows. `write_normalised` off: only the projection is
+/// heads' sums are reduced across the plane by halving exchanges (see [`heads_plane_sum`]);
+/// the cube gathers its rows' sums in shared memory and writes each head's as one run (on an
+/// H200 the MSA row attention of an L=256 B=8 block took 0.307-0.310 ms against 0.320-0.326
+/// with one 2-byte store a row and head, docs/PERFORMANCE.md). Only offered where planes are
+/// rows. `write_normalised` off: only the projection is
 /// written (`out` unused).
 // Comptime and runtime conditions stay apart; cube code has no `is_multiple_of`.
 #[allow(
@@ -93,6 +96,11 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let slot = UNIT_POS_Y as usize;
     let mut partial = Shared::<[f32]>::new_slice(comptime!(ROWS_PER_CUBE * LANES));
+    // The cube's rows are consecutive: row `(CUBE_POS · rows_per_plane + r) · ROWS_PER_CUBE +
+    // slot` is the cube's row `r · ROWS_PER_CUBE + slot`. Their projections, head-major, are
+    // gathered here and written out together, each head's rows as one run.
+    let cube_rows = comptime!(rows_per_plane * ROWS_PER_CUBE);
+    let mut projected_s = Shared::<[F]>::new_slice(comptime!(heads.max(1) * cube_rows));
     // The lane's weights: column `(lane + i * LANES) * vs + j`, head `h` at
     // `(i * vs + j) * heads + h`. The weights are contiguous `[d, heads]`, so a lane's `vs`
     // columns are `heads` whole vectors, and a plane's loads are contiguous.
@@ -236,17 +244,32 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
                 }
             }
         }
-        #[comptime]
-        if let ComptimeOption::Some(projected) = &mut projected {
+        if comptime!(projected.is_some()) {
             // Plane-uniform: every lane of the row's plane takes part.
             let (total, h) = heads_plane_sum(&mut dots, lane, heads);
-            let batch = row / rows_per_batch;
-            let at = (batch * comptime!(heads) + h) * rows_per_batch + row % rows_per_batch;
-            if valid
-                && h < comptime!(heads)
-                && lane % comptime!(LANES / heads.next_power_of_two()) == 0
-            {
-                projected[at] = F::cast_from(total);
+            if h < comptime!(heads) && lane % comptime!(LANES / heads.next_power_of_two()) == 0 {
+                projected_s[h * cube_rows + r * ROWS_PER_CUBE + slot] = F::cast_from(total);
+            }
+        }
+    }
+    #[comptime]
+    if let ComptimeOption::Some(projected) = &mut projected {
+        // Consecutive units write consecutive rows of one head: a plane's stores are one
+        // contiguous run (two where it crosses a batch row), not one element a row in each of
+        // the heads' planes of the output.
+        sync_cube();
+        let first_row = CUBE_POS * cube_rows;
+        let t = slot * LANES + lane;
+        let threads = comptime!(ROWS_PER_CUBE * LANES);
+        #[unroll]
+        for i in 0..comptime!((heads * cube_rows).div_ceil(ROWS_PER_CUBE * LANES)) {
+            let e = t + i * threads;
+            let (h, cube_row) = (e / cube_rows, e % cube_rows);
+            let row = first_row + cube_row;
+            if e < comptime!(heads * cube_rows) && row < rows {
+                let batch = row / rows_per_batch;
+                let at = (batch * comptime!(heads) + h) * rows_per_batch + row % rows_per_batch;
+                projected[at] = projected_s[e];
             }
         }
     }
