@@ -52,7 +52,10 @@ const PLANE: usize = 32;
 /// below `e^8 ≈ 2981`, well inside f16 (65504) with the same relative precision, and most tiles
 /// need no rescale (each one is a round trip of the output through shared memory).
 const RESCALE_MARGIN: f32 = 8.0;
-/// Bias elements a lane loads at once (where the key count is a multiple of it).
+/// Elements of one load: the bias's keys (where the key count is a multiple of it) and K's
+/// and V's channels (where their layout allows, [`channels_vectorise`]); one vector width
+/// serves both (the kernel has one vector size), so where either cannot take it both load
+/// single elements (the Evoformer's key counts, padded to multiples of 8, always can).
 const BIAS_VECTOR: usize = 4;
 /// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows; `None`: chosen per
 /// device by [`default_planes`]), keys per shared-memory tile, and the fewest planes (over
@@ -269,14 +272,14 @@ pub(crate) fn try_launch(
 }
 
 /// Whether `t` `[B, H, K, C]` loads as vectors of [`BIAS_VECTOR`] channels: channels
-/// contiguous, every other stride and the view's offset in the buffer multiples of the vector
-/// (the attentions' K and V are column ranges of one projection, whose widths are multiples of
-/// 32).
+/// contiguous, the strides of the other dimensions (of more than one entry) and the view's
+/// offset in its buffer multiples of the vector (the self-attentions' K and V are column
+/// ranges of one projection whose widths are multiples of 32, or tensors of their own).
 fn channels_vectorise(t: &CubeTensor) -> bool {
-    let strides = t.meta.strides();
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
     let vector_bytes = (BIAS_VECTOR * t.dtype.size()) as u64;
     strides[3] == 1
-        && strides[..3].iter().all(|s| s.is_multiple_of(BIAS_VECTOR))
+        && (0..3).all(|i| shape[i] == 1 || strides[i].is_multiple_of(BIAS_VECTOR))
         && t.handle
             .offset_start
             .unwrap_or(0)
@@ -300,6 +303,29 @@ mod tests {
         assert_eq!(default_planes(32 * 1024, 32, true), 4);
         assert_eq!(default_planes(48 * 1024, 64, true), 4);
         assert!(shared_bytes(4, 32, true) <= 32 * 1024);
+    }
+
+    /// Every shape the host launches stages K and V in whole vectors: a head's channels and a
+    /// padded shared row hold whole vectors, and each tile's vectors split evenly over the
+    /// cube's units, K's before V's (the kernel sizes its loops by these quotients).
+    #[test]
+    fn key_and_value_vectors_tile_the_shared_rows_exactly() {
+        for vector in [1, BIAS_VECTOR] {
+            for pad in [false, true] {
+                for keys in [32, 64] {
+                    for planes in [2, 4, 8] {
+                        let threads = PLANE * planes;
+                        let head_row = MMA_HEAD_DIM + padding(pad);
+                        let tile_vectors = keys * MMA_HEAD_DIM / vector;
+                        let what = format!("vector {vector} pad {pad} keys {keys} planes {planes}");
+                        assert_eq!(MMA_HEAD_DIM % vector, 0, "{what}");
+                        assert_eq!(head_row % vector, 0, "{what}");
+                        assert_eq!(tile_vectors % threads, 0, "{what}");
+                        assert_eq!(keys % vector, 0, "{what}: bias vectors");
+                    }
+                }
+            }
+        }
     }
 
     /// The softmax lanes' rotated reads of one score row hit 32 different banks at every step

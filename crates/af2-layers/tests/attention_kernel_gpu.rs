@@ -33,8 +33,12 @@ struct Case {
     shared_mask: bool,
     /// q, k, v as `swap_dims(1, 2)` views of `[B, Q, H, C]` tensors, as GatedAttention passes them.
     swapped: bool,
-    /// Every input a view at an offset into a larger buffer (`narrow` on the first axis).
+    /// Every input a view at an offset into a larger buffer (`narrow` on the first axis; taken
+    /// before the swap, so that a swapped view keeps its strides).
     offset: bool,
+    /// q, k, v as views of rows one channel wider (a row stride of C + 1: K and V cannot load
+    /// as vectors of channels).
+    odd_stride: bool,
 }
 
 impl Case {
@@ -50,6 +54,7 @@ impl Case {
             shared_mask: false,
             swapped: false,
             offset: false,
+            odd_stride: false,
         }
     }
 }
@@ -123,8 +128,14 @@ fn run(core: Core, inputs: &Inputs, case: &Case, device: &Device, dtype: DType) 
         Tensor::cat(vec![Tensor::zeros([1, b, c, d], (device, dtype)), t], 0).narrow(0, 1, a)
     };
     let load4 = |data: &TensorData| {
-        let t = Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype);
-        at_offset(if case.swapped { t.swap_dims(1, 2) } else { t })
+        let mut t = Tensor::<4>::from_data(data.clone(), (device, DType::F32)).cast(dtype);
+        if case.odd_stride {
+            let [a, b, c, d] = t.dims();
+            let wider = Tensor::cat(vec![t, Tensor::zeros([a, b, c, 1], (device, dtype))], 3);
+            t = wider.narrow(3, 0, d);
+        }
+        let t = at_offset(t);
+        if case.swapped { t.swap_dims(1, 2) } else { t }
     };
     let mask = Tensor::<2>::from_data(inputs.mask.clone(), (device, DType::F32)).cast(dtype);
     let bias = inputs.bias.as_ref().map(|data| {
@@ -291,11 +302,20 @@ fn tensor_core_kernel_matches_reference_f16() {
         // Whole query and key tiles, as at L = 256.
         (Case::new(16, 4, 256, 256, 32, Some(1)), None),
     ];
-    let mut views = Case::new(64, 4, 45, 45, 32, Some(2));
-    views.swapped = true;
-    views.offset = true;
-    views.shared_mask = true;
-    cases.push((views, None));
+    // Swapped views at an offset, as GatedAttention passes them: K not a multiple of 4 (single
+    // channels for K and V), then a multiple of 4 (vectors of 4 channels through the views'
+    // strides).
+    for k in [45, 48] {
+        let mut views = Case::new(64, 4, k, k, 32, Some(2));
+        views.swapped = true;
+        views.offset = true;
+        views.shared_mask = true;
+        cases.push((views, None));
+    }
+    // K and V of an odd row stride without a bias: single channels, 2 planes a cube.
+    let mut strided = Case::new(64, 8, 24, 40, 32, None);
+    strided.odd_stride = true;
+    cases.push((strided, None));
     // Logits rising along the keys in every other query row: the max moves on later key
     // tiles, in some rows of a plane and not in others. At 0.6 a key (~19 a tile) the output
     // accumulated so far is rescaled at every tile; at 0.2 (~6.4 a tile, below the kernel's

@@ -320,6 +320,8 @@ fn pair_bias_from_the_kernel_matches_exact() {
         ([1, 12, 12, 64], 4, false, true),
         ([1, 5, 7, 256], 3, false, true),
         ([2, 6, 5, 30], 5, true, false),
+        // 12 heads: a cube's projections take two passes of its units to write.
+        ([1, 20, 20, 128], 12, false, false),
     ] {
         let d = shape[3];
         let view = |t: Tensor<4>| if swapped { t.swap_dims(1, 2) } else { t };

@@ -158,8 +158,9 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     // its V (vectors of `bias_vs` channels: the host vectorises K and V with the bias): a
     // tile's K is a multiple of the cube's units, so the first half of the `i` read K and
     // the second V (7% faster at L=512 on an H100 than a K and a V element at every `i`,
-    // docs/PERFORMANCE.md). Lane `l` loads tile element `l + i * PLANE` of its plane's bias
-    // stripe. Offsets and strides are read once, not per element.
+    // docs/PERFORMANCE.md). Lane `l` loads vector `l + i * PLANE` of its plane's bias stripe
+    // (elements `(l + i * PLANE) * bias_vs ..`). Offsets and strides are read once, not per
+    // element.
     let head_vectors = comptime!(HEAD / bias_vs);
     let tile_vectors = comptime!(keys * head_vectors);
     let kv_count = comptime!(2 * tile_vectors / threads);
@@ -237,8 +238,8 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
             let kv_buffer = ((step - 1) % 2) * kv_tile;
             let fill_buffer = ((step - 1) % 2) * keys;
             // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
-            // Kᵀ as the B operand: element (c, key) at k_s[kv_buffer + key * head_row + c],
-            // column-major.
+            // Kᵀ as the B operand: element (c, key) at element offset
+            // `kv_buffer + key * head_row + c` of k_s (vector `.. / bias_vs`), column-major.
             #[unroll]
             for half in 0..parts {
                 let s_at = stripe + half * MMA;

@@ -63,8 +63,7 @@ pub(super) struct RowLayout {
 /// the cube gathers its rows' sums in shared memory and writes each head's as one run (on an
 /// H200 the MSA row attention of an L=256 B=8 block took 0.307-0.310 ms against 0.320-0.326
 /// with one 2-byte store a row and head, docs/PERFORMANCE.md). Only offered where planes are
-/// rows. `write_normalised` off: only the projection is
-/// written (`out` unused).
+/// rows. `write_normalised` off: only the projection is written (`out` unused).
 // Comptime and runtime conditions stay apart; cube code has no `is_multiple_of`.
 #[allow(
     clippy::too_many_arguments,
@@ -254,9 +253,9 @@ pub(super) fn layer_norm_rows_kernel<F: Float, G: Float, B: Float, N: Size>(
     }
     #[comptime]
     if let ComptimeOption::Some(projected) = &mut projected {
-        // Consecutive units write consecutive rows of one head: a plane's stores are one
-        // contiguous run (two where it crosses a batch row), not one element a row in each of
-        // the heads' planes of the output.
+        // Consecutive units write consecutive rows of one head: a plane's 32 stores are one
+        // contiguous run (a cube's rows are as many as a plane's units; more runs where they
+        // cross batch rows), not one element a row in each of the heads' planes of the output.
         sync_cube();
         let first_row = CUBE_POS * cube_rows;
         let t = slot * LANES + lane;
