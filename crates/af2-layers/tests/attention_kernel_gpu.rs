@@ -322,6 +322,9 @@ fn tensor_core_kernel_matches_reference_f16() {
     // rescale margin of 8) at every other tile, the weights in between above 1.
     for slope in [0.6, 0.2] {
         cases.push((Case::new(64, 4, 40, 150, 32, Some(1)), Some(slope)));
+        // Over 64 query rows: cubes of 8 planes (the other case takes 4), the last plane's
+        // rows partial, so the rescale runs in planes of whole, partial and empty rows.
+        cases.push((Case::new(16, 4, 100, 150, 32, Some(1)), Some(slope)));
     }
     for (case, slope) in cases {
         let mut data = inputs(&case, 9);
