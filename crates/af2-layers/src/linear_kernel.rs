@@ -11,10 +11,10 @@
 //! tiles hold vectors; the matrix loads address them in elements; single-chunk inputs load the
 //! next tile into registers after the current tile's product and store it to shared memory after
 //! its write-out, so that those loads are in flight while the output is written, and are not
-//! issued right behind the output's stores), each plane multiplies its
-//! four 16-row stripes by its weight fragments (large row-major products: two groups of planes,
-//! each taking two of the stripes, see [`row_groups`]), rounds the f32 accumulators to f16 into a shared
-//! output tile (column-major in the transposed forms), and the cube writes the tile out with
+//! issued right behind the output's stores), each plane multiplies its four 16-row stripes by
+//! its weight fragments (large products of at most 128 inputs: two groups of planes, each
+//! taking two of the stripes, see [`row_groups`]), rounds the f32 accumulators to f16 into a
+//! shared output tile (column-major in the transposed forms), and the cube writes the tile out with
 //! 16-byte vectors read whole from it (along output rows, or along output columns when
 //! transposed). An output stage's own inputs (gate, residual, mask) are loaded before the tile's
 //! barrier, all in flight together. Rows past `M` are read as zero and not written. Inputs
@@ -175,7 +175,7 @@ fn target_cubes() -> usize {
 }
 
 /// [`SPLIT_STRIPES_MIN_ROWS`], or `AF2_LINEAR_SPLIT_ROWS` (a tuning knob: 1 splits every
-/// row-major product of at most 128 inputs).
+/// product of at most 128 inputs).
 fn split_stripes_min_rows() -> usize {
     static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| count_knob("AF2_LINEAR_SPLIT_ROWS").unwrap_or(SPLIT_STRIPES_MIN_ROWS))
@@ -503,26 +503,22 @@ mod staging;
 /// design at L=256.
 const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 16;
 
-/// Plane groups sharing a tile (each takes half its stripes): 2 for row-major outputs of inputs
-/// held in registers (`K ≤ 128`) from `min_rows` rows ([`split_stripes_min_rows`]), where the device allows
-/// a cube of twice the `units`; else 1. NVIDIA's driver gave the 256-unit kernel 169-179
-/// registers a unit (one cube, 8 planes, a multiprocessor); a cube of 512 units gets at most 128, so 16
-/// planes run on a multiprocessor. On an H100 an L=256 B=8 Evoformer block took 3% less time
-/// with two groups; with every product split, L=128 B=1 took 6% more (small products), the
-/// pair transition's chunked 512 -> 128 product 15% more, and the transposed forms gained
-/// nothing (docs/PERFORMANCE.md, fourteenth session). With at most 264 cubes (twenty-first
-/// session) two groups from 16,384 rows made an L=256 B=1 prediction 4% faster on an H200
-/// (65,536 rows) but an L=128 B=1 one (16,384 rows) 6% slower (twenty-second session).
-fn row_groups(
-    m: usize,
-    k: usize,
-    column_major: bool,
-    units: usize,
-    max_units: usize,
-    min_rows: usize,
-) -> usize {
-    let split = !column_major && k <= MAX_INPUT && m >= min_rows;
-    if split && 2 * units <= max_units {
+/// Plane groups sharing a tile (each takes half its stripes): 2 for inputs held in registers
+/// (`K ≤ 128`; row-major or transposed outputs alike) from `min_rows` rows
+/// ([`split_stripes_min_rows`]), where the device allows a cube of twice the `units`; else 1.
+/// NVIDIA's driver gave the 256-unit kernel 169-179 registers a unit (one cube, 8 planes, a
+/// multiprocessor); a cube of 512 units gets at most 128, so 16 planes run on a multiprocessor.
+/// On an H100 an L=256 B=8 Evoformer block took 3% less time with two groups; with every
+/// product split, L=128 B=1 took 6% more (small products), the pair transition's chunked
+/// 512 -> 128 product 15% more (docs/PERFORMANCE.md, fourteenth session). With at most 264
+/// cubes (twenty-first session) two groups from 16,384 rows made an L=256 B=1 prediction 4%
+/// faster on an H200 (65,536 rows) but an L=128 B=1 one (16,384 rows) 6% slower
+/// (twenty-second session). The transposed forms gained nothing from two groups in the
+/// fourteenth session; since the next tile loads during the write-out (twenty-third) they
+/// gain: on an H200 the gated edges `[524288, 128] · [128, 512]` took 0.505 ms against 0.538,
+/// an L=256 B=8 block 10.87 against 10.93 ms (twenty-sixth session).
+fn row_groups(m: usize, k: usize, units: usize, max_units: usize, min_rows: usize) -> usize {
+    if k <= MAX_INPUT && m >= min_rows && 2 * units <= max_units {
         2
     } else {
         1
@@ -562,16 +558,16 @@ mod tests {
     }
 
     #[test]
-    fn large_row_major_products_split_their_stripes() {
+    fn large_products_split_their_stripes() {
         let rows = SPLIT_STRIPES_MIN_ROWS;
-        let groups =
-            |m, k, column_major, max_units| row_groups(m, k, column_major, 256, max_units, rows);
-        assert_eq!(groups(rows, 128, false, 1024), 2);
-        assert_eq!(groups(rows - 1, 128, false, 1024), 1);
-        assert_eq!(groups(rows, 512, false, 1024), 1);
-        assert_eq!(groups(rows, 128, true, 1024), 1);
-        assert_eq!(groups(rows, 128, false, 256), 1);
-        // AF2_LINEAR_SPLIT_ROWS=1: every row-major product of at most 128 inputs.
-        assert_eq!(row_groups(64, 128, false, 256, 1024, 1), 2);
+        let groups = |m, k, max_units| row_groups(m, k, 256, max_units, rows);
+        assert_eq!(groups(rows, 128, 1024), 2);
+        assert_eq!(groups(rows - 1, 128, 1024), 1);
+        // Chunked inputs keep one group.
+        assert_eq!(groups(rows, 512, 1024), 1);
+        // A device without 512-unit cubes.
+        assert_eq!(groups(rows, 128, 256), 1);
+        // AF2_LINEAR_SPLIT_ROWS=1: every product of at most 128 inputs.
+        assert_eq!(row_groups(64, 128, 256, 1024, 1), 2);
     }
 }

@@ -411,7 +411,6 @@ fn launch(x: CubeTensor, weight: CubeTensor, bias: Option<CubeTensor>, stage: St
     let groups = row_groups(
         m,
         k,
-        transposed || mask.is_some(),
         PLANE * group_planes,
         max_units,
         split_stripes_min_rows(),
