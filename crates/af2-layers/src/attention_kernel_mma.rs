@@ -56,7 +56,7 @@ const RESCALE_MARGIN: f32 = 8.0;
 /// and V's channels (where their layout allows, [`channels_vectorise`]); one vector width
 /// serves both (the kernel has one vector size), so where either cannot take it both load
 /// single elements (the Evoformer's key counts, padded to multiples of 8, always can).
-const BIAS_VECTOR: usize = 4;
+const LOAD_VECTOR: usize = 4;
 /// Tuning knobs read once: planes per cube (each takes [`MMA`] query rows; `None`: chosen per
 /// device by [`default_planes`]), keys per shared-memory tile, and the fewest planes (over
 /// all cubes) worth the kernel.
@@ -231,9 +231,9 @@ pub(crate) fn try_launch(
     // as vectors of 4 keys, instead of H-strided elements that fetch H times the bytes.
     let bias = bias.map(|bias| into_contiguous(bias.clone()));
     // One vector width for the bias (keys) and for K and V (channels).
-    let bias_fits = bias.is_none() || k.meta.shape()[2].is_multiple_of(BIAS_VECTOR);
+    let bias_fits = bias.is_none() || k.meta.shape()[2].is_multiple_of(LOAD_VECTOR);
     let vector = if bias_fits && channels_vectorise(k) && channels_vectorise(v) {
-        BIAS_VECTOR
+        LOAD_VECTOR
     } else {
         1
     };
@@ -271,15 +271,15 @@ pub(crate) fn try_launch(
     Some(out)
 }
 
-/// Whether `t` `[B, H, K, C]` loads as vectors of [`BIAS_VECTOR`] channels: channels
+/// Whether `t` `[B, H, K, C]` loads as vectors of [`LOAD_VECTOR`] channels: channels
 /// contiguous, the strides of the other dimensions (of more than one entry) and the view's
 /// offset in its buffer multiples of the vector (the self-attentions' K and V are column
 /// ranges of one projection whose widths are multiples of 32, or tensors of their own).
 fn channels_vectorise(t: &CubeTensor) -> bool {
     let (shape, strides) = (t.meta.shape(), t.meta.strides());
-    let vector_bytes = (BIAS_VECTOR * t.dtype.size()) as u64;
+    let vector_bytes = (LOAD_VECTOR * t.dtype.size()) as u64;
     strides[3] == 1
-        && (0..3).all(|i| shape[i] == 1 || strides[i].is_multiple_of(BIAS_VECTOR))
+        && (0..3).all(|i| shape[i] == 1 || strides[i].is_multiple_of(LOAD_VECTOR))
         && t.handle
             .offset_start
             .unwrap_or(0)
@@ -310,7 +310,7 @@ mod tests {
     /// cube's units, K's before V's (the kernel sizes its loops by these quotients).
     #[test]
     fn key_and_value_vectors_tile_the_shared_rows_exactly() {
-        for vector in [1, BIAS_VECTOR] {
+        for vector in [1, LOAD_VECTOR] {
             for pad in [false, true] {
                 for keys in [32, 64] {
                     for planes in [2, 4, 8] {

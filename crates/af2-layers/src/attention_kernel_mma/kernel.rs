@@ -57,7 +57,7 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     #[comptime] planes: usize,
     #[comptime] keys: usize,
     #[comptime] pad: usize,
-    #[comptime] bias_vs: usize,
+    #[comptime] load_vs: usize,
     #[define(F, M, Bt)] _dtypes: [ElemType; 3],
 ) {
     let threads = comptime!(PLANE * planes);
@@ -103,10 +103,10 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     // `key_row`). K and V come in two buffers: tile `s` is read from buffer `s % 2` while
     // tile `s + 1` is stored into the other, so one cube barrier a tile suffices.
     let mut qp_s = Shared::<[F]>::new_slice(comptime!(rows * qp_row));
-    // K and V are staged as whole vectors of `bias_vs` channels (the matrix loads address them
+    // K and V are staged as whole vectors of `load_vs` channels (the matrix loads address them
     // in elements).
-    let mut k_s = Shared::<[Vector<F, NB>]>::new_slice(comptime!(2 * kv_tile / bias_vs));
-    let mut v_s = Shared::<[Vector<F, NB>]>::new_slice(comptime!(2 * kv_tile / bias_vs));
+    let mut k_s = Shared::<[Vector<F, NB>]>::new_slice(comptime!(2 * kv_tile / load_vs));
+    let mut v_s = Shared::<[Vector<F, NB>]>::new_slice(comptime!(2 * kv_tile / load_vs));
     // Each plane's stripe: its bias rows, then (in place) the scores, then the P·V product
     // (keys >= HEAD columns).
     let mut s_s = Shared::<[f32]>::new_slice(comptime!(rows * key_row));
@@ -155,17 +155,17 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
 
     let mask_base = key_mask_base(key_mask, b);
     // Staging roles: unit `t` loads vectors `t + i * threads` of the tile's K followed by
-    // its V (vectors of `bias_vs` channels: the host vectorises K and V with the bias): a
+    // its V (vectors of `load_vs` channels: the host vectorises K and V with the bias): a
     // tile's K is a multiple of the cube's units, so the first half of the `i` read K and
     // the second V (7% faster at L=512 on an H100 than a K and a V element at every `i`,
     // docs/PERFORMANCE.md). Lane `l` loads vector `l + i * PLANE` of its plane's bias stripe
-    // (elements `(l + i * PLANE) * bias_vs ..`). Offsets and strides are read once, not per
+    // (elements `(l + i * PLANE) * load_vs ..`). Offsets and strides are read once, not per
     // element.
-    let head_vectors = comptime!(HEAD / bias_vs);
+    let head_vectors = comptime!(HEAD / load_vs);
     let tile_vectors = comptime!(keys * head_vectors);
     let kv_count = comptime!(2 * tile_vectors / threads);
     // Bias vectors a lane loads per tile.
-    let bias_count = comptime!(MMA * keys / (PLANE * bias_vs));
+    let bias_count = comptime!(MMA * keys / (PLANE * load_vs));
     let (k_row_stride, k_ch_stride) = (k.stride(2), k.stride(3));
     let (v_row_stride, v_ch_stride) = (v.stride(2), v.stride(3));
     let k_base = b * k.stride(0) + h * k.stride(1);
@@ -182,7 +182,7 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
     }
     // The next tile, loaded into registers while the current one is computed.
     let mut kv_next = Array::<Vector<F, NB>>::new(kv_count);
-    let mut bias_next = Array::<f32>::new(comptime!(bias_count * bias_vs));
+    let mut bias_next = Array::<f32>::new(comptime!(bias_count * load_vs));
     let mut fill_next = f32::new(0.0);
 
     // Step `s` issues the loads of tile `s`, computes tile `s - 1` from shared memory while
@@ -199,35 +199,35 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
                 let key = key0 + r / head_vectors;
                 // Channels `channel ..` of the vector: their stride is 1 where vectors are
                 // wider than one channel.
-                let channel = (r % head_vectors) * bias_vs;
+                let channel = (r % head_vectors) * load_vs;
                 let mut value = Vector::<F, NB>::new(F::new(0.0));
                 if key < k_len {
                     if e < tile_vectors {
-                        value = k[(k_base + key * k_row_stride + channel * k_ch_stride) / bias_vs];
+                        value = k[(k_base + key * k_row_stride + channel * k_ch_stride) / load_vs];
                     } else {
-                        value = v[(v_base + key * v_row_stride + channel * v_ch_stride) / bias_vs];
+                        value = v[(v_base + key * v_row_stride + channel * v_ch_stride) / load_vs];
                     }
                 }
                 kv_next[i] = value;
             }
             // The bias (zero outside [Q, K] and without a bias): the scores start from it.
-            // Lane `l` loads elements `(l + i * PLANE) * bias_vs ..` of the `[16, keys]`
-            // stripe; K is a multiple of `bias_vs`, so a vector is inside K or past it.
+            // Lane `l` loads elements `(l + i * PLANE) * load_vs ..` of the `[16, keys]`
+            // stripe; K is a multiple of `load_vs`, so a vector is inside K or past it.
             #[unroll]
             for i in 0..bias_count {
                 let mut values = Vector::<Bt, NB>::new(Bt::new(0.0));
                 #[comptime]
                 if let ComptimeOption::Some(bias) = &bias {
-                    let e = (lane + i * PLANE) * bias_vs;
+                    let e = (lane + i * PLANE) * load_vs;
                     let row = stripe_row0 + e / keys;
                     let key = key0 + e % keys;
                     if row < q_len && key < k_len {
-                        values = bias[(bias_at + row * bias_row_stride + key) / bias_vs];
+                        values = bias[(bias_at + row * bias_row_stride + key) / load_vs];
                     }
                 }
                 #[unroll]
-                for j in 0..bias_vs {
-                    bias_next[i * bias_vs + j] = f32::cast_from(values.extract(j));
+                for j in 0..load_vs {
+                    bias_next[i * load_vs + j] = f32::cast_from(values.extract(j));
                 }
             }
             if t < keys {
@@ -239,7 +239,7 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
             let fill_buffer = ((step - 1) % 2) * keys;
             // Scores = bias + Q·Kᵀ for the plane's 16 rows, in two 16-key halves, in place.
             // Kᵀ as the B operand: element (c, key) at element offset
-            // `kv_buffer + key * head_row + c` of k_s (vector `.. / bias_vs`), column-major.
+            // `kv_buffer + key * head_row + c` of k_s (vector `.. / load_vs`), column-major.
             #[unroll]
             for half in 0..parts {
                 let s_at = stripe + half * MMA;
@@ -253,13 +253,13 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
                 );
                 cmma::load(
                     &mut k_frag,
-                    &k_s[k_at / bias_vs..k_end / bias_vs],
+                    &k_s[k_at / load_vs..k_end / load_vs],
                     head_row as u32,
                 );
                 cmma::execute(&q_lo, &k_frag, &scores, &scores);
                 cmma::load(
                     &mut k_frag,
-                    &k_s[(k_at + MMA) / bias_vs..k_end / bias_vs],
+                    &k_s[(k_at + MMA) / load_vs..k_end / load_vs],
                     head_row as u32,
                 );
                 cmma::execute(&q_hi, &k_frag, &scores, &scores);
@@ -340,13 +340,13 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
                 let v_end = v_at + MMA * head_row;
                 cmma::load(
                     &mut v_frag,
-                    &v_s[v_at / bias_vs..v_end / bias_vs],
+                    &v_s[v_at / load_vs..v_end / load_vs],
                     head_row as u32,
                 );
                 cmma::execute(&p_frag, &v_frag, &pv_lo, &pv_lo);
                 cmma::load(
                     &mut v_frag,
-                    &v_s[(v_at + MMA) / bias_vs..v_end / bias_vs],
+                    &v_s[(v_at + MMA) / load_vs..v_end / load_vs],
                     head_row as u32,
                 );
                 cmma::execute(&p_frag, &v_frag, &pv_hi, &pv_hi);
@@ -361,7 +361,7 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
             for i in 0..kv_count {
                 let e = t + i * threads;
                 let r = e % tile_vectors;
-                let at = (kv_buffer + (r / head_vectors) * head_row) / bias_vs + r % head_vectors;
+                let at = (kv_buffer + (r / head_vectors) * head_row) / load_vs + r % head_vectors;
                 if e < tile_vectors {
                     k_s[at] = kv_next[i];
                 } else {
@@ -374,10 +374,10 @@ pub(super) fn attention_mma_kernel<F: Float, M: Float, Bt: Float, NB: Size>(
             // The plane's lanes last read the stripe before the barrier after the weights.
             #[unroll]
             for i in 0..bias_count {
-                let e = (lane + i * PLANE) * bias_vs;
+                let e = (lane + i * PLANE) * load_vs;
                 #[unroll]
-                for j in 0..bias_vs {
-                    s_s[stripe + (e / keys) * key_row + e % keys + j] = bias_next[i * bias_vs + j];
+                for j in 0..load_vs {
+                    s_s[stripe + (e / keys) * key_row + e % keys + j] = bias_next[i * load_vs + j];
                 }
             }
         }
