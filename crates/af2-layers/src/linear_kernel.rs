@@ -514,9 +514,9 @@ const SPLIT_STRIPES_MIN_ROWS: usize = 1 << 16;
 /// cubes (twenty-first session) two groups from 16,384 rows made an L=256 B=1 prediction 4%
 /// faster on an H200 (65,536 rows) but an L=128 B=1 one (16,384 rows) 6% slower
 /// (twenty-second session). The transposed forms gained nothing from two groups in the
-/// fourteenth session; since the next tile loads during the write-out (twenty-third) they
-/// gain: on an H200 the gated edges `[524288, 128] · [128, 512]` took 0.505 ms against 0.538,
-/// an L=256 B=8 block 10.87 against 10.93 ms (twenty-sixth session).
+/// fourteenth session (H100, before the next tile loaded during the write-out); on an H200 in
+/// the twenty-sixth they did: the gated edges `[524288, 128] · [128, 512]` took 0.505 ms
+/// against 0.538, an L=256 B=8 block 10.87 against 10.93 ms.
 fn row_groups(m: usize, k: usize, units: usize, max_units: usize, min_rows: usize) -> usize {
     if k <= MAX_INPUT && m >= min_rows && 2 * units <= max_units {
         2

@@ -109,11 +109,17 @@ fn kernel_refuses_what_it_cannot_take() {
 fn transposed_kernel_matches_reference_f16() {
     let Some(device) = gpu() else { return };
     // The triangle multiplication's four edge projections (128 -> 4 x 128) over rows that end
-    // inside a 64-row tile, the template stack's (64 -> 4 x 64), and a 256-wide input taken
-    // in chunks.
-    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256), (1000, 256, 128)]
-        .iter()
-        .enumerate()
+    // inside a 64-row tile, the template stack's (64 -> 4 x 64), a 256-wide input taken in
+    // chunks, and enough rows for two plane groups (from 65,536) with cubes that walk several
+    // tiles.
+    for (seed, &(m, k, n)) in [
+        (1000, 128, 512),
+        (4104, 64, 256),
+        (1000, 256, 128),
+        (140_008, 128, 128),
+    ]
+    .iter()
+    .enumerate()
     {
         let seed = 100 + seed as u64 * 10;
         let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
@@ -302,8 +308,12 @@ fn input_gate_matches_reference_f16() {
 fn gated_edges_match_reference_f16() {
     let Some(device) = gpu() else { return };
     // The Evoformer's edges (128 -> 4 x 128) and the template stack's (64 -> 4 x 64), rows
-    // ending inside a 64-row tile, about a third of the pairs masked.
-    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256)].iter().enumerate() {
+    // ending inside a 64-row tile, about a third of the pairs masked; then enough rows for two
+    // plane groups (from 65,536) with cubes that walk several tiles.
+    for (seed, &(m, k, n)) in [(1000, 128, 512), (4104, 64, 256), (140_008, 128, 128)]
+        .iter()
+        .enumerate()
+    {
         let seed = 400 + seed as u64 * 10;
         let x = TensorData::new(values(m * k, seed, 2.0), [m, k]);
         let w = TensorData::new(values(k * n, seed + 1, (k as f32).powf(-0.5)), [k, n]);
